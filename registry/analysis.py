@@ -1,0 +1,311 @@
+"""Canary analysis: each sweep's decision for one live canary, as one pure function.
+
+`decide` reads only its arguments — the canary's and the stable versions' outcome counts since
+the canary's current step began, the policy and the time — and returns hold, step, promote or
+rollback with the sentence the audit trail keeps. No database, no clock, no I/O: the sweep gathers
+the counts, and any decision can be replayed from what it was given.
+
+Pitfalls of canary tools (Flagger, Argo Rollouts, Kayenta) this is built to avoid:
+- treating "no data" as a pass: a canary that served nothing, or whose outcomes never arrive,
+  never steps or promotes; promotion needs both the bake time and the minimum samples;
+- an inconclusive analysis that waits forever for a human: the progress deadline rolls it back;
+- rolling back on a few unlucky requests: a rollback needs a 95% test AND a floor of failures;
+- flapping: traffic only moves forward one step at a time, and each step restarts the window
+  (bake and samples), so one noisy sweep cannot bounce traffic; the only way back is a rollback.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from registry.errors import InvalidInput
+
+# One-sided 95%: the canary's bounds and the "significantly worse than stable" tests.
+Z_95 = 1.645
+# Failures (or, for scores, the shortfall from a perfect 1.0) a canary must show before it can be
+# rolled back, whatever the statistics say (capped by min_samples). Counting failures instead of
+# requests means good news can never trigger a rollback: one more success does not move a canary
+# closer to this floor, as a floor on requests would ("0/9 holds, 1/10 rolls back").
+EARLY_ROLLBACK_FAILURES = 5
+
+
+class Metric(StrEnum):
+    SUCCESS_RATE = "success_rate"
+    SCORE = "score"
+
+
+class Action(StrEnum):
+    HOLD = "hold"
+    STEP = "step"
+    PROMOTE = "promote"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Outcomes of one side (the canary, or the stable versions together) over the window."""
+
+    requests: int = 0
+    successes: int = 0
+    score_sum: float = 0.0  # sum of scores in 0..1
+    score_count: int = 0
+    score_sq_sum: float = 0.0  # sum of squared scores, for the variance of the mean score
+
+
+@dataclass(frozen=True)
+class CanaryPolicy:
+    metric: Metric
+    threshold: float  # 0..1: the success rate or mean score the canary must meet
+    min_samples: int  # per step, >= 1
+    bake_seconds: float  # per step, >= 0
+    steps: tuple[int, ...]  # e.g. (10, 25, 50, 100); the last is always 100
+    deadline_seconds: float  # per step: no decision by then -> rollback; > bake_seconds
+    auto_rollback: bool  # False: a failing canary holds, with the reason, for an operator
+
+
+@dataclass(frozen=True)
+class CanaryState:
+    traffic_percent: int  # the canary's current traffic, 1..99
+    step_started_at: datetime  # when the current step began (UTC aware)
+    canary: Counts
+    stable: Counts  # the other production versions together, same window
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str  # one sentence a human reads in the audit trail
+    next_percent: int | None  # STEP: the next step's percent; PROMOTE: 100; else None
+    metric_value: float | None  # the canary's observed metric, None with no samples
+
+
+@dataclass(frozen=True)
+class _Measure:
+    n: int  # samples that count toward min_samples
+    value: float | None  # observed metric, None when n == 0
+    upper: float  # one-sided 95% upper bound of the canary's metric (1.0 when unknown)
+    bad: float  # failures, or the scores' total shortfall from 1.0
+    stable_value: float | None
+    compared: bool  # whether the stable side had enough data for the test
+    worse: bool  # significantly worse than stable, one-sided at 95%
+
+
+def wilson_bounds(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a proportion; (0, 1) with no trials. Always contains k/n."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    # Exact at the edges: rounding must not put a perfect canary's upper bound below 1.0.
+    lower = 0.0 if successes == 0 else max(0.0, min(p, centre - half))
+    upper = 1.0 if successes == n else min(1.0, max(p, centre + half))
+    return lower, upper
+
+
+def _rate_worse(canary: Counts, stable: Counts) -> bool:
+    """Pooled two-proportion z-test, one-sided: is the canary's success rate below stable's?"""
+    pooled = (canary.successes + stable.successes) / (canary.requests + stable.requests)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / canary.requests + 1 / stable.requests))
+    # se == 0: every outcome on both sides is the same, so the rates are equal.
+    diff = stable.successes / stable.requests - canary.successes / canary.requests
+    return se > 0 and diff / se > Z_95
+
+
+def _mean_se(c: Counts) -> tuple[float | None, float | None]:
+    """Mean score and its standard error; the error is None below 2 scores (no variance yet)."""
+    if c.score_count == 0:
+        return None, None
+    mean = c.score_sum / c.score_count
+    if c.score_count < 2:
+        return mean, None
+    # max(0, ...): rounding can make a zero variance slightly negative.
+    var = max(0.0, (c.score_sq_sum - c.score_count * mean * mean) / (c.score_count - 1))
+    return mean, math.sqrt(var / c.score_count)
+
+
+def _measure(state: CanaryState, policy: CanaryPolicy) -> _Measure:
+    canary, stable = state.canary, state.stable
+    if policy.metric == Metric.SUCCESS_RATE:
+        n = canary.requests
+        value = canary.successes / n if n else None
+        stable_value = stable.successes / stable.requests if stable.requests else None
+        compared = n > 0 and stable.requests > 0
+        worse = compared and _rate_worse(canary, stable)
+        _, upper = wilson_bounds(canary.successes, n)
+        return _Measure(n, value, upper, n - canary.successes, stable_value, compared, worse)
+    # Scores: mean with a normal-approximation bound, Welch's test against stable. Small samples
+    # are kept out of both by the n >= 2 guard here and by the min-samples and failure floors.
+    n = canary.score_count
+    value, se = _mean_se(canary)
+    stable_value, stable_se = _mean_se(stable)
+    upper = 1.0 if value is None or se is None else min(1.0, max(value, value + Z_95 * se))
+    compared = se is not None and stable_se is not None
+    worse = False
+    if compared and value is not None and stable_value is not None:
+        diff = stable_value - value
+        se_diff = math.hypot(se or 0.0, stable_se or 0.0)
+        # Zero variance on both sides: the scores are constant, so any real gap is significant.
+        worse = diff > 1e-9 if se_diff < 1e-12 else diff / se_diff > Z_95
+    return _Measure(n, value, upper, n - canary.score_sum, stable_value, compared, worse)
+
+
+def decide(state: CanaryState, policy: CanaryPolicy, now: datetime) -> Decision:
+    """What the sweep should do with this canary now. Pure and deterministic.
+
+    Raises InvalidInput for an invalid policy, inconsistent counts or naive datetimes.
+    """
+    validate_policy(policy)
+    _validate_state(state, now)
+    m = _measure(state, policy)
+    # A clock behind the step's start (skew between hosts) counts as "just started".
+    elapsed = max(0.0, (now - state.step_started_at).total_seconds())
+    at, threshold = state.traffic_percent, policy.threshold
+    unit = "requests" if policy.metric == Metric.SUCCESS_RATE else "scores"
+    name = "success rate" if policy.metric == Metric.SUCCESS_RATE else "mean score"
+    seen = f"{name} {m.value:.3f} over {m.n} {unit}" if m.value is not None else ""
+    vs_stable = (
+        f"stable ({m.stable_value:.3f})" if m.compared else "stable (no stable data to compare)"
+    )
+
+    # 1. Clearly failing -> roll back now, even before the bake time or the minimum samples are
+    #    reached: a broken canary should not keep serving users for the rest of its bake. Noise is
+    #    kept out by the 95% tests and by the failure floor (see EARLY_ROLLBACK_FAILURES).
+    if m.bad >= min(policy.min_samples, EARLY_ROLLBACK_FAILURES) and m.value is not None:
+        if m.upper < threshold:
+            why = f"its 95% upper bound {m.upper:.3f} is below the threshold {threshold:g}"
+            return _fail(policy, at, f"{seen} is clearly failing: {why}", m.value)
+        if m.worse:
+            return _fail(policy, at, f"{seen} is significantly worse than {vs_stable}", m.value)
+
+    # 2. Too early to judge: hold (a canary with no data never passes), but not past the deadline.
+    if m.n < policy.min_samples or elapsed < policy.bake_seconds:
+        progress = (
+            f"{m.n} of {policy.min_samples} {unit} and {elapsed:.0f} of "
+            f"{policy.bake_seconds:g} s bake at {at}%"
+        )
+        if elapsed >= policy.deadline_seconds:
+            deadline = f"progress deadline of {policy.deadline_seconds:g} s passed"
+            return _fail(policy, at, f"{deadline} with only {progress}", m.value)
+        return Decision(Action.HOLD, f"waiting for data: {progress}", None, m.value)
+
+    # 3. Meets the threshold and is not significantly worse than stable -> next step, or 100%.
+    #    The observed value (not its lower bound) must meet the threshold: requiring the bound
+    #    would stall good canaries near the threshold until the deadline rolled them back.
+    assert m.value is not None  # m.n >= min_samples >= 1
+    if m.value >= threshold and not m.worse:
+        target = next_step(at, policy.steps)
+        action = Action.PROMOTE if target == 100 else Action.STEP
+        reason = (
+            f"{seen} meets {threshold:g} and is not worse than {vs_stable}; "
+            f"{action.value} {at}% -> {target}%"
+        )
+        return Decision(action, reason, target, m.value)
+
+    # 4. Inconclusive (below the threshold but not clearly failing, or worse than stable on too
+    #    few failures): hold for more data, and roll back once the deadline passes.
+    if m.value >= threshold:
+        why = f"{seen} meets {threshold:g} but is significantly worse than {vs_stable}"
+    else:
+        bound = f"95% upper bound {m.upper:.3f}"
+        why = f"{seen} is below {threshold:g} but not clearly failing ({bound})"
+    if elapsed >= policy.deadline_seconds:
+        deadline = f"progress deadline of {policy.deadline_seconds:g} s passed"
+        return _fail(policy, at, f"{deadline} and {why}", m.value)
+    return Decision(Action.HOLD, f"{why}; holding at {at}%", None, m.value)
+
+
+def _fail(policy: CanaryPolicy, at: int, reason: str, value: float | None) -> Decision:
+    if policy.auto_rollback:
+        return Decision(Action.ROLLBACK, f"{reason}; roll back from {at}%", None, value)
+    reason = f"{reason}; auto-rollback is off, holding at {at}% for an operator"
+    return Decision(Action.HOLD, reason, None, value)
+
+
+def next_step(current: int, steps: tuple[int, ...]) -> int:
+    """The smallest step above `current`, else 100."""
+    return min((step for step in steps if step > current), default=100)
+
+
+def parse_steps(text: str) -> tuple[int, ...]:
+    """Parse "10,25,50,100" into (10, 25, 50, 100); 100 is appended when missing.
+
+    Raises InvalidInput("steps", ...) unless the steps are whole numbers in 1..100, strictly
+    increasing.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() for part in parts):  # also rejects "", "-5", "1.5", "10,,25"
+        raise InvalidInput("steps", f"{text!r} is not a comma-separated list of whole numbers")
+    steps = tuple(int(part) for part in parts)
+    if steps[-1] != 100:
+        steps = (*steps, 100)
+    _check_steps(steps)
+    return steps
+
+
+def _check_steps(steps: Sequence[int]) -> None:
+    if not steps or any(isinstance(s, bool) or not isinstance(s, int) for s in steps):
+        raise InvalidInput("steps", f"{list(steps)} is not a list of whole numbers")
+    if not all(1 <= step <= 100 for step in steps):
+        raise InvalidInput("steps", f"{list(steps)}: every step must be in 1..100")
+    if any(a >= b for a, b in itertools.pairwise(steps)):
+        raise InvalidInput("steps", f"{list(steps)} is not strictly increasing")
+    if steps[-1] != 100:
+        raise InvalidInput("steps", f"{list(steps)} does not end at 100")
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_policy(policy: CanaryPolicy) -> None:
+    """Raise InvalidInput for the first field out of range."""
+    if policy.metric not in set(Metric):
+        raise InvalidInput("metric", f"{policy.metric!r} is not one of {', '.join(Metric)}")
+    if not _finite(policy.threshold) or not 0 <= policy.threshold <= 1:
+        raise InvalidInput("threshold", f"{policy.threshold!r} is not a number in 0..1")
+    if isinstance(policy.min_samples, bool) or not isinstance(policy.min_samples, int):
+        raise InvalidInput("min_samples", f"{policy.min_samples!r} is not a whole number")
+    if policy.min_samples < 1:
+        raise InvalidInput("min_samples", f"{policy.min_samples} is below 1")
+    if not _finite(policy.bake_seconds) or policy.bake_seconds < 0:
+        raise InvalidInput("bake_seconds", f"{policy.bake_seconds!r} is not a number >= 0")
+    _check_steps(policy.steps)
+    # A deadline within the bake time would roll back every canary before it could pass.
+    if not _finite(policy.deadline_seconds) or policy.deadline_seconds <= policy.bake_seconds:
+        raise InvalidInput(
+            "deadline_seconds",
+            f"{policy.deadline_seconds!r} must be a number above the bake time "
+            f"({policy.bake_seconds:g} s)",
+        )
+    if not isinstance(policy.auto_rollback, bool):
+        raise InvalidInput("auto_rollback", f"{policy.auto_rollback!r} is not true or false")
+
+
+def _validate_state(state: CanaryState, now: datetime) -> None:
+    if isinstance(state.traffic_percent, bool) or not isinstance(state.traffic_percent, int):
+        raise InvalidInput("traffic_percent", f"{state.traffic_percent!r} is not a whole number")
+    if not 1 <= state.traffic_percent <= 99:
+        raise InvalidInput("traffic_percent", f"{state.traffic_percent} is not a canary's 1..99")
+    for field, moment in (("step_started_at", state.step_started_at), ("now", now)):
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise InvalidInput(field, f"{moment.isoformat()} has no time zone")
+    for side, c in (("canary", state.canary), ("stable", state.stable)):
+        if not 0 <= c.successes <= c.requests or c.score_count < 0:
+            raise InvalidInput(side, f"{c.successes} successes of {c.requests} requests")
+        n, total, squares = c.score_count, c.score_sum, c.score_sq_sum
+        if not (_finite(total) and _finite(squares)):
+            raise InvalidInput(side, "score sums are not finite")
+        # Scores lie in 0..1, so 0 <= sum of squares <= sum <= count, and by Cauchy-Schwarz
+        # sum^2 <= count * sum of squares (with room for rounding).
+        eps = 1e-9 * max(1, n)
+        within = -eps <= squares <= total + eps and total <= n + eps
+        if not within or total**2 > n * squares + eps * max(1, n):
+            raise InvalidInput(side, f"scores sum {total} / squares {squares} over {n} scores")

@@ -1,0 +1,166 @@
+"""Taking a run live: the evaluation gate, then the tenant's strategy, in one transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry import traffic
+from registry.db import lock_tenant
+from registry.errors import RunNotDeployable, TenantMismatch
+from registry.models import (
+    Deployment,
+    DeploymentStatus,
+    FinetuningRun,
+    ModelVersion,
+    Recommendation,
+    Strategy,
+    utcnow,
+)
+from registry.runs import latest_evaluation
+from registry.tenants import find_tenant, get_policy, initial_canary_percent
+from registry.versions import apply_split, commit_change, current_split, register_version
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    status: DeploymentStatus
+    version: int | None
+    traffic_percent: int
+    reason: str | None
+    newly_applied: bool  # False when the run had already been deployed (a redelivery)
+
+
+def deploy(
+    session: Session,
+    tenant_ref: str | uuid.UUID,
+    run_id: uuid.UUID,
+    *,
+    actor: str = "worker",
+) -> DeployResult:
+    """Deploy the run's fine-tuned model for the tenant, by the tenant's policy.
+
+    Evaluation gate: a `reject` recommendation records a rejected deployment with its reason; no
+    evaluation, when the policy requires one, records `awaiting_evaluation` (call again once one
+    is recorded). Otherwise, in this one transaction under the tenant's lock: register vN, apply
+    the strategy (immediate 100%, canary its first step, blue-green staged at 0%), write the
+    deployment row and one audit event. Nothing is half-done if any step fails.
+
+    Idempotent: a run that already has a decided deployment returns it unchanged
+    (`newly_applied=False`). Raises TenantNotFound, TenantMismatch, RunNotDeployable.
+    """
+    tenant = lock_tenant(session, find_tenant(session, tenant_ref).id)
+    run = session.get_one(FinetuningRun, run_id, populate_existing=True)
+    if run.tenant_id != tenant.id:
+        raise TenantMismatch(
+            run.openai_job_id, {"run row": str(run.tenant_id), "deploy": tenant.slug}
+        )
+    if run.status != "succeeded" or not run.fine_tuned_model:
+        raise RunNotDeployable(run.openai_job_id, run.status)
+
+    deployment = session.scalars(
+        select(Deployment).where(Deployment.run_id == run.id).with_for_update()
+    ).one_or_none()
+    if deployment is not None and deployment.status != DeploymentStatus.AWAITING_EVALUATION:
+        return _result(session, deployment, newly_applied=False)
+
+    policy = get_policy(session, tenant.id)
+    now = utcnow()
+    if deployment is None:
+        deployment = Deployment(
+            tenant_id=tenant.id,
+            run_id=run.id,
+            strategy=policy.strategy,
+            auto_promote=policy.auto_promote,
+            auto_promote_threshold=policy.auto_promote_threshold,
+            status=DeploymentStatus.AWAITING_EVALUATION,
+            created_at=now,
+        )
+        session.add(deployment)
+
+    evaluation = latest_evaluation(session, run.id)
+    if evaluation is not None and evaluation.recommendation == Recommendation.REJECT:
+        return _decided(
+            session,
+            deployment,
+            DeploymentStatus.REJECTED,
+            f"evaluation {evaluation.id} recommends reject",
+        )
+    if evaluation is None and policy.require_evaluation:
+        return _decided(
+            session,
+            deployment,
+            DeploymentStatus.AWAITING_EVALUATION,
+            "waiting for an evaluation (the policy requires one)",
+        )
+
+    version = register_version(session, tenant, run, evaluation)
+    deployment.version_id = version.id
+    before = current_split(session, tenant.id)
+    strategy = Strategy(deployment.strategy)
+    if strategy is Strategy.BLUE_GREEN:
+        share, status = 0, DeploymentStatus.STAGED
+        reason = f"v{version.version} staged at 0% until an operator switches it"
+        session.flush()
+    else:
+        wanted = 100 if strategy is Strategy.IMMEDIATE else initial_canary_percent(policy)
+        target = traffic.after_promote(before, version.version, wanted)
+        apply_split(session, tenant, target, now=now, promoted=version)
+        share = target[version.version]
+        status = DeploymentStatus.PROMOTED if share == 100 else DeploymentStatus.ACTIVE
+        reason = f"v{version.version} {strategy.value} at {share}%"
+        if share != wanted:
+            reason += f" (nothing else serves, so it takes all traffic, not {wanted}%)"
+    deployment.initial_traffic = share
+    deployment.status = status
+    deployment.reason = reason
+    deployment.step_started_at = now if share else None
+    deployment.updated_at = now
+    commit_change(
+        session,
+        tenant,
+        action="deploy",
+        version=version.version,
+        before=before,
+        actor=actor,
+        reason=reason,
+        now=now,
+    )
+    return DeployResult(status, version.version, share, reason, newly_applied=True)
+
+
+def _decided(
+    session: Session,
+    deployment: Deployment,
+    status: DeploymentStatus,
+    reason: str,
+) -> DeployResult:
+    deployment.status = status
+    deployment.reason = reason
+    deployment.updated_at = utcnow()
+    session.flush()
+    return DeployResult(status, None, 0, reason, newly_applied=True)
+
+
+def _result(session: Session, deployment: Deployment, *, newly_applied: bool) -> DeployResult:
+    version = session.get(ModelVersion, deployment.version_id) if deployment.version_id else None
+    return DeployResult(
+        DeploymentStatus(deployment.status),
+        version.version if version else None,
+        version.traffic_percent if version else 0,
+        deployment.reason,
+        newly_applied=newly_applied,
+    )
+
+
+def deployments_of(session: Session, tenant_id: uuid.UUID) -> list[Deployment]:
+    return list(
+        session.scalars(
+            select(Deployment)
+            .where(Deployment.tenant_id == tenant_id)
+            .order_by(Deployment.created_at.desc())
+        )
+    )

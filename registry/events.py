@@ -1,0 +1,143 @@
+""" "Fine-tuning job finished" events: accepted durably, ended as done or failed, never dropped."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from registry.errors import InvalidInput
+from registry.models import EventState, JobEvent, utcnow
+from registry.tenants import validate_slug
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_:.\-]{1,200}$")
+
+
+def validate_job_id(job_id: object) -> str:
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+        raise InvalidInput("job id", f"{job_id!r} is not an OpenAI fine-tuning job id")
+    return job_id
+
+
+def validate_tenant_hint(tenant: object) -> str | None:
+    if tenant is None or tenant == "":
+        return None
+    if not isinstance(tenant, str):
+        raise InvalidInput("tenant", f"{tenant!r} is not a slug or id")
+    if len(tenant) == 36 and tenant.count("-") == 4:
+        return tenant
+    return validate_slug(tenant)
+
+
+def accept_event(session: Session, job_id: str, tenant: str | None, source: str) -> JobEvent:
+    """Record that an event for `job_id` arrived. Idempotent (one row per job, whatever the
+    number of deliveries); safe under concurrency (INSERT … ON CONFLICT DO NOTHING). An event
+    that had failed is reopened, so a redelivery after a fix (say, the tenant now exists) runs."""
+    job_id = validate_job_id(job_id)
+    tenant = validate_tenant_hint(tenant)
+    now = utcnow()
+    values = {
+        "openai_job_id": job_id,
+        "tenant_hint": tenant,
+        "source": source,
+        "state": EventState.RECEIVED,
+        "received_at": now,
+        "updated_at": now,
+        "attempts": 0,
+        "crashes": 0,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert(JobEvent)
+        .values(id=uuid.uuid4(), **values)
+        .on_conflict_do_nothing(index_elements=["openai_job_id"])
+    )
+    event = session.scalars(
+        select(JobEvent)
+        .where(JobEvent.openai_job_id == job_id)
+        .execution_options(populate_existing=True)
+    ).one()
+    if event.tenant_hint is None and tenant is not None:
+        event.tenant_hint = tenant
+    if event.state == EventState.FAILED:
+        event.state = EventState.RECEIVED
+        event.attempts = 0
+        event.updated_at = now
+    session.flush()
+    return event
+
+
+def find_event(session: Session, job_id: str) -> JobEvent | None:
+    return session.scalars(
+        select(JobEvent)
+        .where(JobEvent.openai_job_id == job_id)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def start_attempt(session: Session, job_id: str, tenant: str | None) -> JobEvent:
+    """Count one more attempt at the event, creating it if it came straight from the broker.
+
+    An attempt that finds the previous one still marked in flight counts a crash: the process
+    died while handling it (or outlived the broker's visibility timeout). The caller gives up
+    on an event that crashes too often, so a poison event cannot loop forever.
+    """
+    event = accept_event(session, job_id, tenant, "broker")
+    now = utcnow()
+    if event.in_flight_since is not None:
+        event.crashes += 1
+    event.attempts += 1
+    event.in_flight_since = now
+    event.updated_at = now
+    if event.enqueued_at is None:
+        event.enqueued_at = now
+    session.flush()
+    return event
+
+
+def end_attempt(session: Session, job_id: str) -> None:
+    """The attempt ended cleanly (done, failed, or a retry is scheduled)."""
+    session.execute(
+        update(JobEvent).where(JobEvent.openai_job_id == job_id).values(in_flight_since=None)
+    )
+
+
+def finish_event(session: Session, job_id: str, state: EventState, outcome: str) -> None:
+    """End the event as done or failed, with what happened. Idempotent."""
+    session.execute(
+        update(JobEvent)
+        .where(JobEvent.openai_job_id == job_id)
+        .values(state=state, outcome=outcome[:2000], updated_at=utcnow(), in_flight_since=None)
+    )
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    session.execute(
+        update(JobEvent)
+        .where(JobEvent.openai_job_id == job_id, JobEvent.enqueued_at.is_(None))
+        .values(enqueued_at=utcnow())
+    )
+
+
+def unenqueued_events(
+    session: Session, older_than: timedelta, now: datetime | None = None
+) -> list[str]:
+    """Job ids accepted but never handed to the broker (a crash between commit and send)."""
+    cutoff = (now or utcnow()) - older_than
+    return list(
+        session.scalars(
+            select(JobEvent.openai_job_id)
+            .where(
+                JobEvent.state == EventState.RECEIVED,
+                JobEvent.enqueued_at.is_(None),
+                JobEvent.received_at < cutoff,
+            )
+            .limit(1000)
+        )
+    )

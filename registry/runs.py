@@ -1,0 +1,136 @@
+"""Fine-tuning runs (one per OpenAI job) and their evaluations."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry.errors import InvalidInput, RunNotFound, TenantMismatch, TenantUnknownForJob
+from registry.models import Evaluation, FinetuningRun, Recommendation, Tenant
+from registry.openai_jobs import JobSnapshot
+from registry.tenants import find_tenant
+
+MAX_METRICS = 100
+
+
+def find_run(session: Session, job_id: str) -> FinetuningRun:
+    run = session.scalars(
+        select(FinetuningRun).where(FinetuningRun.openai_job_id == job_id)
+    ).one_or_none()
+    if run is None:
+        raise RunNotFound(job_id)
+    return run
+
+
+def tenant_for_job(
+    session: Session, job_id: str, *, from_event: str | None, from_job: str | None
+) -> Tenant:
+    """The tenant a job belongs to, from the event, the run row and the job's metadata.
+
+    Every source that names one must name the same tenant (by slug or id): a disagreement raises
+    TenantMismatch, none at all TenantUnknownForJob. Unknown names raise TenantNotFound.
+    """
+    claims: dict[str, Tenant] = {}
+    run = session.scalars(
+        select(FinetuningRun).where(FinetuningRun.openai_job_id == job_id)
+    ).one_or_none()
+    if run is not None:
+        claims["run row"] = session.get_one(Tenant, run.tenant_id)
+    if from_event:
+        claims["event"] = find_tenant(session, from_event)
+    if from_job:
+        claims["job metadata"] = find_tenant(session, from_job)
+    if not claims:
+        raise TenantUnknownForJob(job_id)
+    if len({tenant.id for tenant in claims.values()}) > 1:
+        raise TenantMismatch(job_id, {source: t.slug for source, t in claims.items()})
+    return next(iter(claims.values()))
+
+
+def record_run(
+    session: Session,
+    tenant: Tenant,
+    job: JobSnapshot,
+    result_metrics: dict[str, float] | None = None,
+) -> FinetuningRun:
+    """Create or update the run row of `job` for `tenant`. Idempotent; the caller holds the
+    tenant's lock, so two events for one job cannot both insert (and the job id is unique)."""
+    run = session.scalars(
+        select(FinetuningRun).where(FinetuningRun.openai_job_id == job.job_id)
+    ).one_or_none()
+    if run is None:
+        run = FinetuningRun(tenant_id=tenant.id, openai_job_id=job.job_id, status=job.status)
+        session.add(run)
+    elif run.tenant_id != tenant.id:
+        raise TenantMismatch(job.job_id, {"run row": str(run.tenant_id), "event": tenant.slug})
+    run.status = job.status
+    run.base_model = job.base_model
+    run.fine_tuned_model = job.fine_tuned_model
+    run.trained_tokens = job.trained_tokens
+    run.error = job.error
+    run.finished_at = job.finished_at
+    if result_metrics:
+        run.result_metrics = dict(result_metrics)
+    session.flush()
+    return run
+
+
+def parse_metrics(pairs: list[str] | dict[str, Any] | None) -> dict[str, float]:
+    """Metrics from `k=v` strings (CLI) or a mapping (API): finite numbers under plain names."""
+    if not pairs:
+        return {}
+    items: list[tuple[str, Any]]
+    if isinstance(pairs, dict):
+        items = list(pairs.items())
+    else:
+        items = []
+        for pair in pairs:
+            name, sep, value = pair.partition("=")
+            if not sep:
+                raise InvalidInput("metric", f"{pair!r} is not of the form name=value")
+            items.append((name.strip(), value.strip()))
+    if len(items) > MAX_METRICS:
+        raise InvalidInput("metrics", f"at most {MAX_METRICS} are accepted")
+    metrics: dict[str, float] = {}
+    for name, value in items:
+        if not name or len(name) > 64 or not name.replace("_", "").replace(".", "").isalnum():
+            raise InvalidInput("metric name", f"{name!r} must be letters, digits, '_' or '.'")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InvalidInput("metric value", f"{name}={value!r} is not a number") from None
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise InvalidInput("metric value", f"{name}={value!r} is not a finite number")
+        metrics[name] = number
+    return metrics
+
+
+def record_evaluation(
+    session: Session,
+    job_id: str,
+    recommendation: str,
+    metrics: dict[str, float] | None = None,
+) -> Evaluation:
+    """Record an evaluation of the job's run. Raises InvalidInput, RunNotFound (nothing written).
+    Not idempotent: each call adds an evaluation, and the newest one counts."""
+    if recommendation not in set(Recommendation):
+        allowed = ", ".join(r.value for r in Recommendation)
+        raise InvalidInput("recommendation", f"{recommendation!r} is not one of {allowed}")
+    run = find_run(session, job_id)
+    evaluation = Evaluation(run_id=run.id, recommendation=recommendation, metrics=metrics or {})
+    session.add(evaluation)
+    session.flush()
+    return evaluation
+
+
+def latest_evaluation(session: Session, run_id: uuid.UUID) -> Evaluation | None:
+    return session.scalars(
+        select(Evaluation)
+        .where(Evaluation.run_id == run_id)
+        .order_by(Evaluation.created_at.desc(), Evaluation.id.desc())
+        .limit(1)
+    ).one_or_none()

@@ -1,0 +1,66 @@
+"""All configuration, read from the environment in one place (prefix FTDEPLOY_)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FTDEPLOY_", extra="ignore")
+
+    data_dir: Path = Path("./.ftdeploy")
+    # Empty means the embedded default (a SQLite file / a filesystem broker in data_dir).
+    database_url: SecretStr | None = None
+    broker_url: SecretStr | None = None
+
+    sweep_seconds: float = Field(default=30.0, gt=0)
+    job_poll_seconds: float = Field(default=15.0, gt=0)
+    job_poll_max_seconds: float = Field(default=600.0, gt=0)
+    job_deadline_seconds: float = Field(default=6 * 3600.0, gt=0)
+    task_time_limit_seconds: int = Field(default=300, gt=0)
+    visibility_timeout_seconds: int = Field(default=3600, gt=0)
+    max_retries: int = Field(default=50, ge=0)
+    openai_timeout_seconds: float = Field(default=30.0, gt=0)
+    routing_staleness_seconds: float = Field(default=1.0, ge=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    webhook_secret: SecretStr | None = None
+    webhook_max_body_bytes: int = Field(default=256 * 1024, gt=0)
+    reconcile_seconds: float = Field(default=60.0, gt=0)
+    log_json: bool = False
+
+    @model_validator(mode="after")
+    def _visibility_outlasts_every_delay(self) -> Settings:
+        # Redis redelivers an unacked message after the visibility timeout. If a task may run, or
+        # wait for its countdown, longer than that, a second worker starts the same work.
+        longest = max(self.task_time_limit_seconds, self.job_poll_max_seconds)
+        if self.visibility_timeout_seconds <= longest:
+            raise ValueError(
+                f"FTDEPLOY_VISIBILITY_TIMEOUT_SECONDS ({self.visibility_timeout_seconds}) must "
+                f"exceed the longest task time limit or retry countdown ({longest:g})"
+            )
+        return self
+
+    @property
+    def database_url_value(self) -> str:
+        if self.database_url is not None and self.database_url.get_secret_value():
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'ftdeploy.db').resolve()}"
+
+    @property
+    def broker_url_value(self) -> str:
+        if self.broker_url is not None and self.broker_url.get_secret_value():
+            return self.broker_url.get_secret_value()
+        return "filesystem://"
+
+    @property
+    def is_embedded_database(self) -> bool:
+        return self.database_url_value.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

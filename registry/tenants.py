@@ -1,0 +1,159 @@
+"""Tenants and their deployment policy."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry.errors import InvalidInput, TenantExists, TenantNotFound
+from registry.models import DeploymentPolicy, Strategy, Tenant, utcnow
+
+SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+DEFAULT_THRESHOLD = 0.95
+METRICS = ("success_rate", "score")
+
+
+def validate_slug(slug: str) -> str:
+    if not isinstance(slug, str) or not SLUG_PATTERN.match(slug):
+        raise InvalidInput("tenant slug", f"{slug!r} must be 1-63 lowercase letters, digits or '-'")
+    return slug
+
+
+def create_tenant(session: Session, slug: str) -> Tenant:
+    """Create a tenant with the default policy. Raises InvalidInput, TenantExists. Not idempotent:
+    a second call with the same slug raises TenantExists and changes nothing."""
+    validate_slug(slug)
+    if session.scalar(select(Tenant.id).where(Tenant.slug == slug)) is not None:
+        raise TenantExists(slug)
+    tenant = Tenant(slug=slug)
+    session.add(tenant)
+    session.flush()
+    session.add(DeploymentPolicy(tenant_id=tenant.id))
+    session.flush()
+    return tenant
+
+
+def find_tenant(session: Session, ref: str | uuid.UUID) -> Tenant:
+    """The tenant named by slug or id. Raises TenantNotFound (InvalidInput for a bad slug)."""
+    if isinstance(ref, uuid.UUID):
+        tenant = session.get(Tenant, ref)
+    else:
+        tenant_id = _as_uuid(ref)
+        if tenant_id is not None:
+            tenant = session.get(Tenant, tenant_id)
+        else:
+            validate_slug(ref)
+            tenant = session.scalars(select(Tenant).where(Tenant.slug == ref)).one_or_none()
+    if tenant is None:
+        raise TenantNotFound(str(ref))
+    return tenant
+
+
+def _as_uuid(ref: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(ref)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def get_policy(session: Session, tenant_id: uuid.UUID) -> DeploymentPolicy:
+    policy = session.get(DeploymentPolicy, tenant_id)
+    if policy is None:  # a tenant created by the host SaaS, not by us: defaults apply
+        policy = DeploymentPolicy(tenant_id=tenant_id)
+        session.add(policy)
+        session.flush()
+    return policy
+
+
+@dataclass(frozen=True)
+class PolicyChanges:
+    """Fields to change in a tenant's policy; None leaves a field as it is."""
+
+    strategy: str | None = None
+    canary_percent: int | None = None
+    canary_steps: tuple[int, ...] | None = None
+    auto_promote: bool | None = None
+    auto_promote_threshold: float | None = None
+    metric: str | None = None
+    min_samples: int | None = None
+    bake_seconds: int | None = None
+    progress_deadline_seconds: int | None = None
+    auto_rollback: bool | None = None
+    require_evaluation: bool | None = None
+    keep_deprecated: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+
+def _check_int(field: str, value: object, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(field, f"{value!r} is not a whole number")
+    if value < low or (high is not None and value > high):
+        bounds = f"{low}..{high}" if high is not None else f">= {low}"
+        raise InvalidInput(field, f"{value} is outside {bounds}")
+    return value
+
+
+def validate_changes(changes: PolicyChanges) -> None:
+    """Raise InvalidInput for the first field out of range; every check runs before any write."""
+    if changes.strategy is not None and changes.strategy not in set(Strategy):
+        allowed = ", ".join(s.value for s in Strategy)
+        raise InvalidInput("strategy", f"{changes.strategy!r} is not one of {allowed}")
+    if changes.canary_percent is not None:
+        _check_int("canary percent", changes.canary_percent, 1, 99)
+    if changes.canary_steps is not None:
+        from registry.analysis import parse_steps
+
+        parse_steps(",".join(str(step) for step in changes.canary_steps))
+    threshold = changes.auto_promote_threshold
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not 0 <= threshold <= 1
+    ):
+        raise InvalidInput("threshold", f"{threshold!r} is not a number in 0..1")
+    if changes.metric is not None and changes.metric not in METRICS:
+        raise InvalidInput("metric", f"{changes.metric!r} is not one of {', '.join(METRICS)}")
+    if changes.min_samples is not None:
+        _check_int("min samples", changes.min_samples, 1)
+    if changes.bake_seconds is not None:
+        _check_int("bake seconds", changes.bake_seconds, 0)
+    if changes.progress_deadline_seconds is not None:
+        _check_int("deadline seconds", changes.progress_deadline_seconds, 1)
+    if changes.keep_deprecated is not None:
+        _check_int("keep deprecated", changes.keep_deprecated, 0)
+
+
+def set_policy(session: Session, tenant_id: uuid.UUID, changes: PolicyChanges) -> DeploymentPolicy:
+    """Apply `changes` to the tenant's policy. Validates everything first (InvalidInput, nothing
+    written). Idempotent. Deployments already made keep the settings they were made with."""
+    validate_changes(changes)
+    policy = get_policy(session, tenant_id)
+    for name, value in changes.given().items():
+        setattr(policy, name, list(value) if name == "canary_steps" else value)
+    if policy.auto_promote and policy.auto_promote_threshold is None:
+        policy.auto_promote_threshold = DEFAULT_THRESHOLD
+    if policy.canary_steps:
+        # The first step is where a canary starts: keep the two in agreement.
+        policy.canary_percent = min(policy.canary_steps[0], 99)
+    policy.updated_at = utcnow()
+    session.flush()
+    return policy
+
+
+def initial_canary_percent(policy: DeploymentPolicy) -> int:
+    """Where a new canary starts: the first of the policy's steps, else its canary percent.
+
+    Unlike the seed (`canaryPercent || 10`), a stored value is used as it is; 0 cannot be stored.
+    """
+    if policy.canary_steps:
+        return int(policy.canary_steps[0])
+    return policy.canary_percent

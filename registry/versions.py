@@ -1,0 +1,378 @@
+"""Model versions and their traffic: register, promote, roll back, list.
+
+Every change here runs inside the caller's transaction, after `lock_tenant`, and ends with
+`_commit_change`: the invariant is checked and exactly one audit event is written. The caller
+(a task, the CLI) commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from registry import traffic
+from registry.db import lock_tenant
+from registry.errors import (
+    InvalidInput,
+    InvariantViolation,
+    NothingToRollBack,
+    VersionNotFound,
+)
+from registry.models import (
+    Deployment,
+    DeploymentStatus,
+    Evaluation,
+    FinetuningRun,
+    ModelVersion,
+    Tenant,
+    TrafficEvent,
+    VersionStatus,
+    utcnow,
+)
+from registry.routing import CHANGED_TENANTS_KEY
+from registry.tenants import find_tenant
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one change did to a tenant's traffic, as recorded in the audit trail."""
+
+    tenant: str
+    action: str
+    version: int | None
+    before: traffic.Split
+    after: traffic.Split
+    reason: str
+
+
+def check_percent(percent: object) -> int:
+    """A traffic percent from outside: an integer in 1..100 (not a bool, not 12.5)."""
+    if isinstance(percent, bool) or not isinstance(percent, int):
+        raise InvalidInput("traffic percent", f"{percent!r} is not a whole number")
+    if not 1 <= percent <= 100:
+        raise InvalidInput("traffic percent", f"{percent} is outside 1..100")
+    return percent
+
+
+def check_version_number(version: object) -> int:
+    if isinstance(version, str) and version.lower().startswith("v"):
+        version = version[1:]
+    try:
+        number = int(version)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise InvalidInput("version", f"{version!r} is not a version number") from None
+    if isinstance(version, bool) or number < 1 or str(number) != str(version).strip():
+        raise InvalidInput("version", f"{version!r} is not a version number (1, 2, … or v1)")
+    return number
+
+
+def production_versions(session: Session, tenant_id: uuid.UUID) -> list[ModelVersion]:
+    """The tenant's production versions, freshly read (call after taking the tenant's lock)."""
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(
+                ModelVersion.tenant_id == tenant_id,
+                ModelVersion.status == VersionStatus.PRODUCTION,
+            )
+            .order_by(ModelVersion.version)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def split_of(versions: list[ModelVersion]) -> traffic.Split:
+    return {v.version: v.traffic_percent for v in versions if v.traffic_percent > 0}
+
+
+def current_split(session: Session, tenant_id: uuid.UUID) -> traffic.Split:
+    return split_of(production_versions(session, tenant_id))
+
+
+def list_versions(session: Session, tenant_ref: str | uuid.UUID) -> list[ModelVersion]:
+    """All versions of the tenant, newest first. Reads only; takes no lock."""
+    tenant = find_tenant(session, tenant_ref)
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .where(ModelVersion.tenant_id == tenant.id)
+            .order_by(ModelVersion.version.desc())
+        )
+    )
+
+
+def find_version(session: Session, tenant: Tenant, number: int) -> ModelVersion:
+    """Version `number` of this tenant (never another tenant's). Raises VersionNotFound."""
+    version = session.scalars(
+        select(ModelVersion)
+        .where(ModelVersion.tenant_id == tenant.id, ModelVersion.version == number)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if version is None:
+        raise VersionNotFound(tenant.slug, number)
+    return version
+
+
+def register_version(
+    session: Session,
+    tenant: Tenant,
+    run: FinetuningRun,
+    evaluation: Evaluation | None,
+) -> ModelVersion:
+    """Register the run's model as the tenant's next version, in staging at 0%.
+
+    Locks the tenant, so the next number is read and used under the lock: concurrent registrations
+    get consecutive numbers, never the same one (the seed read, then inserted). One version per
+    run is a database constraint. Does not write an audit event: the caller's change does.
+    """
+    lock_tenant(session, tenant.id)
+    latest = session.scalar(
+        select(func.max(ModelVersion.version)).where(ModelVersion.tenant_id == tenant.id)
+    )
+    number = (latest or 0) + 1
+    metrics = {**(run.result_metrics or {}), **(evaluation.metrics if evaluation else {})}
+    version = ModelVersion(
+        tenant_id=tenant.id,
+        name=f"v{number}",
+        model_id=run.fine_tuned_model,
+        version=number,
+        status=VersionStatus.STAGING,
+        run_id=run.id,
+        evaluation_id=evaluation.id if evaluation else None,
+        metrics=metrics,
+        traffic_percent=0,
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def apply_split(
+    session: Session,
+    tenant: Tenant,
+    target: traffic.Split,
+    *,
+    now: datetime,
+    promoted: ModelVersion | None = None,
+    rolled_back: ModelVersion | None = None,
+) -> None:
+    """Make `target` the tenant's production split (tenant already locked).
+
+    Versions in `target` become production with their share; production versions not in it become
+    deprecated at 0%. Deployment rows follow: `promoted`'s deployment starts a new step (`active`,
+    or `promoted` at 100%), any active deployment left at 100% is `promoted`, and one whose
+    version left is `superseded` (`rolled_back` for `rolled_back`).
+    """
+    before = production_versions(session, tenant.id)
+    touched = {v.version: v for v in before}
+    for number in target:
+        if number not in touched:
+            touched[number] = find_version(session, tenant, number)
+    for number, version in touched.items():
+        share = target.get(number, 0)
+        was_serving = version.status == VersionStatus.PRODUCTION
+        if share > 0:
+            if not was_serving or version.deployed_at is None:
+                version.deployed_at = now
+            version.status = VersionStatus.PRODUCTION
+            version.traffic_percent = share
+            if version is promoted:
+                _start_step(session, version, share, now)
+            elif share == 100:
+                _set_deployment_status(session, version, DeploymentStatus.PROMOTED, now)
+        elif was_serving:
+            version.status = VersionStatus.DEPRECATED
+            version.traffic_percent = 0
+            version.deprecated_at = now
+            left_as = (
+                DeploymentStatus.ROLLED_BACK
+                if version is rolled_back
+                else DeploymentStatus.SUPERSEDED
+            )
+            _set_deployment_status(session, version, left_as, now)
+    session.flush()
+
+
+def _start_step(session: Session, version: ModelVersion, share: int, now: datetime) -> None:
+    deployment = _deployment_of(session, version)
+    if deployment is None:
+        return
+    deployment.step_started_at = now
+    deployment.status = DeploymentStatus.PROMOTED if share == 100 else DeploymentStatus.ACTIVE
+    deployment.updated_at = now
+
+
+def _set_deployment_status(
+    session: Session, version: ModelVersion, status: DeploymentStatus, now: datetime
+) -> None:
+    deployment = _deployment_of(session, version)
+    # A deployment that was rejected or is still awaiting its evaluation has no live version.
+    if deployment is not None and deployment.status not in (status, DeploymentStatus.REJECTED):
+        deployment.status = status
+        deployment.updated_at = now
+
+
+def _deployment_of(session: Session, version: ModelVersion) -> Deployment | None:
+    return session.scalars(
+        select(Deployment).where(Deployment.version_id == version.id)
+    ).one_or_none()
+
+
+def commit_change(
+    session: Session,
+    tenant: Tenant,
+    *,
+    action: str,
+    version: int | None,
+    before: traffic.Split,
+    actor: str,
+    reason: str,
+    now: datetime,
+) -> Change:
+    """Check the invariant on what is now in the session and write the one audit event.
+
+    Raises InvariantViolation (the transaction must then be rolled back) if production traffic
+    does not sum to 100 with every share in 1..100, or if a non-production version has traffic.
+    """
+    after = current_split(session, tenant.id)
+    stray = session.scalar(
+        select(func.count())
+        .select_from(ModelVersion)
+        .where(
+            ModelVersion.tenant_id == tenant.id,
+            ModelVersion.status != VersionStatus.PRODUCTION,
+            ModelVersion.traffic_percent != 0,
+        )
+    )
+    if not traffic.is_valid(after) or stray:
+        raise InvariantViolation(tenant.slug, after)
+    session.add(
+        TrafficEvent(
+            tenant_id=tenant.id,
+            action=action,
+            version=version,
+            actor=actor,
+            reason=reason,
+            split_before=traffic.as_json(before),
+            split_after=traffic.as_json(after),
+            created_at=now,
+        )
+    )
+    session.flush()
+    # Routing snapshots in this process are dropped when the transaction commits.
+    session.info.setdefault(CHANGED_TENANTS_KEY, set()).add(tenant.id)
+    return Change(tenant.slug, action, version, before, after, reason)
+
+
+def promote(
+    session: Session,
+    tenant_ref: str | uuid.UUID,
+    version: int,
+    percent: int = 100,
+    *,
+    actor: str = "operator",
+    reason: str | None = None,
+    action: str = "promote",
+) -> Change:
+    """Give version `version` of the tenant `percent` (1..100) of its traffic.
+
+    100 makes it the only production version (the others become deprecated). Below 100 the other
+    production versions share the rest in proportion to their traffic, as exact integers (the
+    seed gave each of them 100 - p). With no other production version it takes 100.
+
+    Locks the tenant; checks the invariant; writes one audit event. Raises InvalidInput,
+    TenantNotFound, VersionNotFound (also for another tenant's version). Promoting to the split
+    that is already in force is a no-op change that is still audited.
+    """
+    percent = check_percent(percent)
+    number = check_version_number(version)
+    tenant = lock_tenant(session, find_tenant(session, tenant_ref).id)
+    target_version = find_version(session, tenant, number)
+    now = utcnow()
+    before = current_split(session, tenant.id)
+    target = traffic.after_promote(before, target_version.version, percent)
+    apply_split(session, tenant, target, now=now, promoted=target_version)
+    why = reason or f"v{number} to {target[number]}%"
+    return commit_change(
+        session,
+        tenant,
+        action=action,
+        version=number,
+        before=before,
+        actor=actor,
+        reason=why,
+        now=now,
+    )
+
+
+def rollback(
+    session: Session,
+    tenant_ref: str | uuid.UUID,
+    *,
+    actor: str = "operator",
+    reason: str | None = None,
+    action: str = "rollback",
+) -> Change:
+    """Take the newest production version out of production.
+
+    During a canary the canary is aborted and the remaining production versions are rescaled to
+    100. If none remains, the version that served before it (the one deprecated most recently and
+    never itself rolled back) returns to 100. A rolled-back version is never restored later.
+
+    Locks the tenant; checks the invariant; writes one audit event. Raises NothingToRollBack
+    (nothing changed) when nothing is in production or there is nothing to return to.
+    """
+    tenant = lock_tenant(session, find_tenant(session, tenant_ref).id)
+    serving = production_versions(session, tenant.id)
+    if not serving:
+        raise NothingToRollBack(tenant.slug, "no version is in production")
+    newest = max(serving, key=lambda v: v.version)
+    before = split_of(serving)
+    target = traffic.after_removal(before, newest.version)
+    restored: ModelVersion | None = None
+    if not target:
+        restored = _previous_version(session, tenant, newest)
+        if restored is None:
+            raise NothingToRollBack(
+                tenant.slug, f"v{newest.version} is the only version that ever served"
+            )
+        target = {restored.version: 100}
+    now = utcnow()
+    newest.rolled_back_at = now
+    apply_split(session, tenant, target, now=now, rolled_back=newest)
+    why = reason or (
+        f"v{newest.version} rolled back; v{restored.version} restored to 100%"
+        if restored is not None
+        else f"v{newest.version} rolled back; remaining versions rescaled"
+    )
+    return commit_change(
+        session,
+        tenant,
+        action=action,
+        version=newest.version,
+        before=before,
+        actor=actor,
+        reason=why,
+        now=now,
+    )
+
+
+def _previous_version(
+    session: Session, tenant: Tenant, leaving: ModelVersion
+) -> ModelVersion | None:
+    return session.scalars(
+        select(ModelVersion)
+        .where(
+            ModelVersion.tenant_id == tenant.id,
+            ModelVersion.status == VersionStatus.DEPRECATED,
+            ModelVersion.rolled_back_at.is_(None),
+            ModelVersion.deprecated_at.is_not(None),
+            ModelVersion.id != leaving.id,
+        )
+        .order_by(ModelVersion.deprecated_at.desc(), ModelVersion.version.desc())
+        .limit(1)
+    ).one_or_none()

@@ -1,0 +1,34 @@
+"""The registry's main path on both databases: deploy by each strategy, promote, roll back."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from registry import versions
+from registry.models import DeploymentStatus
+from tests.factories import deploy_new, make_tenant
+
+
+def test_canary_then_promote_then_rollback(session: Session) -> None:
+    tenant = make_tenant(session, strategy="canary", canary_percent=20)
+    first = deploy_new(session, tenant)
+    assert (first.version, first.traffic_percent, first.status) == (1, 100, "promoted")
+    second = deploy_new(session, tenant)
+    assert (second.version, second.traffic_percent, second.status) == (2, 20, "active")
+    assert versions.current_split(session, tenant.id) == {1: 80, 2: 20}
+
+    change = versions.promote(session, tenant.slug, 2, 100)
+    assert change.after == {2: 100}
+    back = versions.rollback(session, tenant.slug)
+    assert back.after == {1: 100}
+    rows = {v.version: v for v in versions.list_versions(session, tenant.slug)}
+    assert rows[2].status == "deprecated" and rows[2].rolled_back_at is not None
+    assert rows[1].status == "production"
+
+
+def test_blue_green_stages_at_zero(session: Session) -> None:
+    tenant = make_tenant(session, strategy="blue_green")
+    result = deploy_new(session, tenant)
+    assert result.status == DeploymentStatus.STAGED and result.traffic_percent == 0
+    assert versions.current_split(session, tenant.id) == {}
+    assert versions.promote(session, tenant.slug, 1).after == {1: 100}

@@ -1,0 +1,595 @@
+"""Throwaway PostgreSQL and Redis servers on 127.0.0.1 for one test session.
+
+Plain functions, not fixtures: conftest.py decides their scope. Each `start_*` returns a
+`Service` (also a context manager) whose server is stopped, and its temporary directory removed,
+by `stop()`, by leaving the `with` block, or at interpreter exit. If the test process dies without
+running its exit handlers (SIGKILL, a crash), the kernel signals the servers for us
+(PR_SET_PDEATHSIG), so no server outlives the session that started it; the next session removes
+the temporary directories such a session left behind.
+
+The servers bind 127.0.0.1 only (PostgreSQL also listens on a unix socket inside its temporary
+directory). `FTDEPLOY_TEST_POSTGRES_URL` / `FTDEPLOY_TEST_REDIS_URL` point the tests at servers
+that already run; nothing is started then, and such a service cannot be restarted.
+
+PostgreSQL refuses to run as root. When the tests run as root (as CI does), initdb and postgres run
+as an unprivileged system user (`postgres` if it exists, else `nobody`) that owns the temporary
+directory; the servers are our child processes either way, so we signal and reap them directly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import pwd
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import psycopg
+import redis
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+POSTGRES_URL_ENV = "FTDEPLOY_TEST_POSTGRES_URL"
+REDIS_URL_ENV = "FTDEPLOY_TEST_REDIS_URL"
+DATABASE = "ftdeploy_test"
+SUPERUSER = "postgres"
+HOST = "127.0.0.1"
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+_TMP_PREFIX = "ftdeploy-test-"
+_PR_SET_PDEATHSIG = 1
+_SHM = Path("/dev/shm")
+_SHM_MIN_FREE = 1 << 30  # Docker's default 64 MB /dev/shm is too small to hold a growing AOF
+_OWNER_PID = os.getpid()
+_LOCK = threading.Lock()
+_LIVE: list[Service] = []
+_T = TypeVar("_T")
+
+
+class Service:
+    """A server for the tests: `.url`, `.pid`, `.stop()`, `.restart()`; a context manager.
+
+    `stop()` is final and idempotent. `restart()` stops the server (gracefully; a server already
+    killed is just reaped) and starts it again on the same port with the same data.
+    """
+
+    def __init__(self, name: str, url: str, server: _Server | None = None) -> None:
+        self.name = name
+        self.url = url
+        self._server = server
+        self._stopped = False
+
+    @property
+    def external(self) -> bool:
+        """True when the URL came from the environment and nothing was started."""
+        return self._server is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, None for an external or stopped service."""
+        if self._server is None or self._server.process is None:
+            return None
+        return self._server.process.pid
+
+    @property
+    def workdir(self) -> Path | None:
+        """The temporary directory holding the data, socket and `server.log`."""
+        return None if self._server is None else self._server.workdir
+
+    def restart(self) -> None:
+        if self._server is None:
+            raise RuntimeError(f"external {self.name} cannot be restarted")
+        if self._stopped:
+            raise RuntimeError(f"{self.name} was stopped for good")
+        self._server.halt()
+        self._server.start()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        with _LOCK:
+            if self in _LIVE:
+                _LIVE.remove(self)
+        if self._server is not None:
+            try:
+                self._server.halt()
+            finally:
+                shutil.rmtree(self._server.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "external" if self.external else f"pid={self.pid}"
+        return f"<Service {self.name} {self.url} {state}>"
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def start_postgres() -> Service:
+    """A PostgreSQL server with an empty database `ftdeploy_test`, trust auth, no password.
+
+    `.url` is `postgresql+psycopg://postgres@127.0.0.1:PORT/ftdeploy_test`. Durability is off
+    (fsync, full_page_writes, synchronous_commit): the data is thrown away anyway.
+    """
+    external = os.environ.get(POSTGRES_URL_ENV)
+    if external:
+        return Service("postgres", external)
+    bindir = postgres_bindir()
+    user = _unprivileged_user() if os.geteuid() == 0 else None
+    workdir = _make_workdir("pg", user)
+    data, sockets = workdir / "data", workdir / "sockets"
+    try:
+        sockets.mkdir()
+        if user is not None:
+            os.chown(sockets, user.pw_uid, user.pw_gid)
+        _run(
+            [
+                str(bindir / "initdb"),
+                f"--pgdata={data}",
+                f"--username={SUPERUSER}",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            user=user,
+            cwd=workdir,
+            log=workdir / "initdb.log",
+        )
+
+        def argv(port: int) -> list[str]:
+            settings = {
+                "listen_addresses": HOST,
+                "unix_socket_directories": str(sockets),
+                "fsync": "off",
+                "full_page_writes": "off",
+                "synchronous_commit": "off",
+                "max_connections": "300",
+                # Docker gives /dev/shm 64 MB; parallel queries must not depend on it.
+                "dynamic_shared_memory_type": "mmap",
+            }
+            options = [part for k, v in settings.items() for part in ("-c", f"{k}={v}")]
+            return [str(bindir / "postgres"), "-D", str(data), "-p", str(port), *options]
+
+        server = _Server(
+            "postgres",
+            workdir,
+            argv,
+            ready=_postgres_ready,
+            user=user,
+            stop_signal=signal.SIGINT,  # fast shutdown: disconnect clients, then exit
+            death_signal=signal.SIGQUIT,  # immediate shutdown, also ends the backends
+        )
+        server.start()
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    service = _register(Service("postgres", _pg_url(server.port, "postgres"), server))
+    try:
+        create_database(service.url, DATABASE)
+    except BaseException:
+        service.stop()
+        raise
+    service.url = _pg_url(server.port, DATABASE)
+    return service
+
+
+def postgres_bindir() -> Path:
+    """The directory of initdb and postgres: the newest /usr/lib/postgresql/*/bin, else PATH."""
+
+    def version(path: Path) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", path.parent.name))
+
+    found = [
+        p
+        for p in Path("/usr/lib/postgresql").glob("*/bin")
+        if (p / "initdb").is_file() and (p / "postgres").is_file()
+    ]
+    if found:
+        return max(found, key=version)
+    initdb, postgres = shutil.which("initdb"), shutil.which("postgres")
+    if initdb and postgres:
+        return Path(initdb).parent
+    raise RuntimeError(
+        "PostgreSQL server binaries not found (initdb, postgres): install them "
+        f"(apt-get install postgresql) or set {POSTGRES_URL_ENV}"
+    )
+
+
+def libpq_url(url: str) -> str:
+    """The URL without SQLAlchemy's driver suffix, as psycopg.connect() takes it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def create_database(admin_url: str, name: str, *, template: str | None = None) -> str:
+    """Create database `name` on the server of `admin_url`; return its URL (same form)."""
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+        conn.execute(statement)
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop database `name` if it exists, closing its connections first."""
+    statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    admin = make_url(admin_url)
+    if admin.database == name:  # cannot drop the database we are connected to
+        admin = admin.set(database="postgres")
+    conninfo = libpq_url(admin.render_as_string(hide_password=False))
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def _pg_url(port: int, database: str) -> str:
+    return f"postgresql+psycopg://{SUPERUSER}@{HOST}:{port}/{database}"
+
+
+def _postgres_ready(port: int) -> bool:
+    try:
+        conninfo = f"host={HOST} port={port} user={SUPERUSER} dbname=postgres connect_timeout=2"
+        with psycopg.connect(conninfo) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def start_redis(appendonly: bool = True) -> Service:
+    """A Redis server; `.url` is `redis://127.0.0.1:PORT/0`.
+
+    With `appendonly` every write is in the AOF, fsynced, before Redis answers it, so what a
+    client was told is stored survives `restart()` and even a SIGKILL of the server. No RDB
+    snapshots are taken.
+    """
+    external = os.environ.get(REDIS_URL_ENV)
+    if external:
+        return Service("redis", external)
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise RuntimeError(
+            "redis-server not found: install it (apt-get install redis-server) "
+            f"or set {REDIS_URL_ENV}"
+        )
+    # In memory when /dev/shm has room: fsync is then free, and the AOF still survives a killed
+    # server, which is all a test session needs (on disk each write would cost milliseconds).
+    workdir = _make_workdir("redis", None, in_memory=True)
+
+    def argv(port: int) -> list[str]:
+        return [
+            executable,
+            "--bind", HOST,
+            "--port", str(port),
+            "--dir", str(workdir),
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--save", "",
+            "--appendonly", "yes" if appendonly else "no",
+            "--appendfsync", "always",
+            "--logfile", "",
+        ]  # fmt: skip
+
+    server = _Server(
+        "redis",
+        workdir,
+        argv,
+        ready=_redis_ready,
+        user=None,
+        stop_signal=signal.SIGTERM,  # Redis flushes the AOF and exits
+        death_signal=signal.SIGTERM,
+    )
+    try:
+        server.start()
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return _register(Service("redis", f"redis://{HOST}:{server.port}/0", server))
+
+
+def _redis_ready(port: int) -> bool:
+    client = redis.Redis(host=HOST, port=port, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+        return False
+    finally:
+        client.close()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class _Server:
+    """One server process: started on a free port (kept across restarts), stopped by signal."""
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        argv: Callable[[int], list[str]],
+        *,
+        ready: Callable[[int], bool],
+        user: pwd.struct_passwd | None,
+        stop_signal: signal.Signals,
+        death_signal: signal.Signals,
+    ) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.argv = argv
+        self.ready = ready
+        self.user = user
+        self.stop_signal = stop_signal
+        self.death_signal = death_signal
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        # A fresh port can be taken between our probe and the server's bind: try another one.
+        # A restart keeps its port (both servers bind with SO_REUSEADDR).
+        for _ in range(1 if self.port else 5):
+            port = self.port or _free_port()
+            self.process = _spawn(
+                self.argv(port),
+                user=self.user,
+                cwd=self.workdir,
+                log=self.workdir / "server.log",
+                death_signal=self.death_signal,
+            )
+            if self._wait_ready(port):
+                self.port = port
+                return
+        raise RuntimeError(
+            f"{self.name} exited at start on {HOST}:{port}; its log ends with:\n"
+            + _tail(self.workdir / "server.log")
+        )
+
+    def _wait_ready(self, port: int) -> bool:
+        """True once the server answers, False if it exited; raises after START_TIMEOUT."""
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.process = None
+                return False
+            if self.ready(port):
+                return True
+            time.sleep(0.05)
+        self.halt()
+        raise RuntimeError(
+            f"{self.name} did not answer on {HOST}:{port} within {START_TIMEOUT:.0f}s; "
+            "its log ends with:\n" + _tail(self.workdir / "server.log")
+        )
+
+    def halt(self) -> None:
+        """Stop the process (signal, then SIGKILL after STOP_TIMEOUT) and reap it."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            try:
+                process.send_signal(self.stop_signal)
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _spawn(
+    argv: Sequence[str],
+    *,
+    user: pwd.struct_passwd | None,
+    cwd: Path,
+    log: Path,
+    death_signal: signal.Signals,
+) -> subprocess.Popen[bytes]:
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        # Runs in the child after the uid switch (a uid change would clear the setting).
+        prctl(_PR_SET_PDEATHSIG, int(death_signal))
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    def popen() -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            return subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=_child_env(user, cwd),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+                **_as_user(user),
+            )
+
+    return _in_spawner_thread(popen)
+
+
+_spawner: tuple[int, queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]] | None = None
+
+
+def _in_spawner_thread(call: Callable[[], _T]) -> _T:
+    """Run `call` in one daemon thread that lives as long as the process.
+
+    The kernel sends the death signal when the *thread* that forked the server ends, so a
+    restart() from a short-lived thread (a fault injector, say) must not fork from that thread.
+    """
+    global _spawner
+    with _LOCK:
+        if _spawner is None or _spawner[0] != os.getpid():  # none yet, or we are a fork
+            calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+            threading.Thread(
+                target=_serve_calls, args=(calls,), name="test-services-spawner", daemon=True
+            ).start()
+            _spawner = (os.getpid(), calls)
+        calls = _spawner[1]
+    future: Future[_T] = Future()
+    calls.put((call, future))
+    return future.result()
+
+
+def _serve_calls(calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]]) -> None:
+    while True:
+        call, future = calls.get()
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+
+def _run(argv: Sequence[str], *, user: pwd.struct_passwd | None, cwd: Path, log: Path) -> None:
+    with open(log, "ab") as out:
+        result = subprocess.run(
+            list(argv),
+            cwd=cwd,
+            env=_child_env(user, cwd),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=START_TIMEOUT * 4,
+            check=False,
+            **_as_user(user),
+        )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{Path(argv[0]).name} failed (exit {result.returncode}); its output ends with:\n"
+            + _tail(log)
+        )
+
+
+def _as_user(user: pwd.struct_passwd | None) -> dict[str, Any]:
+    """Popen arguments that run the command as `user`, without root's supplementary groups."""
+    if user is None:
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def _child_env(user: pwd.struct_passwd | None, home: Path) -> dict[str, str]:
+    # PG* variables (PGDATA, PGPORT, ...) of the caller must not steer initdb or the server.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["LC_ALL"] = "C"
+    if user is not None:
+        env.update(HOME=str(home), USER=user.pw_name, LOGNAME=user.pw_name)
+    return env
+
+
+def _unprivileged_user() -> pwd.struct_passwd:
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
+        check=True,
+    )
+    return pwd.getpwnam("postgres")
+
+
+def _make_workdir(kind: str, user: pwd.struct_passwd | None, *, in_memory: bool = False) -> Path:
+    base = Path(tempfile.gettempdir())
+    if user is not None and not _reachable(base, user):
+        base = Path("/tmp")  # e.g. TMPDIR under /root, which the server's user cannot enter
+    if in_memory and _roomy_tmpfs(_SHM):
+        base = _SHM
+    for directory in {base, _SHM}:
+        _remove_abandoned(directory)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-{kind}-", dir=base))
+    if user is not None:
+        os.chown(workdir, user.pw_uid, user.pw_gid)
+    return workdir
+
+
+def _roomy_tmpfs(path: Path) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK) and st.f_bavail * st.f_frsize >= _SHM_MIN_FREE
+
+
+def _reachable(path: Path, user: pwd.struct_passwd) -> bool:
+    for directory in [path, *path.parents]:
+        st = directory.stat()
+        if not (st.st_mode & 0o001 or (st.st_uid == user.pw_uid and st.st_mode & 0o100)):
+            return False
+    return True
+
+
+def _remove_abandoned(base: Path) -> None:
+    """Remove the temporary directories of sessions whose process is gone."""
+    for path in base.glob(f"{_TMP_PREFIX}*"):
+        match = re.match(rf"{_TMP_PREFIX}(\d+)-", path.name)
+        if match is None or not path.is_dir():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"({path} unreadable: {exc})"
+
+
+def _register(service: Service) -> Service:
+    with _LOCK:
+        _LIVE.append(service)
+    return service
+
+
+@atexit.register
+def _stop_all() -> None:
+    # A process forked from the test session (a worker pool, say) inherits this handler; only
+    # the session that started the servers may stop them.
+    if os.getpid() != _OWNER_PID:
+        return
+    with _LOCK:
+        live = list(_LIVE)
+    for service in reversed(live):
+        with contextlib.suppress(Exception):  # exiting anyway: stop the others
+            service.stop()

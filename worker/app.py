@@ -1,0 +1,87 @@
+"""The Celery app: broker, delivery guarantees and beat schedule, from `registry.settings`.
+
+At-least-once delivery with an exactly-once effect: a message is acknowledged only after its task
+returned (`acks_late`), is redelivered if the worker process dies (`task_reject_on_worker_lost`),
+and a worker holds at most one unstarted message per process (`prefetch_multiplier=1`). The
+effect is made once by the database (unique job id, one version per run, operation status).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from registry.settings import Settings, get_settings
+
+QUEUE = "ftdeploy"
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    url = settings.broker_url_value
+    if url.startswith("filesystem"):
+        # The embedded broker: message files under the data directory, no server to run.
+        folder = (settings.data_dir / "broker").resolve()
+        for sub in ("queue", "control", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    # Redis redelivers a message nobody acknowledged within the visibility timeout. It must
+    # outlast the longest task and the longest countdown, or a second worker starts the same work
+    # (Settings checks this at start).
+    return {"visibility_timeout": settings.visibility_timeout_seconds}
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    app = Celery("ftdeploy", include=["worker.tasks"])
+    transport_options = broker_options(settings)
+    app.conf.update(
+        broker_url=settings.broker_url_value,
+        broker_transport_options=transport_options,
+        # Celery reads the visibility timeout from these too (results are unused, but the
+        # redis backend and the unacked-restore path each look here).
+        result_backend_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_seconds,
+        task_soft_time_limit=max(1, settings.task_time_limit_seconds - 10),
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        beat_schedule=beat_schedule(settings),
+        beat_schedule_filename=str((settings.data_dir / "celerybeat-schedule").resolve()),
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        "reconcile-events": {
+            "task": "ftdeploy.reconcile_events",
+            "schedule": settings.reconcile_seconds,
+            "options": {"expires": settings.reconcile_seconds},
+        },
+    }
+
+
+def data_dir_ready(settings: Settings) -> Path:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings.data_dir
+
+
+app = make_app()

@@ -1,0 +1,211 @@
+"""Celery tasks: thin doors. Each validates its input, runs one registry call in a unit of work,
+and maps the outcome: done, retry later (with backoff and jitter), or failed for good (recorded)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+import openai
+from celery import Task
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from registry import events, operations, pipeline
+from registry.db import unit_of_work
+from registry.deployments import deploy
+from registry.errors import FtdeployError, JobDeadlineExceeded, JobNotFinished, RunNotDeployable
+from registry.models import FinetuningRun, OperationKind, utcnow
+from registry.openai_jobs import fetch_job, fetch_result_metrics, make_client
+from registry.settings import Settings, get_settings
+from worker.app import app
+from worker.logs import event
+
+log = logging.getLogger("ftdeploy.worker")
+
+# A process that dies this many times while handling one event makes it a poison event.
+MAX_CRASHES = 3
+# Database disconnects (a restart, a terminated backend) pass: retry the whole unit of work.
+TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
+
+
+@lru_cache(maxsize=1)
+def openai_client() -> openai.OpenAI:
+    return make_client(timeout=get_settings().openai_timeout_seconds)
+
+
+def retry_delay(error: Exception, retries: int, settings: Settings) -> float:
+    """Seconds before the next attempt: growing, jittered, honouring Retry-After, and never past
+    `job_poll_max_seconds` (which the settings keep below the broker's visibility timeout)."""
+    if isinstance(error, JobNotFinished):
+        base = settings.job_poll_seconds * 1.5**retries
+    else:
+        base = min(2.0**retries, 60.0) * min(1.0, settings.job_poll_seconds)
+    delay = min(base, settings.job_poll_max_seconds) * random.uniform(0.8, 1.2)
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after:
+        delay = max(delay, float(retry_after))
+    return min(delay, settings.job_poll_max_seconds)
+
+
+@app.task(name="ftdeploy.job_finished", bind=True, max_retries=None)
+def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
+    """A fine-tuning job finished: poll it, record the run, deploy it by the tenant's policy."""
+    settings = get_settings()
+    try:
+        job_id = events.validate_job_id(job_id)
+        tenant = events.validate_tenant_hint(tenant)
+        with unit_of_work() as session:
+            attempt = events.start_attempt(session, job_id, tenant)
+            received_at, crashes = attempt.received_at, attempt.crashes
+        if crashes >= MAX_CRASHES:
+            return _fail(job_id, f"the worker died {crashes} times while handling this event")
+        waited = (utcnow() - received_at).total_seconds()
+        if waited > settings.job_deadline_seconds:
+            raise JobDeadlineExceeded(job_id, settings.job_deadline_seconds)
+        job = fetch_job(openai_client(), job_id)
+        if not job.terminal:
+            raise JobNotFinished(job_id, job.status)
+        metrics = fetch_result_metrics(openai_client(), job) if job.status == "succeeded" else None
+        with unit_of_work() as session:
+            outcome = pipeline.complete_job(session, job, tenant, metrics)
+    except (FtdeployError, *TRANSIENT_DATABASE_ERRORS) as error:
+        return _retry_or_fail(self, job_id, error, settings)
+    except Exception as error:
+        # A bug must not leave the event open and silent: record it, then let Celery log it.
+        _fail(job_id, f"internal error: {type(error).__name__}: {error}")
+        raise
+    event(log, "job.handled", job=job_id, tenant=outcome.tenant, outcome=outcome.summary)
+    return {"status": "done", "tenant": outcome.tenant, "outcome": outcome.summary}
+
+
+def _retry_or_fail(task: Task, job_id: Any, error: Exception, settings: Settings) -> dict[str, Any]:
+    retryable = not isinstance(error, FtdeployError) or error.retryable
+    if not isinstance(job_id, str) or not events.JOB_ID_PATTERN.match(job_id):
+        event(log, "job.refused", logging.WARNING, reason=str(error))
+        return {"status": "refused", "reason": str(error)}
+    if retryable and task.request.retries < settings.max_retries:
+        delay = retry_delay(error, task.request.retries, settings)
+        _release(job_id)
+        event(log, "job.retry", job=job_id, reason=str(error), in_seconds=round(delay, 2))
+        raise task.retry(countdown=delay, exc=error) from error
+    reason = str(error)
+    if retryable:
+        reason = f"gave up after {task.request.retries + 1} attempts: {reason}"
+    return _fail(job_id, reason)
+
+
+def _release(job_id: str) -> None:
+    try:
+        with unit_of_work() as session:
+            pipeline.release_job(session, job_id)
+    except TRANSIENT_DATABASE_ERRORS:
+        pass  # the mark is only a crash counter; the retry goes ahead without it
+
+
+def _fail(job_id: str, reason: str) -> dict[str, Any]:
+    with unit_of_work() as session:
+        pipeline.fail_job(session, job_id, reason)
+    event(log, "job.failed", logging.WARNING, job=job_id, reason=reason)
+    return {"status": "failed", "reason": reason}
+
+
+@app.task(name="ftdeploy.evaluation_recorded", bind=True, max_retries=10)
+def evaluation_recorded(self: Task, run_id: str) -> dict[str, Any]:
+    """An evaluation was recorded: resume the run's deployment if it was waiting for one."""
+    try:
+        with unit_of_work() as session:
+            run = session.get(FinetuningRun, _uuid(run_id))
+            if run is None:
+                return {"status": "refused", "reason": f"no run {run_id}"}
+            result = deploy(session, run.tenant_id, run.id)
+    except RunNotDeployable as error:
+        # The job has not succeeded (yet): its job_finished event deploys it when it does.
+        return {"status": "waiting", "reason": str(error)}
+    except TRANSIENT_DATABASE_ERRORS as error:
+        raise self.retry(
+            countdown=retry_delay(error, self.request.retries, get_settings()), exc=error
+        ) from error
+    event(log, "evaluation.resumed", run=run_id, status=result.status, version=result.version)
+    return {"status": str(result.status), "version": result.version}
+
+
+@app.task(name="ftdeploy.promote", bind=True, max_retries=10)
+def promote(
+    self: Task,
+    tenant: str,
+    version: Any,
+    traffic_percent: Any = 100,
+    operation_id: str | None = None,
+) -> dict[str, Any]:
+    """Promote a version (an operator's queued operation, or a direct call by another system)."""
+    return _run_operation(
+        self,
+        OperationKind.PROMOTE,
+        tenant,
+        operation_id,
+        version=version,
+        traffic_percent=traffic_percent,
+    )
+
+
+@app.task(name="ftdeploy.rollback", bind=True, max_retries=10)
+def rollback(self: Task, tenant: str, operation_id: str | None = None) -> dict[str, Any]:
+    """Roll back the tenant's newest production version (queued operation or direct call)."""
+    return _run_operation(self, OperationKind.ROLLBACK, tenant, operation_id)
+
+
+def _run_operation(
+    task: Task, kind: OperationKind, tenant: str, operation_id: str | None, **arguments: Any
+) -> dict[str, Any]:
+    try:
+        with unit_of_work() as session:
+            if operation_id is None:
+                operation_id = str(
+                    operations.queue_operation(
+                        session, tenant, kind, actor="celery", **arguments
+                    ).id
+                )
+            done = operations.run_operation(session, operation_id)
+            result = {"operation": str(done.id), "status": done.status, "error": done.error}
+    except TRANSIENT_DATABASE_ERRORS as error:
+        raise task.retry(
+            countdown=retry_delay(error, task.request.retries, get_settings()), exc=error
+        ) from error
+    except FtdeployError as error:
+        event(
+            log, "operation.refused", logging.WARNING, kind=kind, tenant=tenant, reason=str(error)
+        )
+        return {"operation": operation_id, "status": "refused", "error": str(error)}
+    event(log, "operation.finished", kind=str(kind), tenant=tenant, result=result)
+    return result
+
+
+@app.task(name="ftdeploy.reconcile_events")
+def reconcile_events() -> int:
+    """Re-send events that were accepted but never handed to the broker (a crash in between)."""
+    with unit_of_work() as session:
+        stranded = events.unenqueued_events(session, older_than=timedelta(seconds=30))
+    for job_id in stranded:
+        send_job_finished(job_id)
+    if stranded:
+        event(log, "events.reconciled", count=len(stranded))
+    return len(stranded)
+
+
+def send_job_finished(job_id: str, tenant: str | None = None) -> None:
+    """Hand an accepted event to the broker, then note that it was (after the send: a crash in
+    between leaves it for the reconciler, and the task is idempotent)."""
+    job_finished.apply_async(args=(job_id,), kwargs={"tenant": tenant})
+    with unit_of_work() as session:
+        events.mark_enqueued(session, job_id)
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
