@@ -42,8 +42,8 @@ _ID_RE = re.compile(r"[A-Za-z0-9_:.-]+")
 # 408/425 are "try again" by definition; 409 is the SDK's lock-timeout retry, but for a GET of a
 # job it is not something waiting fixes, so it stays permanent as the design says.
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
-# OpenAI keys (sk-…, sk-proj-…) and the masked echo of one ("sk-abc****wxyz").
-_KEYLIKE = re.compile(r"\bsk-[^\s'\",;]+|\S*\*{3,}\S*")
+# A word holding an OpenAI key (sk-…, sk-proj-…) or the masked echo of one ("sk-abc****wxyz").
+_KEYLIKE = re.compile(r"\bsk-|\*{3}")
 _MAX_REASON = 300
 
 
@@ -200,9 +200,10 @@ def _status_reason(exc: openai.APIStatusError, api_key: str) -> str:
 
 def _clean(text: str, api_key: str) -> str:
     """One line, bounded, with the API key and anything key-like masked."""
+    text = text[: 8 * _MAX_REASON]  # bounds the work on a huge upstream message
     if len(api_key) >= 8:  # a shorter "key" would mask ordinary words
         text = text.replace(api_key, "***")
-    text = " ".join(_KEYLIKE.sub("***", text).split())
+    text = " ".join("***" if _KEYLIKE.search(word) else word for word in text.split())
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
 
 

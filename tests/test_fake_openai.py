@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,12 +26,15 @@ API_KEY = "sk-test-fake-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fake() -> Iterator[FakeOpenAI]:
+    """One server for the module (each test scripts its own job ids): starting a server and
+    building SDK clients per test would cost more than the tests themselves."""
     with FakeOpenAI() as server:
         yield server
 
 
+@functools.cache
 def sdk(base_url: str, *, timeout: float = 5.0, strict: bool = False) -> openai.OpenAI:
     return openai.OpenAI(
         api_key=API_KEY,

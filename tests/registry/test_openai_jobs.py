@@ -26,13 +26,15 @@ from worker.fake_openai import DEFAULT_METRICS, FakeOpenAI
 API_KEY = "sk-test-registry-0123456789wxyz"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def fake() -> Iterator[FakeOpenAI]:
+    """One server and client for the module; each test scripts its own job ids. (Building an
+    SDK client costs ~0.1 s, more than most of these tests.)"""
     with FakeOpenAI() as server:
         yield server
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client(fake: FakeOpenAI) -> Iterator[openai.OpenAI]:
     with make_client(api_key=API_KEY, base_url=fake.base_url, timeout=2.0) as sdk:
         yield sdk

@@ -1,0 +1,153 @@
+"""Real processes for end-to-end tests: a Celery worker (optionally with beat) in its own
+process group, pointed at the test's PostgreSQL, Redis and fake OpenAI through the environment."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+
+_redis_db = itertools.count(1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fresh_broker_url(redis_url: str) -> str:
+    """A Redis database of its own for one test (0 is left alone), flushed."""
+    base = redis_url.rsplit("/", 1)[0]
+    url = f"{base}/{next(_redis_db) % 15 + 1}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def worker_env(
+    *,
+    database_url: str,
+    broker_url: str,
+    openai_base_url: str,
+    data_dir: Path,
+    **settings: Any,
+) -> dict[str, str]:
+    """The environment a worker process gets: only through it, as in production."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FTDEPLOY_", "OPENAI_"))}
+    env.update(
+        FTDEPLOY_DATABASE_URL=database_url,
+        FTDEPLOY_BROKER_URL=broker_url,
+        FTDEPLOY_DATA_DIR=str(data_dir),
+        FTDEPLOY_JOB_POLL_SECONDS="0.2",
+        FTDEPLOY_JOB_POLL_MAX_SECONDS="2",
+        FTDEPLOY_VISIBILITY_TIMEOUT_SECONDS="30",
+        FTDEPLOY_TASK_TIME_LIMIT_SECONDS="20",
+        FTDEPLOY_SWEEP_SECONDS="1",
+        FTDEPLOY_RECONCILE_SECONDS="1",
+        OPENAI_BASE_URL=openai_base_url,
+        OPENAI_API_KEY="sk-test-not-a-real-key",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({f"FTDEPLOY_{k.upper()}": str(v) for k, v in settings.items()})
+    return env
+
+
+class WorkerProcess:
+    """`celery -A worker.app worker` in its own process group, logging to a file."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        concurrency: int = 2,
+        beat: bool = False,
+        name: str = "w1",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.concurrency = concurrency
+        self.beat = beat
+        self.name = name
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> WorkerProcess:
+        argv = [
+            sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+            f"--concurrency={self.concurrency}", "--loglevel=INFO", "--pool=prefork",
+            "--without-mingle", "--without-gossip", "-n", f"{self.name}@%h",
+            *self.extra_args,
+        ]
+        if self.beat:
+            argv += ["-B", f"--schedule={self.log_path.with_suffix('.schedule')}"]
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(lambda: b" ready." in self.log_path.read_bytes(), timeout,
+                 f"worker {self.name} did not start; log:\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def pool_pids(self) -> list[int]:
+        """The prefork pool's child processes (they run the tasks)."""
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the main process and its pool, no goodbye."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float = 30.0, message: str = "timed out"
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.05)
+
+
+@contextmanager
+def running_worker(env: Mapping[str, str], tmp_path: Path, **options: Any) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(env, tmp_path / f"{options.get('name', 'w1')}.log", **options)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
