@@ -334,7 +334,13 @@ def _prepare_embedded_database(args: argparse.Namespace) -> None:
 
 
 def run() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `ftdeploy versions acme | head`: the reader left, not an error
+        sys.stderr.close()
+        code = 0
+    sys.exit(code)
 
 
 if __name__ == "__main__":
