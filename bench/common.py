@@ -40,3 +40,18 @@ class BenchEnv:
     postgres_url: str  # admin URL of a throwaway PostgreSQL server
     redis_url: str  # a throwaway Redis server
     quick: bool = False  # smaller sizes, for a smoke run in CI
+
+
+def fresh_database(env: BenchEnv, name: str) -> str:
+    """A new database `name` on the run's PostgreSQL server, built by the migrations; its URL.
+
+    Each benchmark takes its own (dropped first if a previous run left it), so one module's rows
+    never slow down another's queries.
+    """
+    from migrations import upgrade
+    from tests import services
+
+    services.drop_database(env.postgres_url, name)
+    url = services.create_database(env.postgres_url, name)
+    upgrade(url)
+    return url

@@ -202,7 +202,7 @@ def _clean(text: str, api_key: str) -> str:
     """One line, bounded, with the API key and anything key-like masked."""
     text = text[: 8 * _MAX_REASON]  # bounds the work on a huge upstream message
     if len(api_key) >= 8:  # a shorter "key" would mask ordinary words
-        pass
+        text = text.replace(api_key, "***")
     text = " ".join("***" if _KEYLIKE.search(word) else word for word in text.split())
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
 

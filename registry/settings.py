@@ -27,9 +27,15 @@ class Settings(BaseSettings):
     openai_timeout_seconds: float = Field(default=30.0, gt=0)
     routing_staleness_seconds: float = Field(default=1.0, ge=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Width of an online-outcome counter bucket. A canary's window starts at the first bucket that
+    # begins at or after its step's start, so up to one bucket of outcomes per step goes unused.
+    outcome_bucket_seconds: int = Field(default=10, ge=1, le=3600)
     webhook_secret: SecretStr | None = None
     webhook_max_body_bytes: int = Field(default=256 * 1024, gt=0)
     reconcile_seconds: float = Field(default=60.0, gt=0)
+    # How old an accepted, never-enqueued event must be before the reconciler re-sends it: long
+    # enough for the door that accepted it to have finished its own send.
+    reconcile_grace_seconds: float = Field(default=30.0, ge=0)
     log_json: bool = False
 
     @model_validator(mode="after")

@@ -68,6 +68,7 @@ class WorkerProcess:
         beat: bool = False,
         name: str = "w1",
         extra_args: tuple[str, ...] = (),
+        app: str = "worker.app",
     ) -> None:
         self.env = dict(env)
         self.log_path = log_path
@@ -75,11 +76,12 @@ class WorkerProcess:
         self.beat = beat
         self.name = name
         self.extra_args = extra_args
+        self.app = app  # the Celery app module (`-A`); the benchmarks' no-op app, say
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> WorkerProcess:
         argv = [
-            sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+            sys.executable, "-m", "celery", "-A", self.app, "worker",
             f"--concurrency={self.concurrency}", "--loglevel=INFO", "--pool=prefork",
             "--without-mingle", "--without-gossip", "-n", f"{self.name}@%h",
             *self.extra_args,

@@ -31,11 +31,22 @@ def broker_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
+            # The folder is listed this often (kombu's default, 1 s, adds up to a second to
+            # every hop of an event: publish, retry, follow-up task).
+            "polling_interval": 0.2,
         }
     # Redis redelivers a message nobody acknowledged within the visibility timeout. It must
     # outlast the longest task and the longest countdown, or a second worker starts the same work
     # (Settings checks this at start).
-    return {"visibility_timeout": settings.visibility_timeout_seconds}
+    visibility = settings.visibility_timeout_seconds
+    return {
+        "visibility_timeout": visibility,
+        # kombu looks for expired unacknowledged messages only every interval × throttle seconds
+        # (10 × 10 by default): without these a message of a killed worker waits ~100 s past its
+        # visibility timeout. Scan at least five times per timeout, at most once a second.
+        "unacked_restore_interval": max(1, min(10, visibility // 5)),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -75,6 +86,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "ftdeploy.reconcile_events",
             "schedule": settings.reconcile_seconds,
             "options": {"expires": settings.reconcile_seconds},
+        },
+        # A sweep still queued when the next is due is dropped (it would only repeat the next
+        # one); overlapping sweeps are safe anyway (registry.sweep re-checks under the lock).
+        "auto-promote-sweep": {
+            "task": "ftdeploy.auto_promote_sweep",
+            "schedule": settings.sweep_seconds,
+            "options": {"expires": settings.sweep_seconds},
         },
     }
 

@@ -213,6 +213,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(keep=args.keep)
 
 
+def cmd_webhooks_serve(args: argparse.Namespace) -> int:
+    from worker.web import serve
+
+    return serve(host=args.host, port=args.port, workers=args.workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftdeploy",
@@ -301,6 +307,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", cmd_demo, "the whole flow on embedded defaults", json_out=False)
     demo.add_argument("--keep", action="store_true", help="keep the demo's data directory")
+
+    hooks = commands.add_parser("webhooks", help="the OpenAI webhook receiver")
+    hooks_commands = hooks.add_subparsers(dest="webhooks", required=True)
+    serve = command(
+        "serve",
+        cmd_webhooks_serve,
+        "serve POST /webhooks/openai and GET /healthz (needs FTDEPLOY_WEBHOOK_SECRET)",
+        json_out=False,
+        parent=hooks_commands,
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="server processes")
+
+    from worker import canary_cli
+
+    canary_cli.add_commands(command)
     return parser
 
 

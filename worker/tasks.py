@@ -14,13 +14,20 @@ import openai
 from celery import Task
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from registry import events, operations, pipeline
-from registry.db import unit_of_work
+from registry import events, operations, outcomes, pipeline, sweep
+from registry.db import session_factory, unit_of_work
 from registry.deployments import deploy
-from registry.errors import FtdeployError, JobDeadlineExceeded, JobNotFinished, RunNotDeployable
+from registry.errors import (
+    FtdeployError,
+    InvalidInput,
+    JobDeadlineExceeded,
+    JobNotFinished,
+    RunNotDeployable,
+)
 from registry.models import FinetuningRun, OperationKind, utcnow
 from registry.openai_jobs import fetch_job, fetch_result_metrics, make_client
 from registry.settings import Settings, get_settings
+from worker import metrics, observability
 from worker.app import app
 from worker.logs import event
 
@@ -83,6 +90,7 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
 
 
 def _retry_or_fail(task: Task, job_id: Any, error: Exception, settings: Settings) -> dict[str, Any]:
+    metrics.openai_error(error)
     retryable = not isinstance(error, FtdeployError) or error.retryable
     if not isinstance(job_id, str) or not events.JOB_ID_PATTERN.match(job_id):
         event(log, "job.refused", logging.WARNING, reason=str(error))
@@ -188,12 +196,61 @@ def _run_operation(
 def reconcile_events() -> int:
     """Re-send events that were accepted but never handed to the broker (a crash in between)."""
     with unit_of_work() as session:
-        stranded = events.unenqueued_events(session, older_than=timedelta(seconds=30))
+        grace = timedelta(seconds=get_settings().reconcile_grace_seconds)
+        stranded = events.unenqueued_events(session, older_than=grace)
     for job_id in stranded:
         send_job_finished(job_id)
     if stranded:
         event(log, "events.reconciled", count=len(stranded))
     return len(stranded)
+
+
+@app.task(name="ftdeploy.record_outcomes", bind=True, max_retries=10)
+def record_outcomes(self: Task, batch: Any) -> dict[str, Any]:
+    """Online outcomes from another process: each record is a mapping with tenant, model (model
+    id or version), success, and optional score, latency_ms, count, at. Stored in one unit of
+    work; refused records are returned with their reason and counted, the rest are kept.
+    At least once: a batch redelivered after its commit (a worker killed before the ack) counts
+    twice."""
+    try:
+        records = outcomes.check_batch(batch)
+    except InvalidInput as error:
+        result = outcomes.StoreResult(refused=[outcomes.Refusal(-1, "batch", str(error))])
+    else:
+        settings = get_settings()
+        try:
+            with unit_of_work() as session:
+                result = outcomes.store_outcomes(
+                    session,
+                    records,
+                    bucket_seconds=settings.outcome_bucket_seconds,
+                    resolver=_outcome_resolver(settings.database_url_value),
+                )
+        except TRANSIENT_DATABASE_ERRORS as error:
+            raise self.retry(
+                countdown=retry_delay(error, self.request.retries, settings), exc=error
+            ) from error
+    metrics.outcomes_stored(result)
+    if result.refused:
+        first = result.refused[0].reason
+        event(log, "outcomes.refused", logging.WARNING, count=len(result.refused), first=first)
+    return {"recorded": result.recorded, "refused": [vars(r) for r in result.refused]}
+
+
+@lru_cache(maxsize=4)
+def _outcome_resolver(database_url: str) -> outcomes.VersionResolver:
+    # Per database: the cached ids mean nothing in another one.
+    return outcomes.VersionResolver()
+
+
+@app.task(name="ftdeploy.auto_promote_sweep")
+def auto_promote_sweep() -> dict[str, Any]:
+    """Beat's sweep over every live canary: hold, step, promote or roll back each (see
+    `registry.sweep`). Safe to overlap with itself; a failed sweep is simply the next one's."""
+    report = sweep.auto_promote_sweep(session_factory())
+    metrics.sweep_report(report)
+    observability.log_sweep(report)
+    return report.as_dict()
 
 
 def send_job_finished(job_id: str, tenant: str | None = None) -> None:

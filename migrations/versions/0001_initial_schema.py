@@ -342,7 +342,12 @@ def upgrade() -> None:
 
     op.create_table(
         "ai_outcome_counters",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
         sa.Column("version_id", sa.Uuid(), nullable=False),
         sa.Column("bucket_start", sa.DateTime(timezone=True), nullable=False),

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from registry.analysis import (
@@ -289,6 +289,15 @@ def test_score_worse_than_stable_by_welch_rolls_back() -> None:
     assert "significantly worse than stable (0.950)" in decision.reason
 
 
+def test_score_constant_on_both_sides_compares_the_means() -> None:
+    # No variance anywhere: the test statistic is undefined, but a real gap is not noise.
+    decision = run(scores(*[0.5] * 100), scores(*[1.0] * 100), metric=Metric.SCORE, threshold=0.4)
+    assert decision.action == Action.ROLLBACK
+    assert "significantly worse than stable (1.000)" in decision.reason
+    same = run(scores(*[0.5] * 100), scores(*[0.5] * 100), metric=Metric.SCORE, threshold=0.4)
+    assert same.action == Action.STEP
+
+
 def test_score_zero_variance_and_tiny_samples() -> None:
     perfect = run(scores(*[1.0] * 10), metric=Metric.SCORE, min_samples=10)
     assert perfect.action == Action.STEP
@@ -342,7 +351,7 @@ policies = st.builds(
     CanaryPolicy,
     metric=st.sampled_from(Metric),
     threshold=st.sampled_from([0.0, 0.5, 0.9, 0.95, 0.99, 1.0]) | st.floats(0, 1),
-    min_samples=st.integers(1, 300),
+    min_samples=st.integers(1, 300) | st.integers(1, 12),
     bake_seconds=st.floats(0, 3600),
     steps=st.sampled_from([(10, 25, 50, 100), (5, 100), (1, 2, 5, 10, 50, 100), (100,)]),
     deadline_seconds=st.floats(1, 7200),
@@ -355,10 +364,10 @@ sides = rate_counts(max_requests=2000) | score_counts() | st.just(Counts())
 
 
 def at(seconds: float) -> tuple[datetime, float]:
-    """The time `seconds` after T0 and the elapsed seconds decide will see (datetimes keep
-    microseconds, so the two can differ in the last digits)."""
+    """The time `seconds` after T0 and the elapsed seconds decide will see: datetimes keep
+    microseconds, so the two can differ in the last digits, and a clock behind T0 counts as 0."""
     now = T0 + timedelta(seconds=seconds)
-    return now, (now - T0).total_seconds()
+    return now, max(0.0, (now - T0).total_seconds())
 
 
 @given(stable=sides, p=policies, percent=percents, seconds=elapsed_seconds,
@@ -376,17 +385,24 @@ def test_no_data_never_passes(
     assert (decision.action == Action.ROLLBACK) == (past_deadline and p.auto_rollback)
 
 
-@given(canary=rate_counts(), stable=rate_counts(2000), p=rate_policies, percent=percents,
-       seconds=elapsed_seconds, flip=st.booleans())  # fmt: skip
+@settings(max_examples=1000)
+@given(p=rate_policies, stable=rate_counts(2000), percent=percents, share=st.floats(0, 1.5),
+       flip=st.booleans(), data=st.data())  # fmt: skip
 def test_more_successes_never_cause_a_rollback(
-    canary: Counts, stable: Counts, p: CanaryPolicy, percent: int, seconds: float, flip: bool
+    p: CanaryPolicy, stable: Counts, percent: int, share: float, flip: bool, data: st.DataObject
 ) -> None:
+    # Request counts just below the gates (min samples, a quarter of it, ten) are where a rule
+    # that counted requests instead of failures would turn "hold" into "rollback".
+    near_gates = st.sampled_from([p.min_samples - 1, p.min_samples // 4 - 1, 9, 4])
+    requests = max(0, data.draw(st.integers(0, 400) | near_gates))
+    failures = data.draw(st.integers(0, requests) | st.integers(0, min(requests, 12)))
+    canary = Counts(requests, requests - failures)
     if flip:  # turn one failure into a success
         assume(canary.successes < canary.requests)
         better = Counts(canary.requests, canary.successes + 1)
     else:  # one more successful request
         better = Counts(canary.requests + 1, canary.successes + 1)
-    now, _ = at(seconds)
+    now, _ = at(share * p.deadline_seconds)  # mostly before the deadline, where holds happen
     before = decide(CanaryState(percent, T0, canary, stable), p, now)
     after = decide(CanaryState(percent, T0, better, stable), p, now)
     if before.action != Action.ROLLBACK:

@@ -1,0 +1,237 @@
+"""`python -m bench [--quick] [--only NAME] [--json PATH]`: run every benchmark, print one table.
+
+Starts a throwaway PostgreSQL and Redis (tests/services.py), runs each `bench/bench_*.py`
+module's `run(env)` in name order, prints one table — ftdeploy's figure, the baseline measured in
+the same run, their ratio, the goal and whether it was met — with the machine it ran on, and
+writes the results as JSON to bench/results/latest.json (and to --json PATH, for comparing
+commits). A module that raises is reported in the table and the JSON; the exit status is then 1.
+Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import math
+import os
+import pkgutil
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import BenchEnv, Row
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def discover(only: Sequence[str] = ()) -> list[str]:
+    """Module names of bench/bench_*.py, sorted; `only` keeps those named (with or without the
+    `bench_` prefix)."""
+    names = sorted(
+        info.name for info in pkgutil.iter_modules([str(HERE)]) if info.name.startswith("bench_")
+    )
+    if only:
+        wanted = {n if n.startswith("bench_") else f"bench_{n}" for n in only}
+        unknown = wanted - set(names)
+        if unknown:
+            raise SystemExit(f"no such benchmark: {', '.join(sorted(unknown))} (have {names})")
+        names = [n for n in names if n in wanted]
+    return names
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+    with contextlib.suppress(OSError, ValueError):
+        load = os.getloadavg()
+        info["load_at_start"] = [round(x, 2) for x in load]
+    info["postgres"] = _version(["postgres", "--version"])
+    info["redis"] = _version(["redis-server", "--version"])
+    return info
+
+
+def _version(argv: list[str]) -> str | None:
+    if argv[0] == "postgres":
+        from tests.services import postgres_bindir
+
+        try:
+            argv = [str(postgres_bindir() / "postgres"), *argv[1:]]
+        except RuntimeError:
+            return None
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _commit() -> str | None:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def format_number(value: float) -> str:
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 100_000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def table(rows: Sequence[Row], errors: dict[str, str]) -> str:
+    header = ("benchmark", "ours", "baseline", "ratio", "goal", "met")
+    lines: list[tuple[str, ...]] = [header]
+    for row in rows:
+        met = "" if row.met is None else ("yes" if row.met else "NO")
+        lines.append(
+            (
+                row.name,
+                f"{format_number(row.ours)} {row.unit}",
+                f"{format_number(row.baseline)} {row.unit}",
+                f"{row.ratio:.3g}x" if row.ratio == row.ratio else "-",
+                row.goal,
+                met,
+            )
+        )
+    for module, error in errors.items():
+        lines.append((module, "ERROR", error.strip().splitlines()[-1][:60], "", "", "NO"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for index, line in enumerate(lines):
+        cells = [
+            cell.ljust(width) if i in (0, 4, 5) else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+        if index == 0:
+            out.append("  ".join("-" * w for w in widths))
+    baselines = sorted({f"{r.name}: {r.baseline_name}" for r in rows})
+    out.append("")
+    out.append("baselines:")
+    out.extend(f"  {b}" for b in baselines)
+    return "\n".join(out)
+
+
+def _finite(data: dict[str, Any]) -> dict[str, Any]:
+    """Strict JSON: a ratio against a zero baseline (infinite) is written as null."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in data.items()
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only this benchmark (e.g. resolve or bench_resolve); repeatable",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    names = discover(args.only)
+
+    from tests import services
+
+    started = time.monotonic()
+    info = machine()
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, "
+        f"{info['implementation']} {info['python']}, {info['os']}",
+        flush=True,
+    )
+    rows: list[Row] = []
+    errors: dict[str, str] = {}
+    timings: dict[str, float] = {}
+    with services.start_postgres() as postgres, services.start_redis() as redis_server:
+        env = BenchEnv(postgres_url=postgres.url, redis_url=redis_server.url, quick=args.quick)
+        for name in names:
+            print(f"running {name} ...", flush=True)
+            began = time.monotonic()
+            try:
+                module = importlib.import_module(f"bench.{name}")
+                produced = list(module.run(env))
+                if not all(isinstance(row, Row) for row in produced):
+                    raise TypeError(f"{name}.run must return a list of bench.common.Row")
+                rows.extend(produced)
+            except Exception:
+                errors[name] = traceback.format_exc()
+                print(errors[name], file=sys.stderr, flush=True)
+            timings[name] = round(time.monotonic() - began, 1)
+
+    report = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "quick": args.quick,
+        "machine": info,
+        "seconds": round(time.monotonic() - started, 1),
+        "module_seconds": timings,
+        "rows": [_finite(row.as_dict()) for row in rows],
+        "errors": errors,
+    }
+    print()
+    print(table(rows, errors))
+    print(f"\n{len(rows)} rows from {len(names)} modules in {report['seconds']} s")
+    text = json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"
+    RESULTS.mkdir(exist_ok=True)
+    targets = [RESULTS / "latest.json"] + ([args.json] if args.json else [])
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        print(f"results written to {target}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

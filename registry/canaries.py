@@ -1,0 +1,266 @@
+"""Live canaries as the sweep and `ftdeploy status` see them: one read, then the decision.
+
+A live canary is a deployment that is `active`, has auto-promote on and a step start, and whose
+version is in production below 100%. Its analysis window is every outcome bucket that begins at
+or after its current step began:
+
+- the canary's counts are its own version's buckets in the window;
+- the stable side's counts are the tenant's other production versions' buckets in the window.
+
+Outcomes of versions that are not in production count on neither side, and an outcome a version
+got before its current step began (while staged, deprecated, or at its previous step) lies in an
+earlier bucket, outside the window. The price: the bucket in which the step began is left out,
+so up to one bucket (`FTDEPLOY_OUTCOME_BUCKET_SECONDS`) of each step's outcomes goes unused.
+
+`read_live_canaries` gathers every live canary with both sides' counts in ONE statement (sums
+with GROUP BY over a join of deployments, versions and counters), however many there are;
+`assess` decides each with `analysis.decide`. Both only read; neither takes a lock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, case, func, select
+from sqlalchemy.orm import Session, aliased
+
+from registry.analysis import (
+    CanaryPolicy,
+    CanaryState,
+    Counts,
+    Decision,
+    Metric,
+    decide,
+    validate_policy,
+)
+from registry.errors import InvalidInput
+from registry.models import (
+    Deployment,
+    DeploymentPolicy,
+    DeploymentStatus,
+    ModelVersion,
+    OutcomeCounter,
+    Tenant,
+    VersionStatus,
+)
+from registry.tenants import DEFAULT_THRESHOLD
+
+# The sums `analysis.decide` reads, per side.
+_SUMS = ("requests", "successes", "score_sum", "score_count", "score_sq_sum")
+_FLOATS = {"score_sum", "score_sq_sum"}
+
+
+def _default(column: str) -> Any:
+    """A policy column's default (for tenants created by the host SaaS without a policy row)."""
+    default = DeploymentPolicy.__table__.c[column].default
+    return getattr(default, "arg", None)
+
+
+@dataclass(frozen=True)
+class LiveCanary:
+    deployment_id: uuid.UUID
+    tenant_id: uuid.UUID
+    tenant: str  # slug
+    version_id: uuid.UUID
+    version: int
+    traffic_percent: int
+    step_started_at: datetime
+    canary: Counts
+    stable: Counts
+    policy: CanaryPolicy | None  # None when the tenant's stored policy is not usable
+    policy_error: str | None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the next sweep would do with one canary, and why (or why it cannot decide)."""
+
+    canary: LiveCanary
+    decision: Decision | None
+    error: str | None  # set when decide() refused the policy or the counts
+
+    @property
+    def action(self) -> str:
+        return self.decision.action.value if self.decision is not None else "error"
+
+    @property
+    def reason(self) -> str:
+        return self.decision.reason if self.decision is not None else str(self.error)
+
+
+def _live(tenant_id: uuid.UUID | None) -> list[ColumnElement[bool]]:
+    conditions = [
+        Deployment.status == DeploymentStatus.ACTIVE,
+        Deployment.auto_promote.is_(True),
+        Deployment.step_started_at.is_not(None),
+        ModelVersion.id == Deployment.version_id,
+        ModelVersion.status == VersionStatus.PRODUCTION,
+        ModelVersion.traffic_percent < 100,
+    ]
+    if tenant_id is not None:
+        conditions.append(Deployment.tenant_id == tenant_id)
+    return conditions
+
+
+def _counts(tenant_id: uuid.UUID | None) -> Select[*tuple[Any, ...]]:
+    """Per live canary: the sums of its own and of the other production versions' buckets in
+    its window, as c_<sum> and s_<sum> columns."""
+    counter, served = OutcomeCounter, aliased(ModelVersion)
+    own = counter.version_id == Deployment.version_id
+    columns = []
+    for prefix, side in (("c", own), ("s", ~own)):
+        for name in _SUMS:
+            zero = 0.0 if name in _FLOATS else 0
+            value = case((side, getattr(counter, name)), else_=zero)
+            columns.append(func.sum(value).label(f"{prefix}_{name}"))
+    return (
+        select(Deployment.id.label("deployment_id"), *columns)
+        .select_from(Deployment)
+        .join(ModelVersion, ModelVersion.id == Deployment.version_id)
+        .join(
+            counter,
+            and_(
+                counter.tenant_id == Deployment.tenant_id,
+                counter.bucket_start >= Deployment.step_started_at,
+            ),
+        )
+        .join(
+            served,
+            and_(served.id == counter.version_id, served.status == VersionStatus.PRODUCTION),
+        )
+        .where(*_live(tenant_id))
+        .group_by(Deployment.id)
+    )
+
+
+def live_canaries_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]:
+    """The one statement behind `read_live_canaries` (exposed for the statement-count tests)."""
+    counts = _counts(tenant_id).subquery("counts")
+    policy = DeploymentPolicy
+    return (
+        select(
+            Deployment.id,
+            Deployment.tenant_id,
+            Tenant.slug,
+            ModelVersion.id.label("version_id"),
+            ModelVersion.version,
+            ModelVersion.traffic_percent,
+            Deployment.step_started_at,
+            Deployment.auto_promote_threshold,
+            policy.auto_promote_threshold.label("policy_threshold"),
+            policy.metric,
+            policy.min_samples,
+            policy.bake_seconds,
+            policy.canary_steps,
+            policy.progress_deadline_seconds,
+            policy.auto_rollback,
+            *(column for column in counts.c if column.key != "deployment_id"),
+        )
+        .select_from(Deployment)
+        .join(ModelVersion, ModelVersion.id == Deployment.version_id)
+        .join(Tenant, Tenant.id == Deployment.tenant_id)
+        .outerjoin(policy, policy.tenant_id == Deployment.tenant_id)
+        .outerjoin(counts, counts.c.deployment_id == Deployment.id)
+        .where(*_live(tenant_id))
+        .order_by(Tenant.slug, ModelVersion.version)
+    )
+
+
+def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> list[LiveCanary]:
+    """Every live canary (of one tenant, or all) with both sides' counts, in one statement."""
+    return [_canary(row._mapping) for row in session.execute(live_canaries_query(tenant_id))]
+
+
+def _side(row: Any, prefix: str) -> Counts:
+    values = {name: row[f"{prefix}_{name}"] for name in _SUMS}
+    return Counts(
+        requests=int(values["requests"] or 0),
+        successes=int(values["successes"] or 0),
+        score_sum=float(values["score_sum"] or 0.0),
+        score_count=int(values["score_count"] or 0),
+        score_sq_sum=float(values["score_sq_sum"] or 0.0),
+    )
+
+
+def _pick(row: Any, column: str) -> Any:
+    value = row[column]
+    return _default(column) if value is None else value
+
+
+def _canary(row: Any) -> LiveCanary:
+    policy: CanaryPolicy | None = None
+    error: str | None = None
+    try:
+        policy = canary_policy(row)
+    except InvalidInput as refused:
+        error = f"the tenant's policy cannot be used: {refused}"
+    return LiveCanary(
+        deployment_id=row["id"],
+        tenant_id=row["tenant_id"],
+        tenant=row["slug"],
+        version_id=row["version_id"],
+        version=row["version"],
+        traffic_percent=row["traffic_percent"],
+        step_started_at=row["step_started_at"],
+        canary=_side(row, "c"),
+        stable=_side(row, "s"),
+        policy=policy,
+        policy_error=error,
+    )
+
+
+def canary_policy(row: Any) -> CanaryPolicy:
+    """The analysis policy of one canary: the threshold its deployment was made with (else the
+    tenant's, else 0.95) and the tenant's current policy for the rest. Steps: the policy's, or one
+    jump to 100 when it has none. Raises InvalidInput when the stored values do not fit together
+    (say, a deadline within the bake time)."""
+    threshold = row["auto_promote_threshold"]
+    if threshold is None:
+        threshold = row["policy_threshold"]
+    steps = row["canary_steps"]
+    metric = _pick(row, "metric")
+    if metric not in set(Metric):
+        raise InvalidInput("metric", f"{metric!r} is not one of {', '.join(Metric)}")
+    policy = CanaryPolicy(
+        metric=Metric(metric),
+        threshold=float(DEFAULT_THRESHOLD if threshold is None else threshold),
+        min_samples=int(_pick(row, "min_samples")),
+        bake_seconds=float(_pick(row, "bake_seconds")),
+        steps=tuple(int(step) for step in steps) if steps else (100,),
+        deadline_seconds=float(_pick(row, "progress_deadline_seconds")),
+        auto_rollback=bool(_pick(row, "auto_rollback")),
+    )
+    validate_policy(policy)
+    return policy
+
+
+def assess(canaries: Iterable[LiveCanary], now: datetime) -> list[Assessment]:
+    """Decide each canary as of `now`. Pure given its inputs: no database, no clock."""
+    assessments = []
+    for canary in canaries:
+        if canary.policy is None:
+            assessments.append(Assessment(canary, None, canary.policy_error))
+            continue
+        state = CanaryState(
+            canary.traffic_percent, canary.step_started_at, canary.canary, canary.stable
+        )
+        try:
+            assessments.append(Assessment(canary, decide(state, canary.policy, now), None))
+        except InvalidInput as refused:
+            assessments.append(Assessment(canary, None, f"cannot decide: {refused}"))
+    return assessments
+
+
+def samples(canary: LiveCanary) -> int:
+    """The samples that count toward min_samples under the canary's metric."""
+    if canary.policy is not None and canary.policy.metric == Metric.SCORE:
+        return canary.canary.score_count
+    return canary.canary.requests
+
+
+def by_tenant(assessments: Sequence[Assessment], tenant: str | None) -> list[Assessment]:
+    return [a for a in assessments if tenant is None or a.canary.tenant == tenant]

@@ -1,0 +1,234 @@
+"""The auto-promote sweep: read every live canary, decide each, apply what is not a hold.
+
+`auto_promote_sweep(sessions, now)` runs three phases:
+
+1. Read: every live canary with its counts in one statement (`canaries.read_live_canaries`),
+   in a short read-only transaction that takes no lock.
+2. Decide: `analysis.decide` for each, as of `now` (`canaries.assess`); pure.
+3. Apply each step, promotion or rollback in its own transaction: lock the tenant, then re-check
+   under the lock that the deployment is still active with auto-promote on, and that its version
+   is still in production at the traffic and with the step start that were read. If anything
+   moved (an operator's rollback or promotion, another sweep's step), the action is skipped: the
+   state it was decided on is gone, and the next sweep decides afresh. This is what makes two
+   beats, or a slow sweep overlapping the next one, act once: the first to take the lock changes
+   the traffic or the status (and restarts the step), so the second finds its read stale.
+
+Then retention archives deprecated versions beyond each tenant's `keep_deprecated`.
+
+Applying, through `registry.versions` (one audit event each, actor "auto", the decision's reason):
+- step → `promote(next step)`, action "auto_step"; the version's step restarts;
+- promote → `promote(100)`, action "auto_promote"; the deployment becomes `promoted`;
+- rollback → when the canary is the tenant's newest production version, `versions.rollback`
+  (action "auto_rollback"): it leaves production and the others are rescaled to 100, i.e. the
+  split before the canary, in proportion. When a newer version also serves (two canaries at
+  once), `rollback` would take out that newer one, so only the failing canary is taken out and
+  the rest rescaled, with the same action and audit. Either way the deployment becomes
+  `rolled_back` and the version is never restored by a later rollback.
+The deployment row keeps the reason of the last decision applied to it (`Deployment.reason`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import traffic, versions
+from registry.analysis import Action
+from registry.canaries import Assessment, LiveCanary, assess, read_live_canaries
+from registry.db import lock_tenant
+from registry.errors import FtdeployError
+from registry.models import Deployment, DeploymentStatus, ModelVersion, VersionStatus, utcnow
+from registry.retention import enforce_retention
+
+ACTOR = "auto"
+AUDIT_ACTIONS = {
+    Action.STEP: "auto_step",
+    Action.PROMOTE: "auto_promote",
+    Action.ROLLBACK: "auto_rollback",
+}
+
+
+@dataclass(frozen=True)
+class SweepItem:
+    """One canary's outcome in a sweep."""
+
+    tenant: str
+    version: int
+    traffic_percent: int
+    action: str  # hold | step | promote | rollback | error
+    reason: str
+    applied: bool = False
+    skipped: str | None = None  # why a decided action was not applied (the state moved)
+    error: str | None = None  # why applying failed
+
+
+@dataclass
+class SweepReport:
+    started_at: datetime
+    canaries: int = 0
+    items: list[SweepItem] = field(default_factory=list)
+    archived: dict[str, list[int]] = field(default_factory=dict)
+    duration_seconds: float = 0.0
+
+    def decisions(self) -> Counter[str]:
+        return Counter(item.action for item in self.items)
+
+    def applied(self) -> list[SweepItem]:
+        return [item for item in self.items if item.applied]
+
+    def errors(self) -> list[SweepItem]:
+        return [item for item in self.items if item.error or item.action == "error"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "started_at": self.started_at.isoformat(),
+            "canaries": self.canaries,
+            "decisions": dict(self.decisions()),
+            "applied": [asdict(item) for item in self.applied()],
+            "skipped": [asdict(item) for item in self.items if item.skipped],
+            "errors": [asdict(item) for item in self.errors()],
+            "archived": self.archived,
+            "duration_seconds": round(self.duration_seconds, 4),
+        }
+
+
+def plan(sessions: sessionmaker[Session], now: datetime) -> list[Assessment]:
+    """Phases 1 and 2: read every live canary (one statement) and decide each as of `now`."""
+    with sessions() as session, session.begin():
+        canaries = read_live_canaries(session)
+    return assess(canaries, now)
+
+
+def apply(sessions: sessionmaker[Session], assessment: Assessment) -> SweepItem:
+    """Phase 3 for one canary: apply its decision in its own transaction, under the tenant's
+    lock, if the state it was decided on still holds. A hold or an undecidable canary is only
+    reported. Errors of this canary are reported in the item, not raised."""
+    canary, decision = assessment.canary, assessment.decision
+    item = SweepItem(
+        canary.tenant,
+        canary.version,
+        canary.traffic_percent,
+        assessment.action,
+        assessment.reason,
+    )
+    if decision is None or decision.action is Action.HOLD:
+        return item
+    try:
+        with sessions() as session, session.begin():
+            lock_tenant(session, canary.tenant_id)
+            moved = _moved(session, canary)
+            if moved is not None:
+                return _replace(item, skipped=moved)
+            _act(session, canary, assessment)
+    except (FtdeployError, SQLAlchemyError) as error:
+        # One tenant's failure (a bug caught by the invariant, a deadlock, a dropped connection)
+        # does not stop the others; it is reported, and the next sweep decides again.
+        return _replace(item, error=f"{type(error).__name__}: {error}"[:500])
+    return _replace(item, applied=True)
+
+
+def _replace(item: SweepItem, **changes: Any) -> SweepItem:
+    return SweepItem(**{**asdict(item), **changes})
+
+
+def _moved(session: Session, canary: LiveCanary) -> str | None:
+    """Why the state the decision was made on no longer holds, or None if it still does.
+    Call with the tenant locked: what it reads cannot change until the transaction ends."""
+    deployment = session.get(Deployment, canary.deployment_id, populate_existing=True)
+    version = session.get(ModelVersion, canary.version_id, populate_existing=True)
+    if deployment is None or version is None:
+        return "the deployment is gone"
+    if deployment.status != DeploymentStatus.ACTIVE:
+        return f"the deployment is {deployment.status} now"
+    if not deployment.auto_promote:
+        return "auto-promote was turned off for this deployment"
+    if (
+        version.status != VersionStatus.PRODUCTION
+        or version.traffic_percent != canary.traffic_percent
+    ):
+        return (
+            f"v{version.version} is {version.status} at {version.traffic_percent}% now, "
+            f"not at {canary.traffic_percent}%"
+        )
+    if deployment.step_started_at != canary.step_started_at:
+        return "its step restarted since it was read"
+    return None
+
+
+def _act(session: Session, canary: LiveCanary, assessment: Assessment) -> versions.Change:
+    decision = assessment.decision
+    assert decision is not None
+    reason, audit_action = decision.reason, AUDIT_ACTIONS[decision.action]
+    if decision.action in (Action.STEP, Action.PROMOTE):
+        assert decision.next_percent is not None
+        change = versions.promote(
+            session,
+            canary.tenant_id,
+            canary.version,
+            decision.next_percent,
+            actor=ACTOR,
+            reason=reason,
+            action=audit_action,
+        )
+    else:
+        serving = versions.production_versions(session, canary.tenant_id)
+        if max(v.version for v in serving) == canary.version:
+            change = versions.rollback(
+                session, canary.tenant_id, actor=ACTOR, reason=reason, action=audit_action
+            )
+        else:
+            change = _take_out(session, canary, serving, reason, audit_action)
+    deployment = session.get_one(Deployment, canary.deployment_id)
+    deployment.reason = reason
+    deployment.updated_at = utcnow()
+    session.flush()
+    return change
+
+
+def _take_out(
+    session: Session,
+    canary: LiveCanary,
+    serving: list[ModelVersion],
+    reason: str,
+    audit_action: str,
+) -> versions.Change:
+    """Take only this canary out of production (a newer version also serves): the others are
+    rescaled to 100; the version is marked rolled back, so no rollback restores it."""
+    tenant = lock_tenant(session, canary.tenant_id)
+    before = versions.split_of(serving)
+    target = traffic.after_removal(before, canary.version)
+    now = utcnow()
+    leaving = next(v for v in serving if v.version == canary.version)
+    leaving.rolled_back_at = now
+    versions.apply_split(session, tenant, target, now=now, rolled_back=leaving)
+    return versions.commit_change(
+        session,
+        tenant,
+        action=audit_action,
+        version=canary.version,
+        before=before,
+        actor=ACTOR,
+        reason=reason,
+        now=now,
+    )
+
+
+def auto_promote_sweep(sessions: sessionmaker[Session], now: datetime | None = None) -> SweepReport:
+    """One sweep over all live canaries, then retention. Safe to run concurrently with itself
+    and with operators' changes (see the module's docstring); each applied action is one
+    transaction, so a crash midway leaves every canary either moved or not."""
+    started = time.perf_counter()
+    now = now or utcnow()
+    report = SweepReport(started_at=now)
+    assessments = plan(sessions, now)
+    report.canaries = len(assessments)
+    report.items = [apply(sessions, assessment) for assessment in assessments]
+    report.archived = enforce_retention(sessions)
+    report.duration_seconds = time.perf_counter() - started
+    return report

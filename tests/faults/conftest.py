@@ -1,0 +1,171 @@
+"""The fault suite's stack, one per test: a fresh PostgreSQL database with a bystander tenant, a
+Redis database as broker (or a Redis server of the test's own), the fake OpenAI, this process's
+environment pointed at them, and workers running `tests.faults.fault_app`.
+
+Broker settings are short so that redelivery happens in seconds: visibility timeout 5 s, task
+time limit 3 s, longest countdown 2 s, OpenAI client timeout 2 s (Settings checks they fit).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import select
+
+from registry.db import unit_of_work
+from registry.models import EventState, JobEvent
+from tests import services
+from tests.faults.checks import Bystander, check_all, make_bystander
+from tests.harness import WorkerProcess, fresh_broker_url, wait_for, worker_env
+from tests.worker.conftest import _reset_settings
+from worker.fake_openai import FakeOpenAI
+
+_T = TypeVar("_T")
+
+SETTINGS = {
+    "visibility_timeout_seconds": 5,
+    "task_time_limit_seconds": 3,
+    "job_poll_max_seconds": 2,
+    "openai_timeout_seconds": 2,
+}
+
+
+@dataclass(frozen=True)
+class EventView:
+    state: str
+    outcome: str | None
+    attempts: int
+    crashes: int
+    in_flight: bool
+
+
+@dataclass
+class FaultStack:
+    env: dict[str, str]
+    fake: FakeOpenAI
+    database_url: str
+    broker_url: str
+    tmp: Path
+    bystander: Bystander
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def worker(
+        self,
+        name: str = "w1",
+        *,
+        crash: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        **options: Any,
+    ) -> WorkerProcess:
+        """Start a worker running the fault app; `crash` maps job ids to crash points."""
+        worker_environment = {**self.env, **(env or {})}
+        if crash:
+            points = ",".join(f"{point}:{job}" for job, point in crash.items())
+            worker_environment["FTDEPLOY_FAULT_CRASH"] = points
+        process = WorkerProcess(
+            worker_environment, self.tmp / f"{name}.log", name=name,
+            app="tests.faults.fault_app", **options,
+        )  # fmt: skip
+        self.workers.append(process)
+        return process.start(timeout=60)
+
+    def send(self, job_id: Any, tenant: Any = None, *, task: str = "ftdeploy.job_finished") -> None:
+        """Publish straight to the broker, as the pipeline (or anyone) could."""
+        from worker.app import app
+
+        kwargs = {} if tenant is None else {"tenant": tenant}
+        app.send_task(task, args=(job_id,), kwargs=kwargs)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {w.name} ---\n{w.log()}" for w in self.workers)
+
+    def wait(self, condition: Callable[[], _T], timeout: float, what: str) -> _T:
+        try:
+            return wait_for(condition, timeout, f"timed out after {timeout:g}s: {what}")  # type: ignore[no-any-return]
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.logs()}") from None
+
+    def event(self, job_id: str) -> EventView | None:
+        with unit_of_work(self.database_url) as session:
+            row = session.scalars(
+                select(JobEvent).where(JobEvent.openai_job_id == job_id)
+            ).one_or_none()
+            if row is None:
+                return None
+            return EventView(
+                row.state, row.outcome, row.attempts, row.crashes, row.in_flight_since is not None
+            )
+
+    def wait_ended(self, jobs: list[str], timeout: float = 60) -> dict[str, EventView]:
+        def ended() -> dict[str, EventView] | None:
+            views = {job: self.event(job) for job in jobs}
+            if all(v is not None and v.state != EventState.RECEIVED for v in views.values()):
+                return views  # type: ignore[return-value]
+            return None
+
+        return self.wait(ended, timeout, f"events {jobs} to end")
+
+    def check(self, accepted: list[str] = ()) -> None:  # type: ignore[assignment]
+        check_all(self.database_url, accepted=accepted, bystander=self.bystander)
+
+
+@pytest.fixture
+def stack(
+    pg_url: str, redis_service: services.Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FaultStack]:
+    yield from _stack(pg_url, redis_service.url, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[services.Service]:
+    """A Redis server for this test alone (to restart it), persistence on as in production."""
+    with services.start_redis(appendonly=True) as server:
+        yield server
+
+
+@pytest.fixture
+def stack_on_own_redis(
+    pg_url: str, own_redis: services.Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FaultStack]:
+    yield from _stack(pg_url, own_redis.url, tmp_path, monkeypatch)
+
+
+def _stack(
+    pg_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[FaultStack]:
+    broker_url = fresh_broker_url(redis_url)
+    with FakeOpenAI() as fake:
+        env = worker_env(
+            database_url=pg_url,
+            broker_url=broker_url,
+            openai_base_url=fake.base_url,
+            data_dir=tmp_path / "data",
+            **SETTINGS,
+        )
+        for key in list(os.environ):
+            if key.startswith(("FTDEPLOY_", "OPENAI_")) and key not in env:
+                monkeypatch.delenv(key)
+        for key, value in env.items():
+            if key.startswith(("FTDEPLOY_", "OPENAI_")):
+                monkeypatch.setenv(key, value)
+        _reset_settings()
+        stack = FaultStack(
+            env=env,
+            fake=fake,
+            database_url=pg_url,
+            broker_url=broker_url,
+            tmp=tmp_path,
+            bystander=make_bystander(pg_url),
+        )
+        try:
+            yield stack
+        finally:
+            for worker in stack.workers:
+                worker.stop()
+    monkeypatch.undo()
+    _reset_settings()

@@ -1,0 +1,117 @@
+"""Helpers for the canary tests: a settable clock, a tenant with a live canary, outcomes, reads."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import deployments, retention, sweep, versions
+from registry.models import Deployment, ModelVersion, TrafficEvent
+from registry.outcomes import Outcome, store_outcomes
+from tests.factories import deploy_new, make_tenant
+
+# On a bucket boundary, so outcomes recorded at a step's start fall inside its window.
+T0 = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
+BUCKET = 10
+POLICY: dict[str, Any] = dict(
+    strategy="canary",
+    canary_steps=(10, 25, 50, 100),
+    auto_promote=True,
+    auto_promote_threshold=0.9,
+    min_samples=50,
+    bake_seconds=60,
+    progress_deadline_seconds=600,
+)
+
+
+class Clock:
+    """The time the registry sees: `now` for the sweep, and the steps' start when it acts."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def install_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock(T0)
+    for module in (versions, deployments, sweep, retention):
+        monkeypatch.setattr(module, "utcnow", clock)
+    return clock
+
+
+def canary_tenant(
+    sessions: sessionmaker[Session], slug: str | None = None, **policy: Any
+) -> tuple[uuid.UUID, str]:
+    """A tenant whose v1 serves and whose v2 is a live canary at its first step (10%)."""
+    with sessions() as session, session.begin():
+        tenant = make_tenant(session, slug, **(POLICY | policy))
+        deploy_new(session, tenant)
+        deploy_new(session, tenant)
+        return tenant.id, tenant.slug
+
+
+def record(
+    sessions: sessionmaker[Session],
+    tenant: str,
+    version: int,
+    ok: int,
+    failed: int,
+    at: datetime,
+) -> None:
+    batch = [
+        Outcome(tenant, version, success, count=n, at=at)
+        for success, n in ((True, ok), (False, failed))
+        if n
+    ]
+    with sessions() as session, session.begin():
+        result = store_outcomes(session, batch, bucket_seconds=BUCKET, now=at)
+    assert not result.refused
+
+
+def split(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> dict[int, int]:
+    with sessions() as session:
+        return versions.current_split(session, tenant_id)
+
+
+def trail(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> list[TrafficEvent]:
+    """The tenant's audit events, oldest first."""
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(TrafficEvent)
+                .where(TrafficEvent.tenant_id == tenant_id)
+                .order_by(TrafficEvent.id)
+            )
+        )
+
+
+def deployment_of(
+    sessions: sessionmaker[Session], tenant_id: uuid.UUID, version: int
+) -> Deployment:
+    with sessions() as session:
+        return session.scalars(
+            select(Deployment)
+            .join(ModelVersion, ModelVersion.id == Deployment.version_id)
+            .where(ModelVersion.tenant_id == tenant_id, ModelVersion.version == version)
+        ).one()
+
+
+def statuses(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> dict[int, str]:
+    with sessions() as session:
+        rows = session.execute(
+            select(ModelVersion.version, ModelVersion.status).where(
+                ModelVersion.tenant_id == tenant_id
+            )
+        )
+        return {version: status for version, status in rows}

@@ -1,0 +1,114 @@
+"""Wires the worker's logs and metrics into Celery's lifecycle (imported by `worker.tasks`).
+
+- Logs: once Celery has set up logging, the `ftdeploy` loggers write one line per event to the
+  process's real stderr, as `key=value` text or, with FTDEPLOY_LOG_JSON, one JSON object per
+  line (fields: event, tenant, job, version, … as each event gives them).
+- Metrics: the main process starts the /metrics server on `worker_init`, before the pool forks
+  (see `worker.metrics` for the multiprocess mode); job events and operators' promotions and
+  rollbacks are counted from the tasks' results (Celery's task signals), so the tasks themselves
+  stay thin.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from celery import signals
+
+from registry.settings import get_settings
+from worker import metrics
+from worker.logs import EventFormatter, event
+
+if TYPE_CHECKING:
+    from registry.sweep import SweepReport
+
+log = logging.getLogger("ftdeploy.worker")
+
+JOB_TASK = "ftdeploy.job_finished"
+OPERATION_TASKS = {"ftdeploy.promote": "promote", "ftdeploy.rollback": "rollback"}
+
+
+def configure_logs(as_json: bool, level: int | str = logging.INFO) -> None:
+    # sys.__stderr__, not sys.stderr: Celery later redirects sys.stderr into its own logger,
+    # which would wrap each of our lines in a second format.
+    handler = logging.StreamHandler(sys.__stderr__)
+    handler.setFormatter(EventFormatter(as_json))
+    root = logging.getLogger("ftdeploy")
+    root.handlers[:] = [handler]
+    root.setLevel(level or logging.INFO)
+    root.propagate = False
+
+
+@signals.after_setup_logger.connect
+def _on_logging_ready(loglevel: Any = None, **_: Any) -> None:
+    configure_logs(get_settings().log_json, loglevel or logging.INFO)
+
+
+@signals.worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    settings = get_settings()
+    try:
+        port = metrics.start_server(settings)
+    except OSError as error:
+        # The worker still does its work; the missing metrics are loud in the log.
+        event(log, "metrics.unavailable", logging.ERROR, reason=str(error))
+        return
+    if port is not None:
+        event(log, "metrics.serving", port=port, pid=os.getpid())
+
+
+@signals.worker_process_shutdown.connect
+def _on_child_exit(pid: int | None = None, **_: Any) -> None:
+    metrics.process_exited(pid or os.getpid())
+
+
+@signals.task_success.connect
+def _on_task_success(sender: Any = None, result: Any = None, **_: Any) -> None:
+    name = getattr(sender, "name", None)
+    status = result.get("status") if isinstance(result, dict) else None
+    if name == JOB_TASK and isinstance(status, str):
+        metrics.job_event(status)
+    elif name in OPERATION_TASKS and status == "succeeded":
+        metrics.traffic_change(OPERATION_TASKS[name], "operator")
+
+
+@signals.task_retry.connect
+def _on_task_retry(sender: Any = None, **_: Any) -> None:
+    if getattr(sender, "name", None) == JOB_TASK:
+        metrics.job_event("retry")
+
+
+@signals.task_failure.connect
+def _on_task_failure(sender: Any = None, **_: Any) -> None:
+    if getattr(sender, "name", None) == JOB_TASK:
+        metrics.job_event("error")
+
+
+def log_sweep(report: SweepReport) -> None:
+    """One log event per canary that moved, was skipped or failed (holds are only counted)."""
+    for item in report.items:
+        fields: dict[str, Any] = {
+            "tenant": item.tenant,
+            "version": item.version,
+            "action": item.action,
+            "traffic": item.traffic_percent,
+            "reason": item.reason,
+        }
+        if item.applied:
+            event(log, "canary.applied", **fields)
+        elif item.skipped:
+            event(log, "canary.skipped", **fields, skipped=item.skipped)
+        elif item.error or item.action == "error":
+            event(log, "canary.error", logging.WARNING, **fields, error=item.error)
+    for tenant, numbers in report.archived.items():
+        event(log, "versions.archived", tenant=tenant, versions=numbers)
+    event(
+        log,
+        "sweep.done",
+        logging.DEBUG,
+        canaries=report.canaries,
+        seconds=round(report.duration_seconds, 4),
+    )
