@@ -171,13 +171,17 @@ def decide(state: CanaryState, policy: CanaryPolicy, now: datetime) -> Decision:
     unit = "requests" if policy.metric == Metric.SUCCESS_RATE else "scores"
     name = "success rate" if policy.metric == Metric.SUCCESS_RATE else "mean score"
     seen = f"{name} {m.value:.3f} over {m.n} {unit}" if m.value is not None else ""
-    vs_stable = (
-        f"stable ({m.stable_value:.3f})" if m.compared else "stable (no stable data to compare)"
-    )
+    if m.compared:
+        vs_stable = f"stable ({m.stable_value:.3f})"
+    elif m.stable_value is None:
+        vs_stable = "stable (no stable data to compare)"
+    else:
+        vs_stable = "stable (too few scores to compare)"
 
     # 1. Clearly failing -> roll back now, even before the bake time or the minimum samples are
     #    reached: a broken canary should not keep serving users for the rest of its bake. Noise is
-    #    kept out by the 95% tests and by the failure floor (see EARLY_ROLLBACK_FAILURES).
+    #    kept out by the 95% tests and by the failure floor (see EARLY_ROLLBACK_FAILURES), which
+    #    counts failures rather than requests so that more successes never lead to a rollback.
     if m.bad >= min(policy.min_samples, EARLY_ROLLBACK_FAILURES) and m.value is not None:
         if m.upper < threshold:
             why = f"its 95% upper bound {m.upper:.3f} is below the threshold {threshold:g}"
@@ -187,10 +191,12 @@ def decide(state: CanaryState, policy: CanaryPolicy, now: datetime) -> Decision:
 
     # 2. Too early to judge: hold (a canary with no data never passes), but not past the deadline.
     if m.n < policy.min_samples or elapsed < policy.bake_seconds:
-        progress = (
-            f"{m.n} of {policy.min_samples} {unit} and {elapsed:.0f} of "
-            f"{policy.bake_seconds:g} s bake at {at}%"
+        baked = (
+            f"{elapsed:.0f} of {policy.bake_seconds:g} s baked"
+            if elapsed < policy.bake_seconds
+            else "bake done"
         )
+        progress = f"{m.n} of {policy.min_samples} {unit}, {baked}, at {at}%"
         if elapsed >= policy.deadline_seconds:
             deadline = f"progress deadline of {policy.deadline_seconds:g} s passed"
             return _fail(policy, at, f"{deadline} with only {progress}", m.value)

@@ -12,17 +12,19 @@ got before its current step began (while staged, deprecated, or at its previous 
 earlier bucket, outside the window. The price: the bucket in which the step began is left out,
 so up to one bucket (`FTDEPLOY_OUTCOME_BUCKET_SECONDS`) of each step's outcomes goes unused.
 
-`read_live_canaries` gathers every live canary with both sides' counts in ONE statement (sums
-with GROUP BY over a join of deployments, versions and counters), however many there are;
-`assess` decides each with `analysis.decide`. Both only read; neither takes a lock.
+`read_live_canaries` gathers every live canary with both sides' counts in TWO statements (the
+canaries; the sums with GROUP BY over a join of deployments, versions and counters), however
+many canaries there are; `assess` decides each with `analysis.decide`. Both only read; neither
+takes a lock.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, case, func, select
@@ -106,40 +108,8 @@ def _live(tenant_id: uuid.UUID | None) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def _counts(tenant_id: uuid.UUID | None) -> Select[*tuple[Any, ...]]:
-    """Per live canary: the sums of its own and of the other production versions' buckets in
-    its window, as c_<sum> and s_<sum> columns."""
-    counter, served = OutcomeCounter, aliased(ModelVersion)
-    own = counter.version_id == Deployment.version_id
-    columns = []
-    for prefix, side in (("c", own), ("s", ~own)):
-        for name in _SUMS:
-            zero = 0.0 if name in _FLOATS else 0
-            value = case((side, getattr(counter, name)), else_=zero)
-            columns.append(func.sum(value).label(f"{prefix}_{name}"))
-    return (
-        select(Deployment.id.label("deployment_id"), *columns)
-        .select_from(Deployment)
-        .join(ModelVersion, ModelVersion.id == Deployment.version_id)
-        .join(
-            counter,
-            and_(
-                counter.tenant_id == Deployment.tenant_id,
-                counter.bucket_start >= Deployment.step_started_at,
-            ),
-        )
-        .join(
-            served,
-            and_(served.id == counter.version_id, served.status == VersionStatus.PRODUCTION),
-        )
-        .where(*_live(tenant_id))
-        .group_by(Deployment.id)
-    )
-
-
-def live_canaries_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]:
-    """The one statement behind `read_live_canaries` (exposed for the statement-count tests)."""
-    counts = _counts(tenant_id).subquery("counts")
+def canaries_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]:
+    """Each live canary with its tenant and policy (no counts)."""
     policy = DeploymentPolicy
     return (
         select(
@@ -158,32 +128,80 @@ def live_canaries_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any
             policy.canary_steps,
             policy.progress_deadline_seconds,
             policy.auto_rollback,
-            *(column for column in counts.c if column.key != "deployment_id"),
         )
         .select_from(Deployment)
         .join(ModelVersion, ModelVersion.id == Deployment.version_id)
         .join(Tenant, Tenant.id == Deployment.tenant_id)
         .outerjoin(policy, policy.tenant_id == Deployment.tenant_id)
-        .outerjoin(counts, counts.c.deployment_id == Deployment.id)
         .where(*_live(tenant_id))
         .order_by(Tenant.slug, ModelVersion.version)
     )
 
 
-def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> list[LiveCanary]:
-    """Every live canary (of one tenant, or all) with both sides' counts, in one statement."""
-    return [_canary(row._mapping) for row in session.execute(live_canaries_query(tenant_id))]
-
-
-def _side(row: Any, prefix: str) -> Counts:
-    values = {name: row[f"{prefix}_{name}"] for name in _SUMS}
-    return Counts(
-        requests=int(values["requests"] or 0),
-        successes=int(values["successes"] or 0),
-        score_sum=float(values["score_sum"] or 0.0),
-        score_count=int(values["score_count"] or 0),
-        score_sq_sum=float(values["score_sq_sum"] or 0.0),
+def counts_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]:
+    """Per live canary (by deployment id): the sums of its own buckets in its window (c_<sum>)
+    and of the other production versions' buckets in the same window (s_<sum>), in one GROUP BY
+    over narrow rows. Canaries without any such bucket have no row (their counts are zero)."""
+    counter, served = OutcomeCounter, aliased(ModelVersion)
+    own = counter.version_id == Deployment.version_id
+    sums = []
+    for prefix, side in (("c", own), ("s", ~own)):
+        for name in _SUMS:
+            zero = 0.0 if name in _FLOATS else 0
+            value = case((side, getattr(counter, name)), else_=zero)
+            sums.append(func.sum(value).label(f"{prefix}_{name}"))
+    return (
+        select(Deployment.id, *sums)
+        .select_from(Deployment)
+        .join(ModelVersion, ModelVersion.id == Deployment.version_id)
+        .join(
+            counter,
+            and_(
+                counter.tenant_id == Deployment.tenant_id,
+                counter.bucket_start >= Deployment.step_started_at,
+            ),
+        )
+        # Only production versions' buckets count, on either side.
+        .join(
+            served,
+            and_(served.id == counter.version_id, served.status == VersionStatus.PRODUCTION),
+        )
+        .where(*_live(tenant_id))
+        .group_by(Deployment.id)
     )
+
+
+def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> list[LiveCanary]:
+    """Every live canary (of one tenant, or all) with both sides' counts: two statements,
+    whatever the number of canaries, merged here by deployment.
+
+    On PostgreSQL, called first in its transaction, the two read one snapshot (REPEATABLE READ),
+    so counts and state agree; SQLite's read transaction is a snapshot already. (Had a step moved
+    in between anyway, the sweep's re-check under the lock would skip the stale decision.) Two
+    plain statements rather than one: a grouped subquery joined back to the canaries was
+    re-aggregated once per canary when the planner's statistics were stale (quadratic), and one
+    GROUP BY over the joined wide rows sorted them on disk at 10,000 canaries.
+    """
+    if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    canaries = session.execute(canaries_query(tenant_id)).all()
+    counts = {row[0]: row._mapping for row in session.execute(counts_query(tenant_id))}
+    return [_canary(row._mapping, counts.get(row[0])) for row in canaries]
+
+
+def _side(sums: Any, prefix: str) -> Counts:
+    if sums is None:
+        return _NO_COUNTS
+    return Counts(
+        requests=int(sums[f"{prefix}_requests"] or 0),
+        successes=int(sums[f"{prefix}_successes"] or 0),
+        score_sum=float(sums[f"{prefix}_score_sum"] or 0.0),
+        score_count=int(sums[f"{prefix}_score_count"] or 0),
+        score_sq_sum=float(sums[f"{prefix}_score_sq_sum"] or 0.0),
+    )
+
+
+_NO_COUNTS = Counts()
 
 
 def _pick(row: Any, column: str) -> Any:
@@ -191,11 +209,22 @@ def _pick(row: Any, column: str) -> Any:
     return _default(column) if value is None else value
 
 
-def _canary(row: Any) -> LiveCanary:
+def _canary(row: Any, sums: Any) -> LiveCanary:
     policy: CanaryPolicy | None = None
     error: str | None = None
+    threshold = row["auto_promote_threshold"]
+    if threshold is None:
+        threshold = row["policy_threshold"]
     try:
-        policy = canary_policy(row)
+        policy = canary_policy(
+            DEFAULT_THRESHOLD if threshold is None else threshold,
+            _pick(row, "metric"),
+            _pick(row, "min_samples"),
+            _pick(row, "bake_seconds"),
+            _steps(row["canary_steps"]),
+            _pick(row, "progress_deadline_seconds"),
+            _pick(row, "auto_rollback"),
+        )
     except InvalidInput as refused:
         error = f"the tenant's policy cannot be used: {refused}"
     return LiveCanary(
@@ -206,36 +235,53 @@ def _canary(row: Any) -> LiveCanary:
         version=row["version"],
         traffic_percent=row["traffic_percent"],
         step_started_at=row["step_started_at"],
-        canary=_side(row, "c"),
-        stable=_side(row, "s"),
+        canary=_side(sums, "c"),
+        stable=_side(sums, "s"),
         policy=policy,
         policy_error=error,
     )
 
 
-def canary_policy(row: Any) -> CanaryPolicy:
-    """The analysis policy of one canary: the threshold its deployment was made with (else the
-    tenant's, else 0.95) and the tenant's current policy for the rest. Steps: the policy's, or one
-    jump to 100 when it has none. Raises InvalidInput when the stored values do not fit together
-    (say, a deadline within the bake time)."""
-    threshold = row["auto_promote_threshold"]
-    if threshold is None:
-        threshold = row["policy_threshold"]
-    steps = row["canary_steps"]
-    metric = _pick(row, "metric")
-    if metric not in set(Metric):
+def _steps(stored: Any) -> tuple[int, ...]:
+    """The stored steps (JSON), or one jump to 100 when there are none."""
+    if not stored:
+        return (100,)
+    if not isinstance(stored, list) or not all(type(step) is int for step in stored):
+        raise InvalidInput("steps", f"{stored!r} is not a list of whole numbers")
+    return tuple(stored)
+
+
+@lru_cache(maxsize=1024)
+def canary_policy(
+    threshold: float,
+    metric: str,
+    min_samples: int,
+    bake_seconds: float,
+    steps: tuple[int, ...],
+    deadline_seconds: float,
+    auto_rollback: bool,
+) -> CanaryPolicy:
+    """The analysis policy of one canary, validated: the threshold its deployment was made with
+    (else the tenant's, else 0.95) and the tenant's current policy for the rest; steps are the
+    policy's, or one jump to 100 when it has none. Raises InvalidInput when the stored values do
+    not fit together (say, a deadline within the bake time). Cached: a fleet shares few policies,
+    and the sweep builds one per canary."""
+    if metric not in _METRICS:
         raise InvalidInput("metric", f"{metric!r} is not one of {', '.join(Metric)}")
     policy = CanaryPolicy(
         metric=Metric(metric),
-        threshold=float(DEFAULT_THRESHOLD if threshold is None else threshold),
-        min_samples=int(_pick(row, "min_samples")),
-        bake_seconds=float(_pick(row, "bake_seconds")),
-        steps=tuple(int(step) for step in steps) if steps else (100,),
-        deadline_seconds=float(_pick(row, "progress_deadline_seconds")),
-        auto_rollback=bool(_pick(row, "auto_rollback")),
+        threshold=float(threshold),
+        min_samples=int(min_samples),
+        bake_seconds=float(bake_seconds),
+        steps=steps,
+        deadline_seconds=float(deadline_seconds),
+        auto_rollback=bool(auto_rollback),
     )
     validate_policy(policy)
     return policy
+
+
+_METRICS = frozenset(Metric)
 
 
 def assess(canaries: Iterable[LiveCanary], now: datetime) -> list[Assessment]:
@@ -260,7 +306,3 @@ def samples(canary: LiveCanary) -> int:
     if canary.policy is not None and canary.policy.metric == Metric.SCORE:
         return canary.canary.score_count
     return canary.canary.requests
-
-
-def by_tenant(assessments: Sequence[Assessment], tenant: str | None) -> list[Assessment]:
-    return [a for a in assessments if tenant is None or a.canary.tenant == tenant]

@@ -81,16 +81,24 @@ def find_event(session: Session, job_id: str) -> JobEvent | None:
     ).one_or_none()
 
 
-def start_attempt(session: Session, job_id: str, tenant: str | None) -> JobEvent:
+def start_attempt(
+    session: Session, job_id: str, tenant: str | None, *, redelivered: bool = True
+) -> JobEvent:
     """Count one more attempt at the event, creating it if it came straight from the broker.
 
-    An attempt that finds the previous one still marked in flight counts a crash: the process
-    died while handling it (or outlived the broker's visibility timeout). The caller gives up
-    on an event that crashes too often, so a poison event cannot loop forever.
+    A redelivered message whose previous attempt is still marked in flight counts a crash: the
+    process died while handling it (or outlived the broker's visibility timeout). The caller
+    gives up on an event that crashes too often, so a poison event cannot loop forever. A fresh
+    duplicate (`redelivered=False`: the event was sent twice) running beside another attempt is
+    no crash. An event already done is returned untouched: there is nothing left to do.
     """
     event = accept_event(session, job_id, tenant, "broker")
+    # Duplicates start side by side: read and count under the row's lock, so none is lost.
+    session.refresh(event, with_for_update=True)
+    if event.state == EventState.DONE:
+        return event
     now = utcnow()
-    if event.in_flight_since is not None:
+    if event.in_flight_since is not None and redelivered:
         event.crashes += 1
     event.attempts += 1
     event.in_flight_since = now
@@ -109,10 +117,14 @@ def end_attempt(session: Session, job_id: str) -> None:
 
 
 def finish_event(session: Session, job_id: str, state: EventState, outcome: str) -> None:
-    """End the event as done or failed, with what happened. Idempotent."""
+    """End the event as done or failed, with what happened. Idempotent. Done stays done: a late
+    duplicate's failure does not mark work that was committed as failed."""
+    condition = [JobEvent.openai_job_id == job_id]
+    if state == EventState.FAILED:
+        condition.append(JobEvent.state != EventState.DONE)
     session.execute(
         update(JobEvent)
-        .where(JobEvent.openai_job_id == job_id)
+        .where(*condition)
         .values(state=state, outcome=outcome[:2000], updated_at=utcnow(), in_flight_since=None)
     )
 

@@ -202,17 +202,21 @@ class Sums:
         self.score_sum = self.score_sq_sum = self.latency_ms_sum = 0.0
 
     def add(self, outcome: Outcome) -> None:
-        n = outcome.count
+        self.add_values(outcome.count, outcome.success, outcome.score, outcome.latency_ms)
+
+    def add_values(
+        self, n: int, success: bool, score: float | None, latency_ms: float | None
+    ) -> None:
         self.requests += n
-        if outcome.success:
+        if success:
             self.successes += n
-        if outcome.score is not None:
+        if score is not None:
             self.score_count += n
-            self.score_sum += n * outcome.score
-            self.score_sq_sum += n * outcome.score * outcome.score
-        if outcome.latency_ms is not None:
+            self.score_sum += n * score
+            self.score_sq_sum += n * score * score
+        if latency_ms is not None:
             self.latency_count += n
-            self.latency_ms_sum += n * outcome.latency_ms
+            self.latency_ms_sum += n * latency_ms
 
     def merge(self, other: Sums) -> None:
         for name in SUM_COLUMNS:

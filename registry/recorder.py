@@ -18,19 +18,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.errors import FtdeployError, InvalidInput
-from registry.models import utcnow
 from registry.outcomes import (
+    MAX_COUNT,
+    MAX_LATENCY_MS,
     Ids,
     Key,
     Outcome,
@@ -38,7 +41,6 @@ from registry.outcomes import (
     StoreResult,
     Sums,
     VersionResolver,
-    bucket_start,
     field_of,
     parse_outcome,
     upsert_counters,
@@ -46,6 +48,25 @@ from registry.outcomes import (
 )
 
 log = logging.getLogger("ftdeploy.outcomes")
+
+KNOWN_LIMIT = 100_000  # (tenant, model) pairs, as callers pass them, kept for the fast path
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+Pending = dict[tuple[uuid.UUID, uuid.UUID, int], Sums]  # bucket as epoch seconds
+
+
+def _plain(success: object, score: object, latency_ms: object, count: object) -> bool:
+    """True when the values are certainly valid (exact types, in range, so not NaN); anything
+    else takes the full validation, which says what is wrong."""
+    return (
+        type(success) is bool
+        and type(count) is int
+        and 1 <= count <= MAX_COUNT
+        and (score is None or (type(score) in (float, int) and 0.0 <= score <= 1.0))  # type: ignore[operator]
+        and (
+            latency_ms is None
+            or (type(latency_ms) in (float, int) and 0.0 <= latency_ms <= MAX_LATENCY_MS)  # type: ignore[operator]
+        )
+    )
 
 
 class OutcomeObserver(Protocol):
@@ -68,11 +89,12 @@ class RecorderStats:
 class OutcomeRecorder:
     """The in-process door: `record()` validates and adds to in-memory sums; a flush upserts them.
 
-    Thread-safe. `record()` costs a validation, a cache lookup (a query on the first sight of a
-    (tenant, model)) and a dict update under a lock; it never writes to the database. Flushes
-    happen in a background thread every `flush_seconds`, when `max_pending` records have
-    accumulated, on `flush()`, and on `close()` (also on leaving a `with` block). Counts whose
-    flush fails stay pending for the next one. After a fork the child starts empty.
+    Thread-safe. `record()` never writes to the database: the first outcome of a (tenant, model)
+    is fully validated and resolved (one query), later ones with plain values only have their
+    values checked, then a dict update under a lock. Flushes happen in a background thread every
+    `flush_seconds`, when `max_pending` records have accumulated, on `flush()`, and on `close()`
+    (also on leaving a `with` block). Counts whose flush fails stay pending for the next one.
+    A forked child starts empty (it never flushes its parent's counts a second time).
     """
 
     def __init__(
@@ -85,7 +107,7 @@ class OutcomeRecorder:
         background: bool = True,
         observer: OutcomeObserver | None = None,
         resolver: VersionResolver | None = None,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if sessions is None or bucket_seconds is None:
             from registry.db import session_factory
@@ -102,27 +124,31 @@ class OutcomeRecorder:
         self._background = background
         self._observer = observer
         self._resolver = resolver or VersionResolver()
-        self._clock = clock
-        self._lock = threading.Lock()  # guards the pending sums and the stats
-        self._flush_lock = threading.Lock()  # one flush at a time
+        self._clock = clock  # epoch seconds
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._reset()
+        reset = weakref.WeakMethod(self._reset)
+
+        def in_child() -> None:
+            method = reset()
+            if method is not None:
+                method()
+
+        os.register_at_fork(after_in_child=in_child)
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
-        self._pending: dict[Key, Sums] = {}
+        # Also the child's state after a fork: fresh locks (another thread may have held one).
+        self._lock = threading.Lock()  # guards the pending sums, `_known` and the stats
+        self._flush_lock = threading.Lock()  # one flush at a time
+        self._pending: Pending = {}
+        self._known: dict[tuple[object, object], Ids] = {}
         self._pending_records = 0
         self._recorded = 0
         self._refused: Counter[str] = Counter()
         self._flushes = 0
         self._rows = 0
         self._thread: threading.Thread | None = None
-
-    def _forget_parent(self) -> None:
-        # A forked child must not flush its parent's pending counts a second time (lock held).
-        if self._pid != os.getpid():
-            self._reset()
 
     def record(
         self,
@@ -139,14 +165,31 @@ class OutcomeRecorder:
         the reason when refused; a refusal is counted and nothing of it is kept."""
         now = self._clock()
         try:
+            ids = self._known.get((tenant, model))
+        except TypeError:  # unhashable, so certainly invalid: the full validation says why
+            ids = None
+        if ids is not None and at is None and _plain(success, score, latency_ms, count):
+            bucket = int(now // self._bucket) * self._bucket
+            self._add(ids, bucket, count, success, score, latency_ms)
+            return
+        try:
             outcome = validate_outcome(
-                tenant, model, success, score, latency_ms, count, at, now=now
+                tenant,
+                model,
+                success,
+                score,
+                latency_ms,
+                count,
+                at,
+                now=datetime.fromtimestamp(now, UTC),
             )
             ids = self._resolve(outcome)
         except FtdeployError as error:
             self._count_refusal(field_of(error))
             raise
-        self._add(ids, outcome, now)
+        if len(self._known) < KNOWN_LIMIT:
+            self._known[(tenant, model)] = ids
+        self._add_outcome(ids, outcome, now)
 
     def record_many(self, records: Iterable[object]) -> StoreResult:
         """Accept a batch of mappings (the task's format); refusals are listed, not raised."""
@@ -154,13 +197,13 @@ class OutcomeRecorder:
         now = self._clock()
         for index, record in enumerate(records):
             try:
-                outcome = parse_outcome(record, now=now)
+                outcome = parse_outcome(record, now=datetime.fromtimestamp(now, UTC))
                 ids = self._resolve(outcome)
             except FtdeployError as error:
                 self._count_refusal(field_of(error))
                 result.refused.append(Refusal(index, field_of(error), str(error)))
                 continue
-            self._add(ids, outcome, now)
+            self._add_outcome(ids, outcome, now)
             result.recorded += outcome.count
         return result
 
@@ -171,26 +214,37 @@ class OutcomeRecorder:
         with self._sessions() as session:
             return self._resolver.load(session, outcome.tenant, outcome.model)
 
-    def _add(self, ids: Ids, outcome: Outcome, now: datetime) -> None:
-        key = (ids[0], ids[1], bucket_start(outcome.at or now, self._bucket))
+    def _add_outcome(self, ids: Ids, outcome: Outcome, now: float) -> None:
+        moment = outcome.at.timestamp() if outcome.at is not None else now
+        bucket = int(moment // self._bucket) * self._bucket
+        self._add(ids, bucket, outcome.count, outcome.success, outcome.score, outcome.latency_ms)
+
+    def _add(
+        self,
+        ids: Ids,
+        bucket: int,
+        count: int,
+        success: bool,
+        score: float | None,
+        latency_ms: float | None,
+    ) -> None:
+        key = (ids[0], ids[1], bucket)
         with self._lock:
-            self._forget_parent()
             sums = self._pending.get(key)
             if sums is None:
                 sums = self._pending[key] = Sums()
-            sums.add(outcome)
+            sums.add_values(count, success, score, latency_ms)
             self._pending_records += 1
-            self._recorded += outcome.count
+            self._recorded += count
             full = self._pending_records >= self._max_pending
             start = self._background and self._thread is None and not self._stop.is_set()
             if start:
                 self._thread = threading.Thread(
                     target=self._run, name="ftdeploy-outcomes", daemon=True
                 )
-        if start and self._thread is not None:
-            self._thread.start()
+                self._thread.start()
         if self._observer is not None:
-            self._observer.recorded(outcome.count)
+            self._observer.recorded(count)
         if full:
             if self._background and not self._stop.is_set():
                 self._wake.set()
@@ -211,16 +265,15 @@ class OutcomeRecorder:
         """
         with self._flush_lock:
             with self._lock:
-                self._forget_parent()
-                batch, self._pending = self._pending, {}
+                pending, self._pending = self._pending, {}
                 self._pending_records = 0
-            if not batch:
+            if not pending:
                 return 0
             try:
-                written = self._write(batch)
+                written = self._write(pending)
             except Exception:
                 with self._lock:
-                    for key, sums in batch.items():
+                    for key, sums in pending.items():
                         self._pending.setdefault(key, Sums()).merge(sums)
                 raise
             with self._lock:
@@ -228,7 +281,11 @@ class OutcomeRecorder:
                 self._rows += written
             return written
 
-    def _write(self, batch: dict[Key, Sums]) -> int:
+    def _write(self, pending: Pending) -> int:
+        batch: dict[Key, Sums] = {
+            (tenant_id, version_id, _EPOCH + timedelta(seconds=bucket)): sums
+            for (tenant_id, version_id, bucket), sums in pending.items()
+        }
         try:
             with self._sessions() as session, session.begin():
                 upsert_counters(session, batch)
@@ -243,12 +300,8 @@ class OutcomeRecorder:
                     upsert_counters(session, {key: sums})
                 written += 1
             except IntegrityError:
-                log.warning(
-                    "outcomes.dropped",
-                    extra={
-                        "ftdeploy_fields": {"version_id": str(key[1]), "requests": sums.requests}
-                    },
-                )
+                fields = {"version_id": str(key[1]), "requests": sums.requests}
+                log.warning("outcomes.dropped", extra={"ftdeploy_fields": fields})
         return written
 
     def _run(self) -> None:
@@ -258,10 +311,8 @@ class OutcomeRecorder:
             try:
                 self.flush()
             except Exception as error:  # kept pending; the next flush retries
-                log.warning(
-                    "outcomes.flush_failed",
-                    extra={"ftdeploy_fields": {"error": type(error).__name__}},
-                )
+                fields = {"error": type(error).__name__}
+                log.warning("outcomes.flush_failed", extra={"ftdeploy_fields": fields})
 
     @property
     def stats(self) -> RecorderStats:
@@ -271,7 +322,8 @@ class OutcomeRecorder:
             )
 
     def close(self) -> None:
-        """Stop the background thread and flush what is left (raises if that flush fails)."""
+        """Stop the background thread and flush what is left (raises if that flush fails).
+        `record()` still works afterwards; it then flushes only on size or on `flush()`."""
         self._stop.set()
         self._wake.set()
         thread = self._thread

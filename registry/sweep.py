@@ -100,7 +100,7 @@ class SweepReport:
 
 def plan(sessions: sessionmaker[Session], now: datetime) -> list[Assessment]:
     """Phases 1 and 2: read every live canary (one statement) and decide each as of `now`."""
-    with sessions() as session, session.begin():
+    with sessions() as session:  # read only; closing it ends the snapshot
         canaries = read_live_canaries(session)
     return assess(canaries, now)
 

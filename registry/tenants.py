@@ -138,7 +138,18 @@ def set_policy(session: Session, tenant_id: uuid.UUID, changes: PolicyChanges) -
     validate_changes(changes)
     policy = get_policy(session, tenant_id)
     for name, value in changes.given().items():
-        setattr(policy, name, list(value) if name == "canary_steps" else value)
+        if name == "canary_steps":
+            from registry.analysis import parse_steps
+
+            # Stored as parsed: validated, and ending at 100 even when given as "10,25".
+            value = list(parse_steps(",".join(str(step) for step in value)))
+        setattr(policy, name, value)
+    if policy.progress_deadline_seconds <= policy.bake_seconds:
+        # Raised before the caller commits: its unit of work rolls back, nothing is stored.
+        raise InvalidInput(
+            "deadline seconds",
+            f"{policy.progress_deadline_seconds} must exceed bake seconds ({policy.bake_seconds})",
+        )
     if policy.auto_promote and policy.auto_promote_threshold is None:
         policy.auto_promote_threshold = DEFAULT_THRESHOLD
     if policy.canary_steps:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.beat import PersistentScheduler
 
 from registry.settings import Settings, get_settings
 
@@ -41,8 +42,8 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     visibility = settings.visibility_timeout_seconds
     return {
         "visibility_timeout": visibility,
-        # kombu looks for expired unacknowledged messages only every interval × throttle seconds
-        # (10 × 10 by default): without these a message of a killed worker waits ~100 s past its
+        # kombu looks for expired unacknowledged messages only every interval x throttle seconds
+        # (10 x 10 by default): without these a message of a killed worker waits ~100 s past its
         # visibility timeout. Scan at least five times per timeout, at most once a second.
         "unacked_restore_interval": max(1, min(10, visibility // 5)),
         "unacked_restore_throttle": 1,
@@ -69,11 +70,14 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_seconds,
-        task_soft_time_limit=max(1, settings.task_time_limit_seconds - 10),
+        # Up to 10 s (a fifth of a short limit) to end an attempt cleanly before the hard kill.
+        task_soft_time_limit=settings.task_time_limit_seconds
+        - min(10.0, settings.task_time_limit_seconds / 5),
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         beat_schedule=beat_schedule(settings),
         beat_schedule_filename=str((settings.data_dir / "celerybeat-schedule").resolve()),
+        beat_scheduler="worker.app:Scheduler",
         timezone="UTC",
         enable_utc=True,
     )
@@ -95,6 +99,15 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"expires": settings.sweep_seconds},
         },
     }
+
+
+class Scheduler(PersistentScheduler):
+    """Celery's file-backed beat scheduler, creating the directory of its file first: on a fresh
+    machine the Procfile's `beat` runs before anything made the data directory."""
+
+    def setup_schedule(self) -> None:
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
 
 
 def data_dir_ready(settings: Settings) -> Path:

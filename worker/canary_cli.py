@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from registry.canaries import Assessment, assess, read_live_canaries, samples
-from registry.db import unit_of_work
+from registry.db import session_factory, unit_of_work
 from registry.models import ModelVersion, utcnow
 from registry.outcomes import VersionResolver, store_outcomes, validate_outcome
 from registry.settings import get_settings
@@ -64,7 +64,7 @@ def _outcome_text(data: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     now = utcnow()
-    with unit_of_work() as session:
+    with session_factory()() as session:  # read only
         tenant_id = find_tenant(session, args.slug).id if args.slug else None
         canaries = read_live_canaries(session, tenant_id)
     rows = [status_row(assessment, now) for assessment in assess(canaries, now)]

@@ -274,24 +274,31 @@ def _demo_environment(data_dir: Path, openai_base_url: str) -> Iterator[None]:
         for key in [k for k in os.environ if k.startswith(("FTDEPLOY_", "OPENAI_"))]:
             del os.environ[key]
         os.environ.update(saved)
-        _reload_settings()
+        # The Celery app keeps the demo's broker settings: rebuilding them from the caller's
+        # would create the caller's data directory, where the demo must write nothing.
+        _reload_settings(repoint_app=False)
 
 
-def _reload_settings() -> None:
+def _reload_settings(repoint_app: bool = True) -> None:
     from registry.settings import get_settings
 
     get_settings.cache_clear()
     app_module = sys.modules.get("worker.app")
     if app_module is None:
         return  # imported later, it reads the settings now in force
+    if repoint_app:
+        _repoint(app_module)
+    # Connections to the previous broker are cached in these pools; new ones use the new URL.
+    app_module.app._pool = None
+    app_module.app.amqp._producer_pool = None
+
+
+def _repoint(app_module: Any) -> None:
     fresh = app_module.make_app()
     app_module.app.conf.update(
         broker_url=fresh.conf.broker_url,
         broker_transport_options=fresh.conf.broker_transport_options,
     )
-    # Connections to the previous broker are cached in these pools; new ones use the new URL.
-    app_module.app._pool = None
-    app_module.app.amqp._producer_pool = None
 
 
 def _dispose_database() -> None:
@@ -331,10 +338,8 @@ def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
     """Warm shutdown (SIGTERM to the main process); the whole group is killed if it lingers."""
     if worker.poll() is None:
         worker.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             worker.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(worker.pid, signal.SIGKILL)  # beat or pool children left behind
     worker.wait()

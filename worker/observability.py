@@ -47,17 +47,27 @@ def _on_logging_ready(loglevel: Any = None, **_: Any) -> None:
     configure_logs(get_settings().log_json, loglevel or logging.INFO)
 
 
+# What the metrics server did at worker_init, logged once logging is up (Celery sets up logging
+# after worker_init, so a line logged there would be lost).
+_metrics_start: dict[str, Any] = {}
+
+
 @signals.worker_init.connect
 def _on_worker_init(**_: Any) -> None:
-    settings = get_settings()
+    # Before the pool forks: the children must inherit the multiprocess directory.
     try:
-        port = metrics.start_server(settings)
+        _metrics_start["port"] = metrics.start_server(get_settings())
     except OSError as error:
         # The worker still does its work; the missing metrics are loud in the log.
-        event(log, "metrics.unavailable", logging.ERROR, reason=str(error))
-        return
-    if port is not None:
-        event(log, "metrics.serving", port=port, pid=os.getpid())
+        _metrics_start["error"] = str(error)
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    if "error" in _metrics_start:
+        event(log, "metrics.unavailable", logging.ERROR, reason=_metrics_start["error"])
+    elif _metrics_start.get("port") is not None:
+        event(log, "metrics.serving", port=_metrics_start["port"], pid=os.getpid())
 
 
 @signals.worker_process_shutdown.connect

@@ -12,6 +12,7 @@ from typing import Any
 
 import openai
 from celery import Task
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from registry import events, operations, outcomes, pipeline, sweep
@@ -24,7 +25,7 @@ from registry.errors import (
     JobNotFinished,
     RunNotDeployable,
 )
-from registry.models import FinetuningRun, OperationKind, utcnow
+from registry.models import EventState, FinetuningRun, OperationKind, utcnow
 from registry.openai_jobs import fetch_job, fetch_result_metrics, make_client
 from registry.settings import Settings, get_settings
 from worker import metrics, observability
@@ -65,9 +66,16 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
     try:
         job_id = events.validate_job_id(job_id)
         tenant = events.validate_tenant_hint(tenant)
+        # Only a redelivered message can mean a crash; a duplicate of the event is none.
+        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         with unit_of_work() as session:
-            attempt = events.start_attempt(session, job_id, tenant)
+            attempt = events.start_attempt(session, job_id, tenant, redelivered=redelivered)
             received_at, crashes = attempt.received_at, attempt.crashes
+            done = attempt.state == EventState.DONE
+            # A message re-sent by the reconciler carries no tenant: the accepted event has it.
+            tenant = tenant or attempt.tenant_hint
+        if done:
+            return {"status": "done", "outcome": "already handled"}
         if crashes >= MAX_CRASHES:
             return _fail(job_id, f"the worker died {crashes} times while handling this event")
         waited = (utcnow() - received_at).total_seconds()
@@ -79,7 +87,8 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
         metrics = fetch_result_metrics(openai_client(), job) if job.status == "succeeded" else None
         with unit_of_work() as session:
             outcome = pipeline.complete_job(session, job, tenant, metrics)
-    except (FtdeployError, *TRANSIENT_DATABASE_ERRORS) as error:
+    except (FtdeployError, SoftTimeLimitExceeded, *TRANSIENT_DATABASE_ERRORS) as error:
+        # An attempt that outran its soft time limit (a slow reply, a lock wait) is transient.
         return _retry_or_fail(self, job_id, error, settings)
     except Exception as error:
         # A bug must not leave the event open and silent: record it, then let Celery log it.
@@ -99,7 +108,12 @@ def _retry_or_fail(task: Task, job_id: Any, error: Exception, settings: Settings
         delay = retry_delay(error, task.request.retries, settings)
         _release(job_id)
         event(log, "job.retry", job=job_id, reason=str(error), in_seconds=round(delay, 2))
-        raise task.retry(countdown=delay, exc=error) from error
+        try:
+            raise task.retry(countdown=delay, exc=error) from error
+        except Reject as lost:
+            # Celery drops the message when the retry cannot be published (the broker gone, the
+            # soft time limit firing mid-publish), which would leave the event open forever.
+            raise Reject(lost.reason, requeue=True) from error
     reason = str(error)
     if retryable:
         reason = f"gave up after {task.request.retries + 1} attempts: {reason}"

@@ -9,7 +9,7 @@ time limit 3 s, longest countdown 2 s, OpenAI client timeout 2 s (Settings check
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,7 +110,8 @@ class FaultStack:
 
         return self.wait(ended, timeout, f"events {jobs} to end")
 
-    def check(self, accepted: list[str] = ()) -> None:  # type: ignore[assignment]
+    def check(self, accepted: Sequence[str] = ()) -> None:
+        """The suite's closing checks (tests/faults/checks.py)."""
         check_all(self.database_url, accepted=accepted, bystander=self.bystander)
 
 

@@ -55,6 +55,10 @@ CASES: list[tuple[str, Call, type[FtdeployError]]] = [
     ("rollback-unknown-tenant", lambda s, w: versions.rollback(s, "nobody"), TenantNotFound),
     ("versions-unknown-tenant", lambda s, w: versions.list_versions(s, "nobody"), TenantNotFound),
     ("history-unknown-tenant", lambda s, w: audit.history(s, "nobody"), TenantNotFound),
+    *[
+        (f"history-limit-{n!r}", lambda s, w, n=n: audit.history(s, "alpha", n), InvalidInput)
+        for n in (-1, 0, True, 2.5)
+    ],
     (
         "promote-unknown-tenant-id",
         lambda s, w: versions.promote(s, uuid.uuid4(), 1),

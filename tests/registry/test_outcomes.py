@@ -3,6 +3,7 @@ databases (the recorder's flushes go to the real database; nothing is mocked).""
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -215,14 +216,20 @@ def test_recorder_aggregates_and_flushes_on_request(sessions: sessionmaker[Sessi
     with pytest.raises(InvalidInput):
         recorder.record("acme", "v9", True)
     with pytest.raises(InvalidInput):
-        recorder.record("acme", "v1", True, score=3)
+        recorder.record("acme", "v1", True, score=3)  # a known model: the values still count
+    with pytest.raises(InvalidInput):
+        recorder.record("acme", model_id, True, latency_ms=float("nan"))
     assert _rows(sessions) == []  # nothing written before a flush
     assert recorder.flush() == 1  # 121 outcomes, one bucket: one row
     [row] = _rows(sessions)
     assert (row.requests, row.successes, row.score_count, row.latency_count) == (120, 110, 100, 100)
     assert row.score_sum == pytest.approx(80.0)
     stats = recorder.stats
-    assert (stats.recorded, stats.refused, stats.rows_written) == (120, {"model": 1, "score": 1}, 1)
+    assert (stats.recorded, stats.refused, stats.rows_written) == (
+        120,
+        {"model": 1, "score": 1, "latency_ms": 1},
+        1,
+    )
     assert seen.count(("refused", "model")) == 1 and ("recorded", 20) in seen
     result = recorder.record_many([{**GOOD, "model": 1}, {"tenant": "acme"}])
     assert result.recorded == 1 and [r.field for r in result.refused] == ["model"]
@@ -299,3 +306,16 @@ def test_a_row_whose_version_vanished_is_dropped_and_the_rest_written(
     recorder.record("acme", model_id, True, count=3)
     assert recorder.flush() == 1
     assert [r.requests for r in _rows(sessions)] == [3]
+
+
+def test_a_forked_child_does_not_flush_its_parents_counts(sessions: sessionmaker[Session]) -> None:
+    _, model_id = _live_tenant(sessions)
+    recorder = OutcomeRecorder(sessions, bucket_seconds=3600, background=False)
+    recorder.record("acme", model_id, True, count=5)
+    pid = os.fork()
+    if pid == 0:  # the child: nothing pending, nothing written
+        os._exit(0 if recorder.stats.pending == 0 and recorder.flush() == 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    recorder.close()
+    assert [r.requests for r in _rows(sessions)] == [5]

@@ -11,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import sweep, versions
 from registry.db import session_factory
 from registry.errors import NothingToRollBack
-from registry.models import OutcomeCounter, Tenant
+from registry.models import DeploymentPolicy, OutcomeCounter, Tenant
 from registry.sweep import auto_promote_sweep
 from registry.tenants import PolicyChanges, set_policy
 from tests.factories import deploy_new, make_tenant
@@ -51,7 +51,7 @@ def test_good_canary_walks_10_25_50_100_and_ends_promoted(
         [held] = auto_promote_sweep(sessions, clock()).items
         # Only this step's outcomes count: 60, not the sum over the steps so far.
         assert held.action == "hold" and not held.applied
-        assert "60 of 50 requests and 30 of 60 s bake" in held.reason
+        assert "60 of 50 requests" in held.reason and "30 of 60 s" in held.reason
         clock.advance(40)
         [item] = auto_promote_sweep(sessions, clock()).items
         assert item.applied and item.traffic_percent == before
@@ -202,7 +202,14 @@ def test_outcomes_from_before_the_step_do_not_count(
 def test_an_unusable_policy_is_reported_and_the_others_still_move(
     sessions: sessionmaker[Session], clock: Clock
 ) -> None:
-    broken_id, _ = canary_tenant(sessions, "broken", bake_seconds=900)  # deadline 600 < bake
+    broken_id, _ = canary_tenant(sessions, "broken")
+    with sessions() as session, session.begin():
+        # As a row written before validation, or by the host SaaS: deadline 600 < bake 900.
+        session.execute(
+            update(DeploymentPolicy)
+            .where(DeploymentPolicy.tenant_id == broken_id)
+            .values(bake_seconds=900)
+        )
     good_id, good = canary_tenant(sessions, "good")
     record(sessions, good, 2, ok=80, failed=0, at=clock())
     report = auto_promote_sweep(sessions, clock.advance(70))

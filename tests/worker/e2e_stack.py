@@ -149,9 +149,7 @@ class Stack:
 
 
 @contextmanager
-def e2e_stack(
-    request: pytest.FixtureRequest, tmp: Path, **settings: Any
-) -> Iterator[Stack]:
+def e2e_stack(request: pytest.FixtureRequest, tmp: Path, **settings: Any) -> Iterator[Stack]:
     """The stack for one module; `settings` are FTDEPLOY_ settings for the worker and this
     process (e.g. `openai_timeout_seconds=1`). Workers started through it are stopped at exit."""
     postgres: services.Service = request.getfixturevalue("postgres")

@@ -14,11 +14,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from registry import versions
 from registry.db import unit_of_work
 from registry.models import Evaluation
 from registry.settings import get_settings
+from registry.tenants import find_tenant, get_policy
 from tests.dbdump import diff, dump
 from tests.factories import deploy_new, make_run, make_tenant
 from tests.registry.world import World, module_world
@@ -123,8 +125,6 @@ def test_tenant_add_and_policy(cli_db: str, capsys: pytest.CaptureFixture[str]) 
     assert "blue_green" in out and "strategy" in out
 
     with unit_of_work(cli_db) as session:
-        from registry.tenants import find_tenant, get_policy
-
         policy = get_policy(session, find_tenant(session, "acme").id)
         assert (policy.strategy, policy.canary_percent, policy.min_samples) == (
             "blue_green",
@@ -249,10 +249,9 @@ def test_evaluation_record(cli_db: str, capsys: pytest.CaptureFixture[str]) -> N
     assert (code, out, err) == (0, f"recorded approve for {job_id}\n", "")
 
     with unit_of_work(cli_db) as session:
-        from sqlalchemy import select
-
         rows = session.scalars(select(Evaluation).order_by(Evaluation.created_at)).all()
-        assert [(str(r.id), r.recommendation, r.metrics) for r in rows][0] == (
+        first = rows[0]
+        assert (str(first.id), first.recommendation, first.metrics) == (
             recorded["evaluation_id"],
             "review",
             {"accuracy": 0.93, "loss": 0.2},
@@ -262,12 +261,19 @@ def test_evaluation_record(cli_db: str, capsys: pytest.CaptureFixture[str]) -> N
 
 # ------------------------------------------------------------------------------- bad input
 
-BAD = "--recommendation"
+REC = "--recommendation"
 BAD_INPUT: list[tuple[str, list[str], int, str]] = [
     # (id, argv, exit code, a fragment of the one error line)
     ("versions-unknown-tenant", ["versions", "nobody"], 3, "tenant not found: 'nobody'"),
     ("versions-bad-slug", ["versions", "Bad Slug"], 2, "invalid tenant slug"),
     ("history-unknown-tenant", ["history", "nobody"], 3, "tenant not found"),
+    ("history-negative-limit", ["history", "alpha", "--limit", "-1"], 2, "invalid limit: -1"),
+    (
+        "tenant-add-bad-percent",
+        ["tenant", "add", "newco", "--canary-percent", "0"],
+        2,
+        "outside 1..99",
+    ),
     ("resolve-unknown-tenant", ["resolve", "nobody", "--subject", "u1"], 3, "tenant not found"),
     ("tenant-add-bad-slug", ["tenant", "add", "Bad Slug"], 2, "invalid tenant slug"),
     ("tenant-add-existing", ["tenant", "add", "alpha"], 1, "tenant already exists: 'alpha'"),
@@ -314,20 +320,20 @@ BAD_INPUT: list[tuple[str, list[str], int, str]] = [
     ),
     (
         "evaluation-unknown-job",
-        ["evaluation", "record", "ftjob-missing", BAD, "approve", "--no-resume"],
+        ["evaluation", "record", "ftjob-missing", REC, "approve", "--no-resume"],
         3,
         "no fine-tuning run for 'ftjob-missing'",
     ),
     (
         "evaluation-bad-recommendation",
-        ["evaluation", "record", "JOB", BAD, "maybe", "--no-resume"],
+        ["evaluation", "record", "JOB", REC, "maybe", "--no-resume"],
         2,
         "invalid choice: 'maybe'",
     ),
     *[
         (
             f"evaluation-metric-{pair}",
-            ["evaluation", "record", "JOB", BAD, "approve", "--metric", pair, "--no-resume"],
+            ["evaluation", "record", "JOB", REC, "approve", "--metric", pair, "--no-resume"],
             2,
             fragment,
         )

@@ -85,9 +85,7 @@ def test_429_is_retried_no_sooner_than_retry_after(stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("status", ["400", "401", "404"])
-def test_permanent_fault_fails_the_event_at_once_with_the_reason(
-    stack: Stack, status: str
-) -> None:
+def test_permanent_fault_fails_the_event_at_once_with_the_reason(stack: Stack, status: str) -> None:
     job = start_job(stack, f"perm-{status}", (status,))
     event = stack.wait_event_ended(job)
     assert event.state == "failed"

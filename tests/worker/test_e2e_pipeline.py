@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -143,9 +142,8 @@ def test_rejected_evaluation_deploys_nothing_and_keeps_the_reason(
     stack.fake.add_job("ftjob-rej-1", statuses=("succeeded",), tenant="rej")
     publish("ftjob-rej-1")
     stack.wait_event_ended("ftjob-rej-1")
-    assert cli.main(
-        ["evaluation", "record", "ftjob-rej-1", "--recommendation", "reject", "--metric", "f1=0.3"]
-    ) == 0
+    record = ["evaluation", "record", "ftjob-rej-1", "--recommendation", "reject"]
+    assert cli.main([*record, "--metric", "f1=0.3"]) == 0
 
     def rejected() -> Deployment | None:
         deployment = stack.deployment("ftjob-rej-1")
@@ -167,9 +165,7 @@ def test_missing_evaluation_waits_then_deploys_when_one_is_recorded(stack: Stack
     assert waiting is not None and waiting.status == "awaiting_evaluation"
     assert stack.versions("wait") == []
 
-    assert cli.main(
-        ["evaluation", "record", "ftjob-wait-1", "--recommendation", "approve"]
-    ) == 0
+    assert cli.main(["evaluation", "record", "ftjob-wait-1", "--recommendation", "approve"]) == 0
     stack.wait(lambda: stack.split("wait") == {1: 100}, 30, "the waiting deployment to resume")
     resumed = stack.deployment("ftjob-wait-1")
     assert resumed is not None and resumed.status == "promoted"

@@ -354,8 +354,9 @@ def test_unusable_secrets_are_refused(value: str | None) -> None:
     with pytest.raises(InvalidInput) as refused:
         require_secret(Settings(webhook_secret=value))
     assert refused.value.field == "FTDEPLOY_WEBHOOK_SECRET"
-    if value and value.strip():
-        assert value not in str(refused.value)
+    key = (value or "").removeprefix("whsec_")
+    if key.strip():
+        assert key not in str(refused.value)
 
 
 @pytest.mark.parametrize("value", [None, "whsec_@@@notbase64"])

@@ -1,0 +1,129 @@
+"""Processes that die: pool processes killed before and after the commit, a worker's main process
+killed while it holds prefetched and running events, a task that outlives the visibility timeout,
+and a poison event that kills its process every time."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from tests.faults.conftest import SETTINGS, FaultStack
+from worker import cli
+from worker.tasks import MAX_CRASHES
+
+pytestmark = pytest.mark.faults
+
+
+def _tenant_with_jobs(stack: FaultStack, slug: str, jobs: list[str], **job: object) -> None:
+    assert cli.main(["tenant", "add", slug, "--no-require-evaluation"]) == 0
+    for job_id in jobs:
+        stack.fake.add_job(job_id, statuses=("succeeded",), tenant=slug, **job)  # type: ignore[arg-type]
+
+
+def test_pool_process_killed_before_and_after_the_commit(stack: FaultStack) -> None:
+    before, after, plain = "ftjob-kill-before", "ftjob-kill-after", "ftjob-kill-none"
+    jobs = [before, after, plain]
+    _tenant_with_jobs(stack, "killed", jobs)
+    worker = stack.worker(crash={before: "before_commit", after: "after_commit"})
+    for job in jobs:
+        assert cli.main(["job-finished", job]) == 0
+
+    ended = stack.wait_ended(jobs, 60)
+    assert {job: view.state for job, view in ended.items()} == dict.fromkeys(jobs, "done")
+    data = stack.tmp / "data"
+    # Both crashes happened (the markers), and each killed attempt was run again.
+    assert (data / f"crashed-before_commit-{before}").exists()
+    assert (data / f"crashed-after_commit-{after}").exists()
+    assert ended[before].attempts == 2 and ended[before].crashes == 1
+    # The attempt killed after its commit had already ended the event: no crash to count, and
+    # the redelivery found the work done.
+    assert ended[after].attempts == 2 and ended[after].crashes == 0
+    assert ended[after].outcome is not None and "already handled" in ended[after].outcome
+    assert ended[plain].attempts == 1
+    assert stack.fake.requests(before) == stack.fake.requests(after) == 2
+    assert worker.process is not None and worker.process.poll() is None  # the pool was refilled
+    stack.check(accepted=jobs)
+
+
+def test_main_process_killed_holding_prefetched_and_running_events(stack: FaultStack) -> None:
+    jobs = [f"ftjob-main-{n}" for n in range(6)]
+    _tenant_with_jobs(stack, "main-killed", jobs)
+    for job in jobs:
+        stack.fake.inject(job, ("slow", 1.5))  # each first poll takes a while: events pile up
+    # Two running and two prefetched: prefetch multiplier 2 with two processes.
+    first = stack.worker("w1", extra_args=("--prefetch-multiplier=2",))
+    for job in jobs:
+        assert cli.main(["job-finished", job]) == 0
+    broker = redis.Redis.from_url(stack.broker_url)
+    stack.wait(
+        lambda: sum(stack.fake.requests(j) for j in jobs) >= 2 and broker.hlen("unacked") >= 3,
+        30,
+        "w1 to hold running and prefetched events",
+    )
+    held = broker.hlen("unacked")
+    first.kill()  # SIGKILL to the main process and its pool, no goodbye
+    killed_at = time.monotonic()
+    in_flight = [j for j in jobs if (v := stack.event(j)) is not None and v.in_flight]
+    assert in_flight and held >= 3
+
+    stack.worker("w2")
+    ended = stack.wait_ended(jobs, 60)
+    assert {job: view.state for job, view in ended.items()} == dict.fromkeys(jobs, "done")
+    for job in in_flight:
+        assert ended[job].crashes == 1, (job, ended[job])  # the redelivery found the dead mark
+    # What w1 held came back only once the visibility timeout had passed.
+    assert time.monotonic() - killed_at >= SETTINGS["visibility_timeout_seconds"] - 1
+    assert broker.hlen("unacked") == 0 and broker.llen("ftdeploy") == 0
+    stack.check(accepted=jobs)
+
+
+def test_task_outliving_the_visibility_timeout_has_one_effect(stack: FaultStack) -> None:
+    job = "ftjob-outlives"
+    _tenant_with_jobs(stack, "outlived", [job])
+    stack.fake.inject(job, ("slow", 5))  # the first poll outlasts the visibility timeout
+    # Settings refuse a visibility timeout shorter than the time limit; the fault app lowers it
+    # behind their back, as a misconfigured or overloaded deployment would.
+    env = {
+        "FTDEPLOY_TASK_TIME_LIMIT_SECONDS": "10",
+        "FTDEPLOY_VISIBILITY_TIMEOUT_SECONDS": "12",
+        "FTDEPLOY_OPENAI_TIMEOUT_SECONDS": "8",
+        "FTDEPLOY_FAULT_VISIBILITY_TIMEOUT": "2",
+    }
+    stack.worker("w1", env=env)
+    assert cli.main(["job-finished", job]) == 0
+    stack.wait(lambda: stack.fake.requests(job) >= 1, 30, "w1 to poll")
+    stack.worker("w2", env=env)
+    # The message is redelivered while the first attempt still waits for its reply.
+    stack.wait(lambda: stack.fake.requests(job) >= 2, 30, "a second attempt of the same event")
+    stack.wait(lambda: _finished_attempts(stack) >= 2, 30, "both attempts to finish")
+    view = stack.wait_ended([job], 30)[job]
+    assert view.state == "done" and view.attempts >= 2 and view.crashes >= 1
+    stack.check(accepted=[job])
+
+
+def _finished_attempts(stack: FaultStack) -> int:
+    lines = stack.logs().splitlines()
+    return sum(1 for line in lines if "ftdeploy.job_finished[" in line and " succeeded in " in line)
+
+
+def test_poison_event_is_failed_after_bounded_crashes_and_the_queue_moves_on(
+    stack: FaultStack,
+) -> None:
+    poison, others = "ftjob-poison", ["ftjob-after-poison-1", "ftjob-after-poison-2"]
+    _tenant_with_jobs(stack, "poisoned", [poison, *others])
+    worker = stack.worker(crash={poison: "poison"})
+    assert cli.main(["job-finished", poison]) == 0
+    for job in others:
+        assert cli.main(["job-finished", job]) == 0
+
+    ended = stack.wait_ended([poison, *others], 90)
+    view = ended[poison]
+    assert view.state == "failed", view
+    assert view.outcome is not None and f"died {MAX_CRASHES} times" in view.outcome
+    assert view.crashes == MAX_CRASHES and view.attempts == MAX_CRASHES + 1
+    assert stack.fake.requests(poison) == 0  # it died before polling, every time
+    assert all(ended[job].state == "done" for job in others)
+    assert worker.process is not None and worker.process.poll() is None
+    stack.check(accepted=[poison, *others])
