@@ -3,7 +3,7 @@
 Two databases on the same PostgreSQL server, built the same way: N tenants, each with v1 serving
 90% and v2 a live canary at 10% (auto-promote on, its step begun 30 s ago), and outcome counters
 for both versions in the window (3 buckets each). The bake time is an hour, so every canary
-holds: a sweep is then the read (one statement for all canaries), a decision per canary and the
+holds: a sweep is then the read (two statements for all canaries), a decision per canary and the
 retention check, with nothing to apply, which is what almost every sweep of a real fleet is.
 
 The figure of 10,000 canaries (quick: 1,000) is put next to 1,000 canaries (quick: 100) measured

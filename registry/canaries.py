@@ -192,15 +192,17 @@ def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> 
 def _side(sums: Any, prefix: str) -> Counts:
     if sums is None:
         return _NO_COUNTS
+    requests, successes, score_sum, score_count, score_sq_sum = (sums[key] for key in _KEYS[prefix])
     return Counts(
-        requests=int(sums[f"{prefix}_requests"] or 0),
-        successes=int(sums[f"{prefix}_successes"] or 0),
-        score_sum=float(sums[f"{prefix}_score_sum"] or 0.0),
-        score_count=int(sums[f"{prefix}_score_count"] or 0),
-        score_sq_sum=float(sums[f"{prefix}_score_sq_sum"] or 0.0),
+        requests=int(requests or 0),
+        successes=int(successes or 0),
+        score_sum=float(score_sum or 0.0),
+        score_count=int(score_count or 0),
+        score_sq_sum=float(score_sq_sum or 0.0),
     )
 
 
+_KEYS = {prefix: tuple(f"{prefix}_{name}" for name in _SUMS) for prefix in ("c", "s")}
 _NO_COUNTS = Counts()
 
 

@@ -90,13 +90,11 @@ def start_attempt(
     process died while handling it (or outlived the broker's visibility timeout). The caller
     gives up on an event that crashes too often, so a poison event cannot loop forever. A fresh
     duplicate (`redelivered=False`: the event was sent twice) running beside another attempt is
-    no crash. An event already done is returned untouched: there is nothing left to do.
+    no crash.
     """
     event = accept_event(session, job_id, tenant, "broker")
     # Duplicates start side by side: read and count under the row's lock, so none is lost.
     session.refresh(event, with_for_update=True)
-    if event.state == EventState.DONE:
-        return event
     now = utcnow()
     if event.in_flight_since is not None and redelivered:
         event.crashes += 1
@@ -153,3 +151,34 @@ def unenqueued_events(
             .limit(1000)
         )
     )
+
+
+def stalled_events(
+    session: Session, older_than: timedelta, now: datetime | None = None
+) -> list[str]:
+    """Job ids handed to the broker but untouched (no attempt started) for `older_than`, marked
+    touched now so that each is returned once per period.
+
+    A live event is attempted again within a task time limit plus a retry countdown; the caller
+    passes a period longer than both (and than the broker's redelivery). An event untouched
+    longer lost its message: Redis loses one that a worker killed with SIGKILL had popped but not
+    yet recorded as unacknowledged, and Celery acknowledges a task killed by its hard time limit.
+    Re-sending is safe: the task is idempotent.
+    """
+    now = now or utcnow()
+    stalled = list(
+        session.scalars(
+            select(JobEvent.openai_job_id)
+            .where(
+                JobEvent.state == EventState.RECEIVED,
+                JobEvent.enqueued_at.is_not(None),
+                JobEvent.updated_at < now - older_than,
+            )
+            .limit(1000)
+        )
+    )
+    if stalled:
+        session.execute(
+            update(JobEvent).where(JobEvent.openai_job_id.in_(stalled)).values(updated_at=now)
+        )
+    return stalled

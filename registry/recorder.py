@@ -51,7 +51,7 @@ log = logging.getLogger("ftdeploy.outcomes")
 
 KNOWN_LIMIT = 100_000  # (tenant, model) pairs, as callers pass them, kept for the fast path
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-Pending = dict[tuple[uuid.UUID, uuid.UUID, int], Sums]  # bucket as epoch seconds
+Pending = dict[tuple[int, int], Sums]  # (slot of the ids, bucket start in epoch seconds)
 
 
 def _plain(success: object, score: object, latency_ms: object, count: object) -> bool:
@@ -142,7 +142,12 @@ class OutcomeRecorder:
         self._lock = threading.Lock()  # guards the pending sums, `_known` and the stats
         self._flush_lock = threading.Lock()  # one flush at a time
         self._pending: Pending = {}
-        self._known: dict[tuple[object, object], Ids] = {}
+        # Each (tenant id, version id) gets a small int slot: hashing two UUIDs on every record
+        # would cost more than the rest of the fast path.
+        self._slots: list[Ids] = []
+        self._slot_of: dict[Ids, int] = {}
+        # (tenant, model) exactly as callers pass them -> slot, once validated and resolved.
+        self._known: dict[tuple[object, object], int] = {}
         self._pending_records = 0
         self._recorded = 0
         self._refused: Counter[str] = Counter()
@@ -165,12 +170,12 @@ class OutcomeRecorder:
         the reason when refused; a refusal is counted and nothing of it is kept."""
         now = self._clock()
         try:
-            ids = self._known.get((tenant, model))
+            slot = self._known.get((tenant, model))
         except TypeError:  # unhashable, so certainly invalid: the full validation says why
-            ids = None
-        if ids is not None and at is None and _plain(success, score, latency_ms, count):
+            slot = None
+        if slot is not None and at is None and _plain(success, score, latency_ms, count):
             bucket = int(now // self._bucket) * self._bucket
-            self._add(ids, bucket, count, success, score, latency_ms)
+            self._add(slot, bucket, count, success, score, latency_ms)
             return
         try:
             outcome = validate_outcome(
@@ -187,9 +192,10 @@ class OutcomeRecorder:
         except FtdeployError as error:
             self._count_refusal(field_of(error))
             raise
+        slot = self._slot(ids)
         if len(self._known) < KNOWN_LIMIT:
-            self._known[(tenant, model)] = ids
-        self._add_outcome(ids, outcome, now)
+            self._known[(tenant, model)] = slot  # valid, so hashable (str, int or UUID)
+        self._add_outcome(slot, outcome, now)
 
     def record_many(self, records: Iterable[object]) -> StoreResult:
         """Accept a batch of mappings (the task's format); refusals are listed, not raised."""
@@ -203,7 +209,7 @@ class OutcomeRecorder:
                 self._count_refusal(field_of(error))
                 result.refused.append(Refusal(index, field_of(error), str(error)))
                 continue
-            self._add_outcome(ids, outcome, now)
+            self._add_outcome(self._slot(ids), outcome, now)
             result.recorded += outcome.count
         return result
 
@@ -214,21 +220,29 @@ class OutcomeRecorder:
         with self._sessions() as session:
             return self._resolver.load(session, outcome.tenant, outcome.model)
 
-    def _add_outcome(self, ids: Ids, outcome: Outcome, now: float) -> None:
+    def _slot(self, ids: Ids) -> int:
+        with self._lock:
+            slot = self._slot_of.get(ids)
+            if slot is None:
+                slot = self._slot_of[ids] = len(self._slots)
+                self._slots.append(ids)
+            return slot
+
+    def _add_outcome(self, slot: int, outcome: Outcome, now: float) -> None:
         moment = outcome.at.timestamp() if outcome.at is not None else now
         bucket = int(moment // self._bucket) * self._bucket
-        self._add(ids, bucket, outcome.count, outcome.success, outcome.score, outcome.latency_ms)
+        self._add(slot, bucket, outcome.count, outcome.success, outcome.score, outcome.latency_ms)
 
     def _add(
         self,
-        ids: Ids,
+        slot: int,
         bucket: int,
         count: int,
         success: bool,
         score: float | None,
         latency_ms: float | None,
     ) -> None:
-        key = (ids[0], ids[1], bucket)
+        key = (slot, bucket)
         with self._lock:
             sums = self._pending.get(key)
             if sums is None:
@@ -282,9 +296,10 @@ class OutcomeRecorder:
             return written
 
     def _write(self, pending: Pending) -> int:
+        slots = self._slots
         batch: dict[Key, Sums] = {
-            (tenant_id, version_id, _EPOCH + timedelta(seconds=bucket)): sums
-            for (tenant_id, version_id, bucket), sums in pending.items()
+            (*slots[slot], _EPOCH + timedelta(seconds=bucket)): sums
+            for (slot, bucket), sums in pending.items()
         }
         try:
             with self._sessions() as session, session.begin():

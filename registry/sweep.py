@@ -2,8 +2,8 @@
 
 `auto_promote_sweep(sessions, now)` runs three phases:
 
-1. Read: every live canary with its counts in one statement (`canaries.read_live_canaries`),
-   in a short read-only transaction that takes no lock.
+1. Read: every live canary with its counts in two statements, however many canaries there are
+   (`canaries.read_live_canaries`), in a short read-only transaction that takes no lock.
 2. Decide: `analysis.decide` for each, as of `now` (`canaries.assess`); pure.
 3. Apply each step, promotion or rollback in its own transaction: lock the tenant, then re-check
    under the lock that the deployment is still active with auto-promote on, and that its version
@@ -99,7 +99,7 @@ class SweepReport:
 
 
 def plan(sessions: sessionmaker[Session], now: datetime) -> list[Assessment]:
-    """Phases 1 and 2: read every live canary (one statement) and decide each as of `now`."""
+    """Phases 1 and 2: read every live canary (two statements) and decide each as of `now`."""
     with sessions() as session:  # read only; closing it ends the snapshot
         canaries = read_live_canaries(session)
     return assess(canaries, now)

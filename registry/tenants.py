@@ -137,19 +137,29 @@ def set_policy(session: Session, tenant_id: uuid.UUID, changes: PolicyChanges) -
     written). Idempotent. Deployments already made keep the settings they were made with."""
     validate_changes(changes)
     policy = get_policy(session, tenant_id)
-    for name, value in changes.given().items():
+    given = changes.given()
+    # Checks that need the stored policy run before any field is set, so a refusal leaves the
+    # session clean even for a caller that goes on and commits.
+    deadline = given.get("progress_deadline_seconds", policy.progress_deadline_seconds)
+    bake = given.get("bake_seconds", policy.bake_seconds)
+    if deadline <= bake:
+        raise InvalidInput("deadline seconds", f"{deadline} must exceed bake seconds ({bake})")
+    steps = given.get("canary_steps", policy.canary_steps)
+    percent = given.get("canary_percent")
+    if percent is not None and steps and percent != min(steps[0], 99):
+        # Otherwise the percent would be silently replaced by the first step below.
+        raise InvalidInput(
+            "canary percent",
+            f"{percent} disagrees with the canary steps {list(steps)}: a canary starts at the "
+            "first step (change the steps instead)",
+        )
+    for name, value in given.items():
         if name == "canary_steps":
             from registry.analysis import parse_steps
 
             # Stored as parsed: validated, and ending at 100 even when given as "10,25".
             value = list(parse_steps(",".join(str(step) for step in value)))
         setattr(policy, name, value)
-    if policy.progress_deadline_seconds <= policy.bake_seconds:
-        # Raised before the caller commits: its unit of work rolls back, nothing is stored.
-        raise InvalidInput(
-            "deadline seconds",
-            f"{policy.progress_deadline_seconds} must exceed bake seconds ({policy.bake_seconds})",
-        )
     if policy.auto_promote and policy.auto_promote_threshold is None:
         policy.auto_promote_threshold = DEFAULT_THRESHOLD
     if policy.canary_steps:

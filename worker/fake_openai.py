@@ -101,6 +101,7 @@ class _Job:
     step: int = 0
     requests: int = 0
     file_requests: int = 0
+    arrivals: list[float] = field(default_factory=list)  # time.monotonic() of each job GET
     faults: deque[_Fault] = field(default_factory=deque)
 
 
@@ -329,6 +330,12 @@ class FakeOpenAI:
         with self._lock:
             self._jobs[job_id].faults.extend(checked)
 
+    def request_times(self, job_id: str) -> list[float]:
+        """When each GET of the job object arrived (`time.monotonic()`), faulted ones included:
+        the spacing of a client's retries, as the server saw it."""
+        with self._lock:
+            return list(self._jobs[job_id].arrivals)
+
     def requests(self, job_id: str) -> int:
         """How many GETs of the job object were received, faulted ones included."""
         with self._lock:
@@ -353,6 +360,7 @@ class FakeOpenAI:
                 job.file_requests += 1
             else:
                 job.requests += 1
+                job.arrivals.append(time.monotonic())
             return job, job.faults.popleft() if job.faults else None
 
     def _advance(self, job: _Job) -> str:

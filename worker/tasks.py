@@ -25,7 +25,7 @@ from registry.errors import (
     JobNotFinished,
     RunNotDeployable,
 )
-from registry.models import EventState, FinetuningRun, OperationKind, utcnow
+from registry.models import FinetuningRun, OperationKind, utcnow
 from registry.openai_jobs import fetch_job, fetch_result_metrics, make_client
 from registry.settings import Settings, get_settings
 from worker import metrics, observability
@@ -71,11 +71,8 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
         with unit_of_work() as session:
             attempt = events.start_attempt(session, job_id, tenant, redelivered=redelivered)
             received_at, crashes = attempt.received_at, attempt.crashes
-            done = attempt.state == EventState.DONE
             # A message re-sent by the reconciler carries no tenant: the accepted event has it.
             tenant = tenant or attempt.tenant_hint
-        if done:
-            return {"status": "done", "outcome": "already handled"}
         if crashes >= MAX_CRASHES:
             return _fail(job_id, f"the worker died {crashes} times while handling this event")
         waited = (utcnow() - received_at).total_seconds()
@@ -91,6 +88,9 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
         # An attempt that outran its soft time limit (a slow reply, a lock wait) is transient.
         return _retry_or_fail(self, job_id, error, settings)
     except Exception as error:
+        if isinstance(getattr(error, "orig", None), SoftTimeLimitExceeded):
+            # The same interruption, fired inside a statement (SQLAlchemy wraps it).
+            return _retry_or_fail(self, job_id, error, settings)
         # A bug must not leave the event open and silent: record it, then let Celery log it.
         _fail(job_id, f"internal error: {type(error).__name__}: {error}")
         raise
@@ -208,15 +208,21 @@ def _run_operation(
 
 @app.task(name="ftdeploy.reconcile_events")
 def reconcile_events() -> int:
-    """Re-send events that were accepted but never handed to the broker (a crash in between)."""
+    """Re-send events that were accepted but never handed to the broker (a crash in between),
+    and events whose message the broker lost (untouched for twice the visibility timeout)."""
+    settings = get_settings()
     with unit_of_work() as session:
-        grace = timedelta(seconds=get_settings().reconcile_grace_seconds)
+        grace = timedelta(seconds=settings.reconcile_grace_seconds)
         stranded = events.unenqueued_events(session, older_than=grace)
+        stalled_after = timedelta(seconds=2 * settings.visibility_timeout_seconds)
+        stalled = events.stalled_events(session, older_than=stalled_after)
     for job_id in stranded:
         send_job_finished(job_id)
-    if stranded:
-        event(log, "events.reconciled", count=len(stranded))
-    return len(stranded)
+    for job_id in stalled:
+        job_finished.apply_async(args=(job_id,))
+    if stranded or stalled:
+        event(log, "events.reconciled", unsent=len(stranded), stalled=len(stalled))
+    return len(stranded) + len(stalled)
 
 
 @app.task(name="ftdeploy.record_outcomes", bind=True, max_retries=10)

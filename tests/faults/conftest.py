@@ -2,8 +2,8 @@
 Redis database as broker (or a Redis server of the test's own), the fake OpenAI, this process's
 environment pointed at them, and workers running `tests.faults.fault_app`.
 
-Broker settings are short so that redelivery happens in seconds: visibility timeout 5 s, task
-time limit 3 s, longest countdown 2 s, OpenAI client timeout 2 s (Settings checks they fit).
+Broker settings are short so that redelivery happens in seconds: visibility timeout 6 s, task
+time limit 4 s, longest countdown 2 s, OpenAI client timeout 1.5 s (Settings checks they fit).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from worker.fake_openai import FakeOpenAI
 _T = TypeVar("_T")
 
 SETTINGS = {
-    "visibility_timeout_seconds": 5,
-    "task_time_limit_seconds": 3,
+    "visibility_timeout_seconds": 6,
+    "task_time_limit_seconds": 4,
     "job_poll_max_seconds": 2,
-    "openai_timeout_seconds": 2,
+    "openai_timeout_seconds": 1.5,
 }
 
 

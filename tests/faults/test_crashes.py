@@ -51,7 +51,7 @@ def test_main_process_killed_holding_prefetched_and_running_events(stack: FaultS
     jobs = [f"ftjob-main-{n}" for n in range(6)]
     _tenant_with_jobs(stack, "main-killed", jobs)
     for job in jobs:
-        stack.fake.inject(job, ("slow", 1.5))  # each first poll takes a while: events pile up
+        stack.fake.inject(job, ("slow", 1.0))  # each first poll takes a while: events pile up
     # Two running and two prefetched: prefetch multiplier 2 with two processes.
     first = stack.worker("w1", extra_args=("--prefetch-multiplier=2",))
     for job in jobs:

@@ -146,7 +146,8 @@ def test_rollbacks_queued_while_a_promotion_runs_have_serial_outcomes(stack: Fau
         tenant_id = session.scalars(select(Tenant.id).where(Tenant.slug == slug)).one()
     # Hold the tenant's lock, queue the operations, and let them all block on it; then let go.
     with psycopg.connect(libpq_url(stack.database_url)) as holder:
-        holder.execute("SELECT 1 FROM tenants WHERE id = %s FOR UPDATE", (tenant_id,))
+        # NO KEY UPDATE: it blocks lock_tenant's FOR UPDATE, not the queueing's foreign-key checks.
+        holder.execute("SELECT 1 FROM tenants WHERE id = %s FOR NO KEY UPDATE", (tenant_id,))
         requests = [
             ["promote", slug, "1", "--traffic", "30"],
             ["rollback", slug],

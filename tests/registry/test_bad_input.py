@@ -94,6 +94,13 @@ CASES: list[tuple[str, Call, type[FtdeployError]]] = [
     ("policy-min-samples-0", _policy(min_samples=0), InvalidInput),
     ("policy-steps-decreasing", _policy(canary_steps=(50, 25)), InvalidInput),
     ("policy-unknown-metric", _policy(metric="latency"), InvalidInput),
+    ("policy-percent-disagrees-with-steps", _policy(canary_percent=30), InvalidInput),
+    (
+        "policy-percent-disagrees-with-new-steps",
+        _policy(canary_percent=20, canary_steps=(30, 60)),
+        InvalidInput,
+    ),
+    ("policy-bake-outlasts-deadline", _policy(bake_seconds=100_000), InvalidInput),
     # a valid field does not slip in with an invalid one
     ("policy-half-valid", _policy(strategy="immediate", canary_percent=0), InvalidInput),
     # rollback with nothing to return to
@@ -183,6 +190,9 @@ def test_the_world_is_what_the_cases_assume(world: World) -> None:
         beta = [(v.version, v.status) for v in versions.list_versions(session, "beta")]
         assert beta == [(1, "production")]
         assert versions.list_versions(session, "empty") == []
+        policy = tenants.get_policy(session, world.alpha_id)
+        assert (policy.canary_percent, policy.canary_steps) == (20, [20, 50, 100])
+        assert policy.progress_deadline_seconds < 100_000
         # the good versions of the refused calls work
         assert versions.promote(session, "alpha", 2, 50).after == {1: 50, 2: 50}
         session.rollback()

@@ -95,12 +95,14 @@ def _run(
     changes = sum((t.changes for t in tallies), Counter[str]())
     unexpected = [line for t in tallies for line in t.unexpected]
     events = {slug: len(state.events.get(slug, [])) for slug in slugs}
+    slowest = max(t.seconds for t in tallies)
     print(
         f"\n[{label}] {workers} workers x {ops} ops over {tenants} tenants: {total_ops} ops in "
         f"{elapsed:.1f} s = {total_ops / elapsed:.0f} ops/s; ok {dict(ok)}; refused "
         f"{dict(refused)}; {sum(events.values())} audit events; "
         f"{sum(len(v) for v in state.versions.values())} versions; "
-        f"checker samples {checker.samples}"
+        f"checker samples {checker.samples}; slowest worker {slowest:.1f} s "
+        f"({total_ops / slowest:.0f} ops/s without process start-up)"
     )
 
     assert unexpected == []

@@ -1,6 +1,6 @@
 """A small registry to throw bad input at, shared by a whole test module (nothing changes it).
 
-- `alpha` (canary 20%): v1 80%, v2 20%, v3 staged; a failed run; a run awaiting nothing.
+- `alpha` (canary, steps 20, 50, 100): v1 80%, v2 20%, v3 staged; a failed run.
 - `beta` (immediate): v1 100%, the only version that ever served: nothing to roll back to.
 - `empty`: no versions at all.
 """
@@ -42,7 +42,8 @@ def build(url: str) -> World:
         deploy_new(session, alpha)
         set_policy(session, alpha.id, PolicyChanges(strategy="blue_green"))
         deploy_new(session, alpha)
-        set_policy(session, alpha.id, PolicyChanges(strategy="canary"))
+        # Progressive steps from now on: a canary percent that disagrees with them is refused.
+        set_policy(session, alpha.id, PolicyChanges(strategy="canary", canary_steps=(20, 50)))
         failed = make_run(session, alpha, status="failed", fine_tuned_model=None, error="boom")
         beta = make_tenant(session, "beta", require_evaluation=False)
         deploy_new(session, beta)

@@ -313,6 +313,18 @@ BAD_INPUT: list[tuple[str, list[str], int, str]] = [
     ),
     ("policy-steps", ["tenant", "policy", "alpha", "--steps", "50,25"], 2, "invalid steps"),
     (
+        "policy-percent-disagrees-with-steps",
+        ["tenant", "policy", "alpha", "--canary-percent", "30"],
+        2,
+        "disagrees with the canary steps [20, 50, 100]",
+    ),
+    (
+        "policy-bake-outlasts-deadline",
+        ["tenant", "policy", "alpha", "--bake-seconds", "100000"],
+        2,
+        "must exceed bake seconds (100000)",
+    ),
+    (
         "policy-min-samples",
         ["tenant", "policy", "alpha", "--min-samples", "0"],
         2,

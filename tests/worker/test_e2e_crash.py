@@ -73,7 +73,9 @@ def test_worker_killed_mid_poll_and_after_a_commit(stack: Stack) -> None:
     assert interrupted, at_kill
     assert any(e is None or e.state != "done" for e in at_kill.values())
 
-    stack.start_worker("w2")
+    # With beat, as in production: its reconciler re-sends an event whose message died with w1
+    # (Redis loses one that w1 had popped but not yet recorded as unacknowledged).
+    stack.start_worker("w2", beat=True)
     assert_each_event_once(stack, tenant, jobs)
     for job in interrupted:
         # The redelivered attempt found the dead one's mark: one crash, noted, then handled.
