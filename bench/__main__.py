@@ -3,9 +3,9 @@
 Starts a throwaway PostgreSQL and Redis (tests/services.py), runs each `bench/bench_*.py`
 module's `run(env)` in name order, prints one table — ftdeploy's figure, the baseline measured in
 the same run, their ratio, the goal and whether it was met — with the machine it ran on, and
-writes the results as JSON to bench/results/latest.json (and to --json PATH, for comparing
-commits). A module that raises is reported in the table and the JSON; the exit status is then 1.
-Run from the repository root.
+writes the results as JSON to bench/results/latest.json (latest-quick.json for --quick; and to
+--json PATH, for comparing commits). A module that raises is reported in the table and the
+JSON, and the exit status is then 1. Run from the repository root.
 """
 
 from __future__ import annotations
@@ -153,10 +153,14 @@ def table(rows: Sequence[Row], errors: dict[str, str]) -> str:
         out.append("  ".join(cells).rstrip())
         if index == 0:
             out.append("  ".join("-" * w for w in widths))
-    baselines = sorted({f"{r.name}: {r.baseline_name}" for r in rows})
+    baselines: dict[str, list[str]] = {}
+    for row in rows:
+        baselines.setdefault(row.baseline_name, []).append(row.name)
     out.append("")
-    out.append("baselines:")
-    out.extend(f"  {b}" for b in baselines)
+    out.append("baselines (measured in the same run):")
+    for baseline, names in baselines.items():
+        out.append(f"  {baseline}")
+        out.append(f"      for: {'; '.join(names)}")
     return "\n".join(out)
 
 
@@ -225,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n{len(rows)} rows from {len(names)} modules in {report['seconds']} s")
     text = json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"
     RESULTS.mkdir(exist_ok=True)
-    targets = [RESULTS / "latest.json"] + ([args.json] if args.json else [])
+    # A quick (smoke) run never overwrites the figures of the last full run.
+    latest = RESULTS / ("latest-quick.json" if args.quick else "latest.json")
+    targets = [latest] + ([args.json] if args.json else [])
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)

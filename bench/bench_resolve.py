@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,7 +227,7 @@ def _rate(body: Callable[[int], None], n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def _p50(resolve: Callable[..., Any], tenant: Any, subjects: list[str | None]) -> float:
+def _p50(resolve: Callable[..., Any], tenant: Any, subjects: Sequence[str | None]) -> float:
     clock = time.perf_counter_ns
     samples = [0] * len(subjects)
     for index, subject in enumerate(subjects):

@@ -43,13 +43,13 @@ FLAT = 1.05  # RSS may grow at most 5% between the half-way mark and the end
 
 
 def run(env: BenchEnv) -> list[Row]:
-    events, noops = (600, 2_000) if env.quick else (10_000, 10_000)
+    events, noops = (200, 1_000) if env.quick else (10_000, 10_000)
     with tempfile.TemporaryDirectory(prefix="ftdeploy-bench-worker-") as tmp:
         work = Path(tmp)
         noop_rate = _noop_rate(env, noops, work)
         ours = _event_rate(env, events, work)
     half, full = ours["rss_half"], ours["rss_full"]
-    growth = {pid: full[pid] / half[pid] for pid in full if pid in half and half[pid]}
+    growth = {pid: full[pid] / half[pid] for pid in full if half.get(pid)}
     rss_half = max(half.values()) if half else 0.0
     rss_full = max(full.values()) if full else 0.0
     flat = bool(growth) and max(growth.values()) <= FLAT

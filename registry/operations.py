@@ -45,7 +45,7 @@ def queue_operation(
 def get_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
     try:
         key = operation_id if isinstance(operation_id, uuid.UUID) else uuid.UUID(operation_id)
-    except ValueError:
+    except (ValueError, TypeError, AttributeError):  # a number or a list from a message, say
         raise InvalidInput("operation id", f"{operation_id!r} is not an id") from None
     operation = session.get(Operation, key, populate_existing=True)
     if operation is None:

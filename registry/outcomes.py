@@ -5,9 +5,10 @@ version that served it, success, and optionally a score in 0..1 and a latency in
 No outcome gets a row of its own: outcomes are summed per (version, bucket) and written with one
 `INSERT … ON CONFLICT (version_id, bucket_start) DO UPDATE` (adding the sums) per batch.
 
-Three doors share this module: the in-process `OutcomeRecorder` (aggregates in memory, flushes in
-the background, on size or on `flush()`), and the Celery task `ftdeploy.record_outcomes` and the
-`ftdeploy outcome` command, which both call `store_outcomes` inside their unit of work.
+Three doors share this module: the in-process `registry.recorder.OutcomeRecorder` (aggregates in
+memory, flushes in the background, on size or on `flush()`), and the Celery task
+`ftdeploy.record_outcomes` and the `ftdeploy outcome` command, which both call `store_outcomes`
+inside their unit of work.
 
 Guarantees:
 - A malformed outcome (or an unknown tenant or model) is refused with the reason, naming the
@@ -25,7 +26,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import time
@@ -43,8 +43,6 @@ from sqlalchemy.orm import Session
 from registry.errors import FtdeployError, InvalidInput, TenantNotFound
 from registry.models import ModelVersion, OutcomeCounter, utcnow
 from registry.tenants import SLUG_PATTERN, find_tenant
-
-log = logging.getLogger("ftdeploy.outcomes")
 
 MAX_COUNT = 1_000_000  # per record: a typo must not flood a canary's statistics
 MAX_LATENCY_MS = 24 * 3600 * 1000.0

@@ -250,6 +250,8 @@ class Router:
 
     def _read(self, tenant: str) -> tuple[uuid.UUID, list[VersionRow]]:
         """The tenant's id and production rows, in one query. Raises TenantNotFound."""
+        if isinstance(tenant, uuid.UUID):  # an id object names the tenant as well as its text
+            tenant = str(tenant)
         tenant_id = _as_uuid(tenant)
         condition = Tenant.id == tenant_id if tenant_id else Tenant.slug == validate_slug(tenant)
         statement = (

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kombu import Exchange, Producer
 
@@ -24,9 +24,12 @@ from worker.app import QUEUE
 
 pytestmark = pytest.mark.faults
 
+# Each example drives the real worker: a few examples of many messages each, and no shrinking
+# (a failure reports its example as generated; shrinking would replay it for minutes).
 SLOW = settings(
     max_examples=4,
     deadline=None,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,  # one stack (and worker) for all the examples
         HealthCheck.too_slow,
@@ -184,12 +187,13 @@ def test_the_queue_moves_on_after_bad_messages(stack: FaultStack) -> None:
     from worker.app import app
 
     stack.worker()
-    for name, args, kwargs in [
+    flood: list[Message] = [
         ("ftdeploy.job_finished", (None,), {}),
         ("ftdeploy.job_finished", ("ftjob-x", 42), {}),
         ("ftdeploy.promote", (BYSTANDER, "v0", 50), {}),
         ("ftdeploy.no_such_task", (), {}),
-    ]:
+    ]
+    for name, args, kwargs in flood:
         app.send_task(name, args=args, kwargs=kwargs)
     _publish_undecodable(stack)
     assert cli.main(["tenant", "add", "after-flood", "--no-require-evaluation"]) == 0
@@ -225,7 +229,7 @@ bad_policy_options = st.one_of(
     .map(lambda t: ["--canary-percent", t]),
 )
 text_args = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=30
 )
 argv_strategy = st.one_of(
     st.tuples(text_args.filter(lambda s: not SLUG_PATTERN.match(s))).map(

@@ -5,6 +5,7 @@ spaced by the backoff, and every event ends succeeded or recorded as failed with
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ RETRY_AFTER = 0.8
 CLIENT_TIMEOUT = float(SETTINGS["openai_timeout_seconds"])
 SLACK = 0.05  # scheduling noise between two arrivals
 
-STRETCHES: dict[str, list[tuple[object, ...]]] = {
+STRETCHES: dict[str, list[tuple[Any, ...]]] = {
     "rate-limited": [("429", RETRY_AFTER)] * 6,
     "server-errors": [("500",), ("502",), ("503",), ("500",), ("500",), ("504",)],
     "timeouts": [("slow", 2.0)] * 3,  # beyond the client's 1.5 s timeout
@@ -38,7 +39,7 @@ def test_openai_misbehaving_for_long_stretches(stack: FaultStack) -> None:
     refused = "ftjob-up-refused"  # polled while the whole API is down
     for name, job in jobs.items():
         stack.fake.add_job(job, statuses=("succeeded",), tenant=slug)
-        stack.fake.inject(job, *STRETCHES[name])  # type: ignore[arg-type]
+        stack.fake.inject(job, *STRETCHES[name])
     stack.fake.add_job(refused, statuses=("succeeded",), tenant=slug)
     env = {
         "FTDEPLOY_MAX_RETRIES": str(MAX_RETRIES),
@@ -75,14 +76,14 @@ def test_openai_misbehaving_for_long_stretches(stack: FaultStack) -> None:
     stack.check(accepted=[*jobs.values(), refused])
 
 
-def _assert_backoff(name: str, faults: list[tuple[object, ...]], requests: list[float]) -> None:
+def _assert_backoff(name: str, faults: list[tuple[Any, ...]], requests: list[float]) -> None:
     """Each retry waited at least the backoff (jitter 0.8x at worst), or the Retry-After."""
     for retry, (fault, (sent, next_sent)) in enumerate(
         zip(faults, itertools.pairwise(requests), strict=False)
     ):
         least = 0.8 * min(POLL * 2.0**retry, POLL_MAX)
         if fault[0] == "429":
-            least = max(least, float(fault[1]))  # type: ignore[arg-type]
+            least = max(least, float(fault[1]))
         if fault[0] == "slow":
             least += CLIENT_TIMEOUT  # the client gave up after its timeout first
         gap = next_sent - sent

@@ -178,6 +178,7 @@ def test_no_model_and_unknown_tenants(db_url: str) -> None:
     assert router.resolve("empty") is None
     assert router.resolve("empty", "user-1") is None
     assert router.resolve(tenant_id) is None
+    assert router.resolve(uuid.UUID(tenant_id)) is None  # type: ignore[arg-type]
     with pytest.raises(TenantNotFound):
         router.resolve("nobody")
     reads = router.reads

@@ -8,8 +8,8 @@ import pytest
 
 from registry import versions
 from registry.db import unit_of_work
-from registry.models import EventState
 from registry.events import find_event
+from registry.models import EventState
 from tests.harness import running_worker, wait_for
 from worker import cli
 from worker.fake_openai import FakeOpenAI
