@@ -126,6 +126,12 @@ def format_number(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _ratio(ratio: float) -> str:
+    if ratio != ratio:  # NaN
+        return "-"
+    return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:.3g}x"
+
+
 def table(rows: Sequence[Row], errors: dict[str, str]) -> str:
     header = ("benchmark", "ours", "baseline", "ratio", "goal", "met")
     lines: list[tuple[str, ...]] = [header]
@@ -136,7 +142,7 @@ def table(rows: Sequence[Row], errors: dict[str, str]) -> str:
                 row.name,
                 f"{format_number(row.ours)} {row.unit}",
                 f"{format_number(row.baseline)} {row.unit}",
-                f"{row.ratio:.3g}x" if row.ratio == row.ratio else "-",
+                _ratio(row.ratio),
                 row.goal,
                 met,
             )

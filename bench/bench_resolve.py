@@ -39,7 +39,7 @@ from registry import routing, versions
 from registry.db import unit_of_work
 from registry.deployments import deploy
 from registry.openai_jobs import JobSnapshot
-from registry.routing import subject_hash
+from registry.routing import subject_number
 from registry.runs import record_run
 from registry.settings import get_settings
 from registry.tenants import PolicyChanges, create_tenant, set_policy
@@ -150,7 +150,7 @@ def _seed_resolver(url: str) -> tuple[Callable[[uuid.UUID, str | None], str | No
         rows = conn.execute(SEED_QUERY, (tenant_id,), prepare=True).fetchall()
         if not rows:
             return None
-        point = random.random() * 100 if subject is None else subject_hash(subject) % 100
+        point = random.random() * 100 if subject is None else subject_number(subject) % 100
         for model_id, percent in rows:
             point -= percent
             if point < 0:

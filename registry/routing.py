@@ -48,7 +48,9 @@ from registry.errors import InvariantViolation, TenantNotFound
 from registry.models import ModelVersion, Tenant, VersionStatus
 from registry.tenants import _as_uuid, validate_slug
 
-MASK64 = (1 << 64) - 1
+# A Mersenne prime: the modulus of the per-version universal hash (below).
+PRIME = (1 << 61) - 1
+_INVERSE_PRIME = 1.0 / PRIME
 # Placed subjects remembered per snapshot; past this the memo starts over (bounded memory).
 STICKY_MEMO_LIMIT = 100_000
 # Unknown tenant names remembered (within the staleness bound) so a flood of them cannot turn
@@ -56,29 +58,32 @@ STICKY_MEMO_LIMIT = 100_000
 MISSING_MEMO_LIMIT = 10_000
 # Where a unit of work notes the tenants whose traffic it changed (see `versions.commit_change`).
 CHANGED_TENANTS_KEY = "ftdeploy.changed_tenants"
-_TWO_POW_MINUS_53 = 2.0**-53
 _PERSON = b"ftdeploy-route"  # domain separation: these hashes mean nothing elsewhere
 
 # (version id, version number, model id, traffic percent) of one production version.
 VersionRow = tuple[uuid.UUID, int, str, int]
 
 
-def subject_hash(subject: str) -> int:
-    """A stable 64-bit hash of the subject (Python's hash() differs between processes)."""
-    return int.from_bytes(blake2b(subject.encode(), digest_size=8).digest(), "little")
+def subject_number(subject: str) -> int:
+    """The subject as a number modulo PRIME: its UTF-8 bytes read as an integer. The same in
+    every process and every Python version (Python's own hash() of a string is not)."""
+    return int.from_bytes(subject.encode(), "little") % PRIME
 
 
-def version_key(version_id: uuid.UUID) -> tuple[int, int]:
-    """The version's (odd multiplier, offset) for the per-(subject, version) number u.
+def version_key(version_id: uuid.UUID, weight: int) -> tuple[int, int, float]:
+    """The version's (a, b, 1 / weight) for the per-(subject, version) number u.
 
-    u = ((h * a + b) mod 2**64) / 2**64 with h the subject's hash: for an odd `a` this is a
-    bijection of h, so each version's u is uniform; with `a` and `b` pseudo-random per version,
-    two versions' numbers for one subject are as good as independent (a 2-D lattice with 2**64
-    points). One blake2b per subject plus one multiply per version: cheap enough for a cold
-    subject to cost about a microsecond.
+    u = ((a * m + b) mod PRIME + 0.5) / PRIME, m the subject's number: a Carter-Wegman universal
+    hash with (a, b) drawn from the version's id. For a fixed version, m -> u spreads subjects
+    evenly over (0, 1) (a Weyl sequence for consecutive ids); for two versions the pairs of
+    numbers fall on a fine lattice, so they are as good as independent. Pure integer arithmetic,
+    one multiplication per version: a subject seen for the first time costs about a microsecond
+    or two, no hashing library call per subject.
     """
     digest = blake2b(version_id.bytes, digest_size=16, person=_PERSON).digest()
-    return int.from_bytes(digest[:8], "little") | 1, int.from_bytes(digest[8:], "little")
+    a = int.from_bytes(digest[:8], "little") % (PRIME - 1) + 1
+    b = int.from_bytes(digest[8:], "little") % PRIME
+    return a, b, 1.0 / weight
 
 
 @dataclass(slots=True, eq=False)
@@ -96,8 +101,7 @@ class Snapshot:
     only: str | None = None
     # 100 entries, each model id repeated by its share: a draw is one index.
     table: tuple[str, ...] = ()
-    keys: tuple[tuple[int, int], ...] = ()
-    inverse_weights: tuple[float, ...] = ()
+    keys: tuple[tuple[int, int, float], ...] = ()
     sticky: dict[str, str] = field(default_factory=dict)
 
     def pick(self, subject: str | None = None) -> str | None:
@@ -117,16 +121,15 @@ class Snapshot:
     def place(self, subject: str) -> str:
         """Rendezvous: the version with the highest u ** (1 / weight) (compared as logs)."""
         text = subject if isinstance(subject, str) else str(subject)
-        h = int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "little")
-        best_index, best_score = 0, -math.inf
+        m = int.from_bytes(text.encode(), "little") % PRIME  # subject_number(), inlined
+        best, best_score = self.model_ids[0], -math.inf
         log = math.log
-        for index, (a, b) in enumerate(self.keys):
-            # u in (0, 1), never 0, so the log is finite; log(u) / w orders like u ** (1 / w).
-            u = ((((h * a + b) & MASK64) >> 11) + 0.5) * _TWO_POW_MINUS_53
-            score = log(u) * self.inverse_weights[index]
+        for (a, b, inverse_weight), model_id in zip(self.keys, self.model_ids, strict=True):
+            # u in (0, 1] (never 0: the log is finite); log(u) / w orders like u ** (1 / w).
+            score = log(((a * m + b) % PRIME + 0.5) * _INVERSE_PRIME) * inverse_weight
             if score > best_score:
-                best_index, best_score = index, score
-        return self.model_ids[best_index]
+                best, best_score = model_id, score
+        return best
 
 
 def build_snapshot(
@@ -151,8 +154,7 @@ def build_snapshot(
         shares=tuple(r[3] for r in signature),
         only=model_ids[0] if len(model_ids) == 1 else None,
         table=tuple(r[2] for r in signature for _ in range(r[3])),
-        keys=tuple(version_key(r[0]) for r in signature),
-        inverse_weights=tuple(1.0 / r[3] for r in signature),
+        keys=tuple(version_key(r[0], r[3]) for r in signature),
     )
 
 

@@ -146,7 +146,9 @@ def wait_for(
 
 
 @contextmanager
-def running_worker(env: Mapping[str, str], tmp_path: Path, **options: Any) -> Iterator[WorkerProcess]:
+def running_worker(
+    env: Mapping[str, str], tmp_path: Path, **options: Any
+) -> Iterator[WorkerProcess]:
     worker = WorkerProcess(env, tmp_path / f"{options.get('name', 'w1')}.log", **options)
     worker.start()
     try:

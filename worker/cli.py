@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from registry import audit, events, operations, runs, versions
 from registry.db import session_factory, unit_of_work
@@ -134,7 +134,21 @@ def cmd_versions(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     with unit_of_work() as session:
         data = [views.traffic_event(e) for e in audit.history(session, args.slug, args.limit)]
-    return views.emit(args, data, views.history_text)
+        other = [views.activity(a) for a in audit.activity(session, args.slug, args.limit)]
+    # --json keeps to the traffic trail (a list of changes); `activity` has the rest as JSON.
+    return views.emit(args, data, lambda rows: views.history_text(rows, other))
+
+
+def cmd_activity(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        data = [views.activity(a) for a in audit.activity(session, args.slug, args.limit)]
+    return views.emit(args, data, views.activity_text)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        data = [views.job_event(e) for e in audit.job_events(session, args.state, args.limit)]
+    return views.emit(args, data, views.events_text)
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
@@ -284,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     trail.add_argument("slug")
     trail.add_argument("--limit", type=int, default=50)
 
+    other = command(
+        "activity", cmd_activity, "a tenant's deployments, operations and job events, with reasons"
+    )
+    other.add_argument("slug")
+    other.add_argument("--limit", type=int, default=50)
+
+    job_events = command("events", cmd_events, "job-finished events of every tenant")
+    job_events.add_argument("--state", choices=["received", "done", "failed"])
+    job_events.add_argument("--limit", type=int, default=50)
+
     resolve = command("resolve", cmd_resolve, "print the model a request would use")
     resolve.add_argument("slug")
     resolve.add_argument("--subject", help="user or session key: the choice is sticky per key")
@@ -338,8 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     except SQLAlchemyError as error:
         # The driver's message names the host, never the password; keep just its first line.
-        first_line = str(getattr(error, "orig", error)).strip().splitlines()[0:1]
-        print(f"error: database unavailable: {' '.join(first_line)}", file=sys.stderr)
+        first_line = " ".join(str(getattr(error, "orig", error)).strip().splitlines()[0:1])
+        what = (
+            "database unavailable"
+            if isinstance(error, OperationalError | InterfaceError)
+            else "database refused the change"
+        )
+        print(f"error: {what}: {first_line}", file=sys.stderr)
         return 1
     except ValueError as error:  # settings out of range, say
         print(f"error: {error}", file=sys.stderr)

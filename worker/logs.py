@@ -34,7 +34,8 @@ class EventFormatter(logging.Formatter):
                 payload["exception"] = self.formatException(record.exc_info)
             return json.dumps(payload, default=str)
         text = " ".join(f"{key}={value}" for key, value in fields.items())
-        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.getMessage()} {text}"
+        stamp = self.formatTime(record, "%H:%M:%S")
+        line = f"{stamp} {record.levelname:<7} {record.getMessage()} {text}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line.rstrip()

@@ -8,7 +8,15 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from registry.models import DeploymentPolicy, ModelVersion, Operation, Tenant, TrafficEvent
+from registry.audit import Activity
+from registry.models import (
+    DeploymentPolicy,
+    JobEvent,
+    ModelVersion,
+    Operation,
+    Tenant,
+    TrafficEvent,
+)
 
 
 def _time(value: datetime | None) -> str | None:
@@ -81,7 +89,14 @@ def _split_text(split: dict[str, int]) -> str:
     return " ".join(f"v{k}:{v}%" for k, v in split.items()) or "-"
 
 
-def history_text(rows: list[dict[str, Any]]) -> str:
+def history_text(rows: list[dict[str, Any]], other: list[dict[str, Any]] | None = None) -> str:
+    text = _traffic_text(rows)
+    if other:
+        text += "\n\nDeployments, operations and events:\n" + activity_text(other)
+    return text
+
+
+def _traffic_text(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no traffic changes yet"
     return table(
@@ -144,4 +159,55 @@ def operation_text(data: dict[str, Any]) -> str:
     return (
         f"{data['kind']} {data['status']}: {_split_text(result.get('before', {}))} -> "
         f"{_split_text(result.get('after', {}))} ({result.get('reason', '')})"
+    )
+
+
+def activity(a: Activity) -> dict[str, Any]:
+    return {
+        "at": _time(a.at),
+        "kind": a.kind,
+        "subject": a.subject,
+        "status": a.status,
+        "detail": a.detail,
+    }
+
+
+def activity_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "nothing yet"
+    return table(
+        ["AT", "KIND", "SUBJECT", "STATUS", "DETAIL"],
+        [[r["at"][:19], r["kind"], r["subject"], r["status"], r["detail"] or ""] for r in rows],
+    )
+
+
+def job_event(e: JobEvent) -> dict[str, Any]:
+    return {
+        "job_id": e.openai_job_id,
+        "tenant": e.tenant_hint,
+        "source": e.source,
+        "state": e.state,
+        "outcome": e.outcome,
+        "attempts": e.attempts,
+        "received_at": _time(e.received_at),
+        "updated_at": _time(e.updated_at),
+    }
+
+
+def events_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no events yet"
+    return table(
+        ["JOB", "TENANT", "STATE", "ATTEMPTS", "UPDATED", "OUTCOME"],
+        [
+            [
+                r["job_id"],
+                r["tenant"] or "-",
+                r["state"],
+                r["attempts"],
+                r["updated_at"][:19],
+                r["outcome"] or "",
+            ]
+            for r in rows
+        ],
     )

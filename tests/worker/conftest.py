@@ -9,6 +9,7 @@ import pytest
 
 from tests import services
 from tests.harness import fresh_broker_url, worker_env
+from tests.worker.cli_support import cli_db  # noqa: F401  (a fixture for every CLI test)
 from worker.fake_openai import FakeOpenAI
 
 

@@ -8,7 +8,6 @@ anything is queued, are exercised (the worker tests run them for real).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +23,7 @@ from registry.tenants import find_tenant, get_policy
 from tests.dbdump import diff, dump
 from tests.factories import deploy_new, make_run, make_tenant
 from tests.registry.world import World, module_world
-from worker.cli import main
+from tests.worker.cli_support import ok_json, point_cli_at, run
 
 VERSION_KEYS = {
     "version",
@@ -37,19 +36,6 @@ VERSION_KEYS = {
     "created_at",
     "deployed_at",
 }
-
-
-def point_cli_at(monkeypatch: pytest.MonkeyPatch, url: str, data_dir: Path) -> None:
-    monkeypatch.setenv("FTDEPLOY_DATABASE_URL", url)
-    monkeypatch.setenv("FTDEPLOY_DATA_DIR", str(data_dir))
-    get_settings.cache_clear()
-
-
-@pytest.fixture
-def cli_db(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    point_cli_at(monkeypatch, db_url, tmp_path / "data")
-    yield db_url
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
@@ -65,21 +51,6 @@ def cli_world(world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     yield world
     get_settings.cache_clear()
 
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `ftdeploy argv`; argparse's own refusals exit too."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def ok_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
-    code, out, err = run(capsys, *argv, "--json")
-    assert (code, err) == (0, "")
-    return json.loads(out)
 
 
 # ------------------------------------------------------------------------------ happy paths
