@@ -170,12 +170,16 @@ def table(rows: Sequence[Row], errors: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def _finite(data: dict[str, Any]) -> dict[str, Any]:
-    """Strict JSON: a ratio against a zero baseline (infinite) is written as null."""
-    return {
-        key: None if isinstance(value, float) and not math.isfinite(value) else value
-        for key, value in data.items()
-    }
+def _finite(data: Any) -> Any:
+    """Strict JSON: a non-finite figure (a ratio against a zero baseline, a change never seen)
+    is written as null, at any depth."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(value) for value in data]
+    return data
 
 
 def main(argv: Sequence[str] | None = None) -> int:

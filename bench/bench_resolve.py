@@ -55,10 +55,11 @@ CHILD = """
 import json, random, sys, time
 from registry import versions
 from registry.db import unit_of_work
-changes = int(sys.argv[1])
+changes, bound = int(sys.argv[1]), float(sys.argv[2])
 for i in range(changes):
-    # A random phase against the reader's refreshes, so the figures span the whole bound.
-    time.sleep(random.uniform(0.4, 1.6))
+    # A random phase against the reader's refreshes, so the figures span the whole bound; and
+    # longer than the bound, so every split is in force long enough to be seen.
+    time.sleep(random.uniform(bound + 0.2, bound + 1.2))
     target = 2 if i % 2 == 0 else 1
     with unit_of_work() as session:
         versions.promote(session, "stale", target, 100, actor="bench")
@@ -270,8 +271,9 @@ def _staleness(url: str, ids: dict[str, uuid.UUID], changes: int, bound: float) 
     watcher.start()
     child_env = {**os.environ, "FTDEPLOY_DATABASE_URL": url, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(changes)],
-        env=child_env, cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
+        [sys.executable, "-c", CHILD, str(changes), str(bound)],
+        env=child_env, cwd=REPO, capture_output=True, text=True, check=True,
+        timeout=changes * (bound + 1.5) + 60,
     )  # fmt: skip
     time.sleep(bound + 0.5)
     stop.set()

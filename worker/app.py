@@ -15,6 +15,7 @@ from celery import Celery
 from celery.beat import PersistentScheduler
 
 from registry.settings import Settings, get_settings
+from worker import embedded_broker
 
 QUEUE = "ftdeploy"
 
@@ -23,6 +24,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     url = settings.broker_url_value
     if url.startswith("filesystem"):
         # The embedded broker: message files under the data directory, no server to run.
+        embedded_broker.install()
         folder = (settings.data_dir / "broker").resolve()
         for sub in ("queue", "control", "processed"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -108,11 +110,6 @@ class Scheduler(PersistentScheduler):
     def setup_schedule(self) -> None:
         Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
         super().setup_schedule()
-
-
-def data_dir_ready(settings: Settings) -> Path:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return settings.data_dir
 
 
 app = make_app()
