@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.models import Tenant
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+LOCKED_TENANTS_KEY = "ftdeploy.locked_tenants"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -89,20 +90,35 @@ def unit_of_work(url: str | None = None) -> Iterator[Session]:
 def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
     """Take the tenant's lock for the rest of the transaction and return the tenant.
 
-    PostgreSQL: a row lock (SELECT … FOR UPDATE) on the tenant, so every change of its versions or
-    traffic is serialized and sees the state committed before it. SQLite: the transaction already
-    holds the database's write lock (BEGIN IMMEDIATE).
+    PostgreSQL: a row lock on the tenant (SELECT … FOR NO KEY UPDATE), so every change of its
+    versions or traffic is serialized and sees the state committed before it. NO KEY: inserts
+    that only reference the tenant (outcome counters, operations, runs) are not blocked by it.
+    SQLite: the transaction already holds the database's write lock (BEGIN IMMEDIATE).
+    Taking it again in the same transaction costs nothing: the lock is held until the end.
     """
+    locked: dict[uuid.UUID, Tenant] = session.info.setdefault(LOCKED_TENANTS_KEY, {})
+    if tenant_id in locked:
+        return locked[tenant_id]
     tenant = session.scalars(
-        select(Tenant).where(Tenant.id == tenant_id).with_for_update()
+        select(Tenant)
+        .where(Tenant.id == tenant_id)
+        .with_for_update(key_share=True)
+        # The ORM may hold this row from before the lock: take what is committed now.
+        .execution_options(populate_existing=True)
     ).one_or_none()
     if tenant is None:
         from registry.errors import TenantNotFound
 
         raise TenantNotFound(str(tenant_id))
-    # The ORM may hold this row from before the lock: re-read what is committed now.
-    session.refresh(tenant)
+    locked[tenant_id] = tenant
     return tenant
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_locks(session: Session, transaction: Any) -> None:
+    # Locks end with the transaction, and PostgreSQL also releases those taken inside a savepoint
+    # that is rolled back: forget them at the end of any transaction, nested or not.
+    session.info.pop(LOCKED_TENANTS_KEY, None)
 
 
 def ping(session: Session) -> None:
