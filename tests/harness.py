@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 _redis_db = itertools.count(1)
@@ -155,3 +156,31 @@ def running_worker(
         yield worker
     finally:
         worker.stop()
+
+
+def reset_settings() -> None:
+    """Settings and the Celery app are read once per process: make them see this test's env."""
+    from registry.settings import get_settings
+    from worker import app as app_module
+
+    get_settings.cache_clear()
+    fresh = app_module.make_app()
+    app_module.app.conf.update(
+        broker_url=fresh.conf.broker_url,
+        broker_transport_options=fresh.conf.broker_transport_options,
+    )
+    # Drop cached connections to the previous test's broker; new ones use the new URL.
+    app_module.app._pool = None
+    app_module.app.amqp._producer_pool = None
+
+
+def use_env(env: Mapping[str, str], patch: pytest.MonkeyPatch) -> None:
+    """Point this test process at the same settings as the worker's `env`: the CLI, the task
+    senders and the registry read them from the environment, as in production."""
+    for key in list(os.environ):
+        if key.startswith(("FTDEPLOY_", "OPENAI_")) and key not in env:
+            patch.delenv(key)
+    for key, value in env.items():
+        if key.startswith(("FTDEPLOY_", "OPENAI_")):
+            patch.setenv(key, value)
+    reset_settings()

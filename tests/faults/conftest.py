@@ -8,7 +8,6 @@ time limit 4 s, longest countdown 2 s, OpenAI client timeout 1.5 s (Settings che
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,14 @@ from registry.db import unit_of_work
 from registry.models import JobEvent
 from tests import services
 from tests.faults.checks import Bystander, check_all, make_bystander
-from tests.harness import WorkerProcess, fresh_broker_url, wait_for, worker_env
-from tests.worker.conftest import _reset_settings
+from tests.harness import (
+    WorkerProcess,
+    fresh_broker_url,
+    reset_settings,
+    use_env,
+    wait_for,
+    worker_env,
+)
 from worker.fake_openai import FakeOpenAI
 
 _T = TypeVar("_T")
@@ -147,13 +152,7 @@ def _stack(
             data_dir=tmp_path / "data",
             **SETTINGS,
         )
-        for key in list(os.environ):
-            if key.startswith(("FTDEPLOY_", "OPENAI_")) and key not in env:
-                monkeypatch.delenv(key)
-        for key, value in env.items():
-            if key.startswith(("FTDEPLOY_", "OPENAI_")):
-                monkeypatch.setenv(key, value)
-        _reset_settings()
+        use_env(env, monkeypatch)
         stack = FaultStack(
             env=env,
             fake=fake,
@@ -168,4 +167,4 @@ def _stack(
             for worker in stack.workers:
                 worker.stop()
     monkeypatch.undo()
-    _reset_settings()
+    reset_settings()

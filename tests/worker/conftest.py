@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests import services
-from tests.harness import fresh_broker_url, worker_env
+from tests.harness import fresh_broker_url, reset_settings, use_env, worker_env
 from tests.worker.cli_support import cli_db  # noqa: F401  (a fixture for every CLI test)
 from worker.fake_openai import FakeOpenAI
 
@@ -35,25 +35,6 @@ def e2e_env(
         database_url=pg_url, broker_url=broker_url, openai_base_url=fake_openai.base_url,
         data_dir=tmp_path / "data",
     )
-    for key, value in env.items():
-        if key.startswith(("FTDEPLOY_", "OPENAI_")):
-            monkeypatch.setenv(key, value)
-    _reset_settings()
+    use_env(env, monkeypatch)
     yield env
-    _reset_settings()
-
-
-def _reset_settings() -> None:
-    """Settings and the Celery app are read once per process: make them see this test's env."""
-    from registry.settings import get_settings
-    from worker import app as app_module
-
-    get_settings.cache_clear()
-    fresh = app_module.make_app()
-    app_module.app.conf.update(
-        broker_url=fresh.conf.broker_url,
-        broker_transport_options=fresh.conf.broker_transport_options,
-    )
-    # Drop cached connections to the previous test's broker; new ones use the new URL.
-    app_module.app._pool = None
-    app_module.app.amqp._producer_pool = None
+    reset_settings()

@@ -8,7 +8,6 @@ tenants and job ids, so a worker start is paid once per module rather than once 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,8 +31,14 @@ from registry.models import (
 )
 from tests import services
 from tests.conftest import fresh_postgres_url
-from tests.harness import WorkerProcess, fresh_broker_url, wait_for, worker_env
-from tests.worker.conftest import _reset_settings
+from tests.harness import (
+    WorkerProcess,
+    fresh_broker_url,
+    reset_settings,
+    use_env,
+    wait_for,
+    worker_env,
+)
 from worker.fake_openai import FakeOpenAI
 
 _T = TypeVar("_T")
@@ -163,20 +168,14 @@ def e2e_stack(request: pytest.FixtureRequest, tmp: Path, **settings: Any) -> Ite
             data_dir=tmp / "data",
             **settings,
         )
-        for key in list(os.environ):
-            if key.startswith(("FTDEPLOY_", "OPENAI_")) and key not in env:
-                patch.delenv(key)
-        for key, value in env.items():
-            if key.startswith(("FTDEPLOY_", "OPENAI_")):
-                patch.setenv(key, value)
-        _reset_settings()
+        use_env(env, patch)
         stack = Stack(env=env, fake=fake, database_url=database_url, tmp=tmp)
         try:
             yield stack
         finally:
             for worker in stack.workers:
                 worker.stop()
-    _reset_settings()
+    reset_settings()
     bind = registry_db.session_factory(database_url).kw.get("bind")
     if bind is not None:
         bind.dispose()

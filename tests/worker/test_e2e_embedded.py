@@ -16,8 +16,7 @@ import pytest
 from registry import events
 from registry.db import unit_of_work
 from registry.versions import list_versions
-from tests.harness import wait_for
-from tests.worker.conftest import _reset_settings
+from tests.harness import reset_settings, wait_for
 from worker import cli
 from worker.fake_openai import FakeOpenAI
 
@@ -55,7 +54,7 @@ def embedded(
     for key, value in env.items():
         if key.startswith(("FTDEPLOY_", "OPENAI_")):
             monkeypatch.setenv(key, value)
-    _reset_settings()
+    reset_settings()
     log = tmp_path / "worker.log"
     with log.open("ab") as out:
         worker = subprocess.Popen(
@@ -73,7 +72,7 @@ def embedded(
     finally:
         os.killpg(worker.pid, signal.SIGKILL)  # its pool and beat too; nothing to keep
         worker.wait(10)
-        _reset_settings()
+        reset_settings()
 
 
 def test_embedded_worker_and_beat_handle_events(

@@ -20,8 +20,7 @@ from registry import events
 from registry.db import session_factory, unit_of_work
 from registry.versions import list_versions
 from tests import services
-from tests.harness import REPO, fresh_broker_url, wait_for, worker_env
-from tests.worker.conftest import _reset_settings
+from tests.harness import REPO, fresh_broker_url, reset_settings, wait_for, worker_env
 from tests.worker.webhook_signing import new_secret
 from worker import cli
 from worker.fake_openai import FakeOpenAI
@@ -124,7 +123,7 @@ def test_procfile_release_web_worker_and_beat(
         for key, value in env.items():
             if key.startswith(("FTDEPLOY_", "OPENAI_")):
                 monkeypatch.setenv(key, value)
-        _reset_settings()
+        reset_settings()
 
         def serving() -> dict[int, int]:
             with unit_of_work() as session:
@@ -151,4 +150,4 @@ def test_procfile_release_web_worker_and_beat(
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
-        _reset_settings()
+        reset_settings()

@@ -31,7 +31,7 @@ from registry.models import JobEvent, WebhookDelivery
 from registry.settings import Settings
 from tests import services
 from tests.conftest import fresh_postgres_url
-from tests.worker.conftest import _reset_settings
+from tests.harness import reset_settings
 from tests.worker.webhook_signing import Delivery, job_event, new_secret, sign, sign_bytes
 from worker.app import QUEUE
 from worker.web import METRICS, create_app, require_secret
@@ -109,10 +109,10 @@ def receiver(
         "FTDEPLOY_WEBHOOK_MAX_BODY_BYTES": str(MAX_BODY),
     }.items():
         monkeypatch.setenv(key, value)
-    _reset_settings()
+    reset_settings()
     with TestClient(create_app()) as client:
         yield Receiver(client, secret, broker_url)
-    _reset_settings()
+    reset_settings()
 
 
 def _count(outcome: str) -> float:
@@ -335,7 +335,7 @@ def test_database_down_is_503_and_healthz_fails(
     monkeypatch.setenv("FTDEPLOY_BROKER_URL", broker_url)
     monkeypatch.setenv("FTDEPLOY_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("FTDEPLOY_WEBHOOK_SECRET", secret)
-    _reset_settings()
+    reset_settings()
     try:
         with TestClient(create_app()) as client:
             assert client.get("/healthz").status_code == 503
@@ -344,7 +344,7 @@ def test_database_down_is_503_and_healthz_fails(
             assert response.status_code == 503  # OpenAI retries it later
             assert redis.Redis.from_url(broker_url).llen(QUEUE) == 0
     finally:
-        _reset_settings()
+        reset_settings()
 
 
 @pytest.mark.parametrize(
