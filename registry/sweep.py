@@ -38,7 +38,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import traffic, versions
+from registry import versions
 from registry.analysis import Action
 from registry.canaries import Assessment, LiveCanary, assess, read_live_canaries
 from registry.db import lock_tenant
@@ -177,46 +177,20 @@ def _act(session: Session, canary: LiveCanary, assessment: Assessment) -> versio
             action=audit_action,
         )
     else:
-        serving = versions.production_versions(session, canary.tenant_id)
-        if max(v.version for v in serving) == canary.version:
-            change = versions.rollback(
-                session, canary.tenant_id, actor=ACTOR, reason=reason, action=audit_action
-            )
-        else:
-            change = _take_out(session, canary, serving, reason, audit_action)
+        # Only this canary leaves, even when a newer version also serves; the rest is rescaled.
+        change = versions.rollback(
+            session,
+            canary.tenant_id,
+            version=canary.version,
+            actor=ACTOR,
+            reason=reason,
+            action=audit_action,
+        )
     deployment = session.get_one(Deployment, canary.deployment_id)
     deployment.reason = reason
     deployment.updated_at = utcnow()
     session.flush()
     return change
-
-
-def _take_out(
-    session: Session,
-    canary: LiveCanary,
-    serving: list[ModelVersion],
-    reason: str,
-    audit_action: str,
-) -> versions.Change:
-    """Take only this canary out of production (a newer version also serves): the others are
-    rescaled to 100; the version is marked rolled back, so no rollback restores it."""
-    tenant = lock_tenant(session, canary.tenant_id)
-    before = versions.split_of(serving)
-    target = traffic.after_removal(before, canary.version)
-    now = utcnow()
-    leaving = next(v for v in serving if v.version == canary.version)
-    leaving.rolled_back_at = now
-    versions.apply_split(session, tenant, target, now=now, rolled_back=leaving)
-    return versions.commit_change(
-        session,
-        tenant,
-        action=audit_action,
-        version=canary.version,
-        before=before,
-        actor=ACTOR,
-        reason=reason,
-        now=now,
-    )
 
 
 def auto_promote_sweep(sessions: sessionmaker[Session], now: datetime | None = None) -> SweepReport:

@@ -313,47 +313,57 @@ def rollback(
     session: Session,
     tenant_ref: str | uuid.UUID,
     *,
+    version: int | None = None,
     actor: str = "operator",
     reason: str | None = None,
     action: str = "rollback",
 ) -> Change:
-    """Take the newest production version out of production.
+    """Take the newest production version (or `version`) out of production.
 
     During a canary the canary is aborted and the remaining production versions are rescaled to
     100. If none remains, the version that served before it (the one deprecated most recently and
     never itself rolled back) returns to 100. A rolled-back version is never restored later.
 
     Locks the tenant; checks the invariant; writes one audit event. Raises NothingToRollBack
-    (nothing changed) when nothing is in production or there is nothing to return to.
+    (nothing changed) when nothing is in production, `version` is not, or there is nothing to
+    return to.
     """
     tenant = lock_tenant(session, find_tenant(session, tenant_ref).id)
     serving = production_versions(session, tenant.id)
     if not serving:
         raise NothingToRollBack(tenant.slug, "no version is in production")
-    newest = max(serving, key=lambda v: v.version)
+    # A given version (the sweep's failing canary while a newer one also serves) leaves instead
+    # of the newest; it must be serving now, or the caller decided on stale state.
+    leaving = (
+        max(serving, key=lambda v: v.version)
+        if version is None
+        else next((v for v in serving if v.version == version), None)
+    )
+    if leaving is None:
+        raise NothingToRollBack(tenant.slug, f"v{version} is not in production")
     before = split_of(serving)
-    target = traffic.after_removal(before, newest.version)
+    target = traffic.after_removal(before, leaving.version)
     restored: ModelVersion | None = None
     if not target:
-        restored = _previous_version(session, tenant, newest)
+        restored = _previous_version(session, tenant, leaving)
         if restored is None:
             raise NothingToRollBack(
-                tenant.slug, f"v{newest.version} is the only version that ever served"
+                tenant.slug, f"v{leaving.version} is the only version that ever served"
             )
         target = {restored.version: 100}
     now = utcnow()
-    newest.rolled_back_at = now
-    apply_split(session, tenant, target, now=now, rolled_back=newest)
+    leaving.rolled_back_at = now
+    apply_split(session, tenant, target, now=now, rolled_back=leaving)
     why = reason or (
-        f"v{newest.version} rolled back; v{restored.version} restored to 100%"
+        f"v{leaving.version} rolled back; v{restored.version} restored to 100%"
         if restored is not None
-        else f"v{newest.version} rolled back; remaining versions rescaled"
+        else f"v{leaving.version} rolled back; remaining versions rescaled"
     )
     return commit_change(
         session,
         tenant,
         action=action,
-        version=newest.version,
+        version=leaving.version,
         before=before,
         actor=actor,
         reason=why,

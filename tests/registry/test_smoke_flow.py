@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy.orm import Session
 
 from registry import versions
+from registry.errors import NothingToRollBack
 from registry.models import DeploymentStatus
 from tests.factories import deploy_new, make_tenant
 
@@ -32,3 +34,17 @@ def test_blue_green_stages_at_zero(session: Session) -> None:
     assert result.status == DeploymentStatus.STAGED and result.traffic_percent == 0
     assert versions.current_split(session, tenant.id) == {}
     assert versions.promote(session, tenant.slug, 1).after == {1: 100}
+
+
+def test_rollback_of_a_given_version_takes_only_it_out(session: Session) -> None:
+    tenant = make_tenant(session, strategy="canary", canary_percent=20)
+    for _ in range(3):
+        deploy_new(session, tenant)
+    assert versions.current_split(session, tenant.id) == {1: 64, 2: 16, 3: 20}
+
+    change = versions.rollback(session, tenant.slug, version=2)
+    assert (change.version, change.after) == (2, {1: 76, 3: 24})  # 64:20 rescaled to 100
+
+    with pytest.raises(NothingToRollBack, match="v2 is not in production"):
+        versions.rollback(session, tenant.slug, version=2)
+    assert versions.current_split(session, tenant.id) == {1: 76, 3: 24}
