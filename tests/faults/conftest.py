@@ -8,16 +8,13 @@ time limit 4 s, longest countdown 2 s, OpenAI client timeout 1.5 s (Settings che
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from registry.db import unit_of_work
-from registry.models import JobEvent
 from tests import services
 from tests.faults.checks import Bystander, check_all, make_bystander
 from tests.harness import (
@@ -25,12 +22,10 @@ from tests.harness import (
     fresh_broker_url,
     reset_settings,
     use_env,
-    wait_for,
     worker_env,
 )
+from tests.worker.e2e_stack import EventView, Stack
 from worker.fake_openai import FakeOpenAI
-
-_T = TypeVar("_T")
 
 SETTINGS = {
     "visibility_timeout_seconds": 6,
@@ -40,24 +35,13 @@ SETTINGS = {
 }
 
 
-@dataclass(frozen=True)
-class EventView:
-    state: str
-    outcome: str | None
-    attempts: int
-    crashes: int
-    in_flight: bool
+@dataclass(kw_only=True)
+class FaultStack(Stack):
+    """The end-to-end stack, plus a bystander tenant, workers running the fault app, and
+    publishing straight to the broker."""
 
-
-@dataclass
-class FaultStack:
-    env: dict[str, str]
-    fake: FakeOpenAI
-    database_url: str
     broker_url: str
-    tmp: Path
     bystander: Bystander
-    workers: list[WorkerProcess] = field(default_factory=list)
 
     def worker(
         self,
@@ -85,26 +69,6 @@ class FaultStack:
 
         kwargs = {} if tenant is None else {"tenant": tenant}
         app.send_task(task, args=(job_id,), kwargs=kwargs)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {w.name} ---\n{w.log()}" for w in self.workers)
-
-    def wait(self, condition: Callable[[], _T], timeout: float, what: str) -> _T:
-        try:
-            return wait_for(condition, timeout, f"timed out after {timeout:g}s: {what}")  # type: ignore[no-any-return,unused-ignore]
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{self.logs()}") from None
-
-    def event(self, job_id: str) -> EventView | None:
-        with unit_of_work(self.database_url) as session:
-            row = session.scalars(
-                select(JobEvent).where(JobEvent.openai_job_id == job_id)
-            ).one_or_none()
-            if row is None:
-                return None
-            return EventView(
-                row.state, row.outcome, row.attempts, row.crashes, row.in_flight_since is not None
-            )
 
     def wait_ended(self, jobs: list[str], timeout: float = 60) -> dict[str, EventView]:
         def ended() -> dict[str, EventView]:
