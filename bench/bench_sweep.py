@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import event, insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from bench.common import BenchEnv, Row, fresh_database
+from bench.common import BenchEnv, Row, fresh_database, run_alone
 from registry.db import session_factory
 from registry.models import (
     Deployment,
@@ -213,19 +213,5 @@ def run(env: BenchEnv) -> list[Row]:
     ]
 
 
-def main(argv: list[str]) -> int:
-    from tests import services
-
-    with services.start_postgres() as postgres, services.start_redis() as redis:
-        for row in run(BenchEnv(postgres.url, redis.url, quick="--quick" in argv)):
-            print(
-                f"{row.name}: {row.ours:g} {row.unit} vs {row.baseline:g} "
-                f"({row.baseline_name}); ratio {row.ratio:.2f}"
-                + (f"; goal {row.goal}: {'met' if row.met else 'NOT met'}" if row.goal else "")
-                + (f"; {row.notes}" if row.notes else "")
-            )
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_alone(run, sys.argv[1:]))

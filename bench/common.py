@@ -7,6 +7,7 @@ means something on a noisy machine where absolute numbers do not.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,3 +56,18 @@ def fresh_database(env: BenchEnv, name: str) -> str:
     url = services.create_database(env.postgres_url, name)
     upgrade(url)
     return url
+
+
+def run_alone(run: Callable[[BenchEnv], list[Row]], argv: list[str]) -> int:
+    """`python -m bench.bench_X [--quick]`: one benchmark on servers of its own, a line a row."""
+    from tests import services
+
+    with services.start_postgres() as postgres, services.start_redis() as redis:
+        for row in run(BenchEnv(postgres.url, redis.url, quick="--quick" in argv)):
+            print(
+                f"{row.name}: {row.ours:g} {row.unit} vs {row.baseline:g} "
+                f"({row.baseline_name}); ratio {row.ratio:.2f}"
+                + (f"; goal {row.goal}: {'met' if row.met else 'NOT met'}" if row.goal else "")
+                + (f"; {row.notes}" if row.notes else "")
+            )
+    return 0
