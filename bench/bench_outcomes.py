@@ -29,10 +29,10 @@ import psycopg
 from sqlalchemy import event, func, select
 
 from bench.common import BenchEnv, Row, fresh_database, run_alone
+from registry.canary.outcomes import bucket_start
+from registry.canary.recorder import OutcomeRecorder
 from registry.db import session_factory
 from registry.models import OutcomeCounter
-from registry.outcomes import bucket_start
-from registry.recorder import OutcomeRecorder
 from registry.versions import list_versions
 from tests.factories import deploy_new, make_tenant
 from tests.services import libpq_url

@@ -38,9 +38,9 @@ from bench.common import BenchEnv, Row, fresh_database
 from registry import routing, versions
 from registry.db import unit_of_work
 from registry.deployments import deploy
-from registry.openai_jobs import JobSnapshot
+from registry.jobs.openai_jobs import JobSnapshot
+from registry.jobs.runs import record_run
 from registry.routing import subject_number
-from registry.runs import record_run
 from registry.settings import get_settings
 from registry.tenants import PolicyChanges, create_tenant, set_policy
 

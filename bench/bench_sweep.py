@@ -28,6 +28,7 @@ from sqlalchemy import event, insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.common import BenchEnv, Row, fresh_database, run_alone
+from registry.canary.sweep import SweepReport, auto_promote_sweep
 from registry.db import session_factory
 from registry.models import (
     Deployment,
@@ -37,7 +38,6 @@ from registry.models import (
     OutcomeCounter,
     Tenant,
 )
-from registry.sweep import SweepReport, auto_promote_sweep
 
 BATCH = 2_000  # tenants per bulk insert
 

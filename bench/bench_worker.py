@@ -35,7 +35,7 @@ from registry.settings import Settings
 from registry.tenants import PolicyChanges, create_tenant, set_policy
 from tests.harness import WorkerProcess, fresh_broker_url, worker_env
 from worker.app import QUEUE, make_app
-from worker.fake_openai import FakeOpenAI
+from worker.demo.fake_openai import FakeOpenAI
 
 TENANTS = 20
 CONCURRENCY = 2

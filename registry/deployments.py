@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from registry import traffic
 from registry.db import lock_tenant
 from registry.errors import RunNotDeployable, TenantMismatch
+from registry.jobs.runs import latest_evaluation
 from registry.models import (
     Deployment,
     DeploymentStatus,
@@ -20,7 +21,6 @@ from registry.models import (
     Strategy,
     utcnow,
 )
-from registry.runs import latest_evaluation
 from registry.tenants import find_tenant, get_policy, initial_canary_percent
 from registry.versions import apply_split, commit_change, current_split, register_version
 

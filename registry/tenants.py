@@ -110,7 +110,7 @@ def validate_changes(changes: PolicyChanges) -> None:
     if changes.canary_percent is not None:
         _check_int("canary percent", changes.canary_percent, 1, 99)
     if changes.canary_steps is not None:
-        from registry.analysis import parse_steps
+        from registry.canary.analysis import parse_steps
 
         parse_steps(",".join(str(step) for step in changes.canary_steps))
     threshold = changes.auto_promote_threshold
@@ -155,7 +155,7 @@ def set_policy(session: Session, tenant_id: uuid.UUID, changes: PolicyChanges) -
         )
     for name, value in given.items():
         if name == "canary_steps":
-            from registry.analysis import parse_steps
+            from registry.canary.analysis import parse_steps
 
             # Stored as parsed: validated, and ending at 100 even when given as "10,25".
             value = list(parse_steps(",".join(str(step) for step in value)))

@@ -9,9 +9,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from registry import deployments, runs
+from registry import deployments
+from registry.jobs import runs
+from registry.jobs.openai_jobs import JobSnapshot
 from registry.models import Evaluation, FinetuningRun, Tenant
-from registry.openai_jobs import JobSnapshot
 from registry.tenants import PolicyChanges, create_tenant, set_policy
 
 _ids = itertools.count(1)

@@ -82,20 +82,37 @@ class WorkerProcess:
 
     def start(self, timeout: float = 30.0) -> WorkerProcess:
         argv = [
-            sys.executable, "-m", "celery", "-A", self.app, "worker",
-            f"--concurrency={self.concurrency}", "--loglevel=INFO", "--pool=prefork",
-            "--without-mingle", "--without-gossip", "-n", f"{self.name}@%h",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            self.app,
+            "worker",
+            f"--concurrency={self.concurrency}",
+            "--loglevel=INFO",
+            "--pool=prefork",
+            "--without-mingle",
+            "--without-gossip",
+            "-n",
+            f"{self.name}@%h",
             *self.extra_args,
         ]
         if self.beat:
             argv += ["-B", f"--schedule={self.log_path.with_suffix('.schedule')}"]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            argv,
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for(lambda: b" ready." in self.log_path.read_bytes(), timeout,
-                 f"worker {self.name} did not start; log:\n{self.log()}")
+        wait_for(
+            lambda: b" ready." in self.log_path.read_bytes(),
+            timeout,
+            f"worker {self.name} did not start; log:\n{self.log()}",
+        )
         return self
 
     def log(self) -> str:

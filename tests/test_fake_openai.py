@@ -20,7 +20,7 @@ from typing import Any
 import openai
 import pytest
 
-from worker.fake_openai import DEFAULT_METRICS, FakeOpenAI
+from worker.demo.fake_openai import DEFAULT_METRICS, FakeOpenAI
 
 API_KEY = "sk-test-fake-0123456789abcdef"
 ROOT = Path(__file__).resolve().parents[1]
@@ -360,7 +360,7 @@ def test_admin_api_scripts_a_fake_in_another_process() -> None:
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "worker.fake_openai", "--port", str(port)],
+        [sys.executable, "-m", "worker.demo.fake_openai", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

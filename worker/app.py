@@ -94,7 +94,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "options": {"expires": settings.reconcile_seconds},
         },
         # A sweep still queued when the next is due is dropped (it would only repeat the next
-        # one); overlapping sweeps are safe anyway (registry.sweep re-checks under the lock).
+        # one); overlapping sweeps are safe anyway (registry.canary.sweep re-checks under the lock).
         "auto-promote-sweep": {
             "task": "ftdeploy.auto_promote_sweep",
             "schedule": settings.sweep_seconds,

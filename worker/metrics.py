@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
     from prometheus_client.metrics_core import Metric
 
-    from registry.outcomes import StoreResult
-    from registry.sweep import SweepReport
+    from registry.canary.outcomes import StoreResult
+    from registry.canary.sweep import SweepReport
 
 log = logging.getLogger("ftdeploy.metrics")
 

@@ -23,7 +23,7 @@ from worker import metrics
 from worker.logs import EventFormatter, event
 
 if TYPE_CHECKING:
-    from registry.sweep import SweepReport
+    from registry.canary.sweep import SweepReport
 
 log = logging.getLogger("ftdeploy.worker")
 

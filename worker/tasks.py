@@ -15,7 +15,8 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from registry import events, operations, outcomes, pipeline, sweep
+from registry import operations
+from registry.canary import outcomes, sweep
 from registry.db import session_factory, unit_of_work
 from registry.deployments import deploy
 from registry.errors import (
@@ -25,8 +26,9 @@ from registry.errors import (
     JobNotFinished,
     RunNotDeployable,
 )
+from registry.jobs import events, pipeline
+from registry.jobs.openai_jobs import fetch_job, fetch_result_metrics, make_client
 from registry.models import FinetuningRun, OperationKind, utcnow
-from registry.openai_jobs import fetch_job, fetch_result_metrics, make_client
 from registry.settings import Settings, get_settings
 from worker import metrics, observability
 from worker.app import app
@@ -266,7 +268,8 @@ def _outcome_resolver(database_url: str) -> outcomes.VersionResolver:
 @app.task(name="ftdeploy.auto_promote_sweep")
 def auto_promote_sweep() -> dict[str, Any]:
     """Beat's sweep over every live canary: hold, step, promote or roll back each (see
-    `registry.sweep`). Safe to overlap with itself; a failed sweep is simply the next one's."""
+    `registry.canary.sweep`). Safe to overlap with itself; a failed sweep is simply the next
+    one's."""
     report = sweep.auto_promote_sweep(session_factory())
     metrics.sweep_report(report)
     observability.log_sweep(report)

@@ -6,7 +6,7 @@
    refused before a byte is read).
 2. The openai SDK's `webhooks.unwrap()` checks the Standard Webhooks signature over the raw body
    with `FTDEPLOY_WEBHOOK_SECRET` (any of several `v1,` signatures may match; the timestamp must
-   be within 300 s either way) and parses the JSON; `registry.webhooks.parse_event` checks that
+   be within 300 s either way) and parses the JSON; `registry.jobs.webhooks.parse_event` checks that
    it is an event.
 3. A finished-job event is recorded (delivery + job event, one transaction, deduplicated on
    `webhook-id`) and committed; then the 2xx is sent, then the job is handed to the broker. A
@@ -41,9 +41,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from registry import webhooks
 from registry.db import ping, unit_of_work
 from registry.errors import InvalidInput
+from registry.jobs import webhooks
 from registry.settings import Settings, get_settings
 from worker.logs import event
 from worker.tasks import send_job_finished

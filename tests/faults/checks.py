@@ -21,8 +21,9 @@ from typing import Any
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from registry import events, operations
+from registry import operations
 from registry.db import session_factory, unit_of_work
+from registry.jobs import events
 from registry.models import (
     Base,
     Deployment,

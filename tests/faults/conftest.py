@@ -25,7 +25,7 @@ from tests.harness import (
     worker_env,
 )
 from tests.worker.e2e_stack import EventView, Stack
-from worker.fake_openai import FakeOpenAI
+from worker.demo.fake_openai import FakeOpenAI
 
 SETTINGS = {
     "visibility_timeout_seconds": 6,

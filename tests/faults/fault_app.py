@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import registry.pipeline
+import registry.jobs.pipeline
 import worker.tasks
 from registry.settings import get_settings
 from worker.app import app
@@ -109,15 +109,15 @@ def _install() -> None:
     # references to `fetch_job` and `unit_of_work`: patch those names, and fail loudly if a
     # refactoring moved them (a fault test that cannot inject its fault must not pass).
     for module, name in (
-        (registry.pipeline, "complete_job"),
+        (registry.jobs.pipeline, "complete_job"),
         (worker.tasks, "fetch_job"),
         (worker.tasks, "unit_of_work"),
     ):
         if not callable(getattr(module, name, None)):
             raise RuntimeError(f"fault app: {module.__name__}.{name} is gone")
     if POINTS.get("before_commit") or POINTS.get("after_commit"):
-        completed = _note_completion(registry.pipeline.complete_job)
-        registry.pipeline.complete_job = _wrap_complete_job(completed)
+        completed = _note_completion(registry.jobs.pipeline.complete_job)
+        registry.jobs.pipeline.complete_job = _wrap_complete_job(completed)
         worker.tasks.unit_of_work = _wrap_unit_of_work(worker.tasks.unit_of_work)
     if POINTS.get("poison"):
         worker.tasks.fetch_job = _wrap_fetch_job(worker.tasks.fetch_job)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kombu import Exchange, Producer
 
-from registry.events import JOB_ID_PATTERN
+from registry.jobs.events import JOB_ID_PATTERN
 from registry.tenants import SLUG_PATTERN
 from tests.dbdump import diff, dump
 from tests.faults.conftest import FaultStack

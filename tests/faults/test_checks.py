@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from registry import events
 from registry.db import unit_of_work
+from registry.jobs import events
 from registry.models import EventState
 from tests.factories import deploy_new, make_tenant
 from tests.faults.checks import check_all, make_bystander

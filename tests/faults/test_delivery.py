@@ -11,10 +11,10 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from registry import events
+from registry.canary.outcomes import Outcome, store_outcomes
 from registry.db import unit_of_work
+from registry.jobs import events
 from registry.models import Operation, OperationStatus, Tenant, TrafficEvent
-from registry.outcomes import Outcome, store_outcomes
 from tests.faults.conftest import FaultStack
 from tests.services import libpq_url
 from worker import cli

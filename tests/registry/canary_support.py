@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import deployments, retention, sweep, versions
+from registry import deployments, versions
+from registry.canary import retention, sweep
+from registry.canary.outcomes import Outcome, store_outcomes
 from registry.models import Deployment, ModelVersion, TrafficEvent
-from registry.outcomes import Outcome, store_outcomes
 from tests.factories import deploy_new, make_tenant
 
 # On a bucket boundary, so outcomes recorded at a step's start fall inside its window.

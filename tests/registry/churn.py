@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.db import lock_tenant, make_engine
 from registry.deployments import deploy
 from registry.errors import FtdeployError, NothingToRollBack, VersionNotFound
+from registry.jobs.runs import record_evaluation, record_run
 from registry.models import Deployment, ModelVersion, Tenant, TrafficEvent
-from registry.runs import record_evaluation, record_run
 from registry.tenants import PolicyChanges, create_tenant, find_tenant, set_policy
 from registry.versions import promote, rollback
 from tests.factories import job_snapshot

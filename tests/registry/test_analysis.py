@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from registry.analysis import (
+from registry.canary.analysis import (
     Action,
     CanaryPolicy,
     CanaryState,

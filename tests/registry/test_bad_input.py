@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from registry import audit, deployments, operations, runs, tenants, versions
+from registry import audit, deployments, operations, tenants, versions
 from registry.db import session_factory
 from registry.errors import (
     FtdeployError,
@@ -27,6 +27,7 @@ from registry.errors import (
     TenantNotFound,
     VersionNotFound,
 )
+from registry.jobs import runs
 from registry.tenants import PolicyChanges
 from tests.dbdump import diff, dump
 from tests.registry.world import World, module_world

@@ -13,7 +13,7 @@ import pytest
 from openai.types.fine_tuning import FineTuningJob
 
 from registry.errors import InvalidInput, UpstreamPermanent, UpstreamTransient
-from registry.openai_jobs import (
+from registry.jobs.openai_jobs import (
     JobSnapshot,
     _clean,
     _final_row,
@@ -24,7 +24,7 @@ from registry.openai_jobs import (
     retry_after_seconds,
     validate_job_id,
 )
-from worker.fake_openai import DEFAULT_METRICS, FakeOpenAI
+from worker.demo.fake_openai import DEFAULT_METRICS, FakeOpenAI
 
 API_KEY = "sk-test-registry-0123456789wxyz"
 

@@ -15,9 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.errors import InvalidInput, TenantNotFound
-from registry.models import OutcomeCounter
-from registry.outcomes import (
+from registry.canary.outcomes import (
     Outcome,
     Sums,
     VersionResolver,
@@ -27,7 +25,9 @@ from registry.outcomes import (
     store_outcomes,
     validate_outcome,
 )
-from registry.recorder import OutcomeRecorder
+from registry.canary.recorder import OutcomeRecorder
+from registry.errors import InvalidInput, TenantNotFound
+from registry.models import OutcomeCounter
 from tests.factories import deploy_new, make_tenant
 from tests.harness import wait_for
 

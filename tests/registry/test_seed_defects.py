@@ -26,9 +26,9 @@ from registry.errors import (
     NothingToRollBack,
     VersionNotFound,
 )
+from registry.jobs.runs import record_run
 from registry.models import Deployment, DeploymentPolicy, ModelVersion, Tenant, TrafficEvent
 from registry.routing import Router
-from registry.runs import record_run
 from registry.tenants import PolicyChanges, get_policy, set_policy
 from tests.dbdump import diff, dump
 from tests.factories import deploy_new, job_snapshot, make_evaluation, make_run, make_tenant

@@ -14,11 +14,12 @@ import pytest
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import sweep, versions
+from registry import versions
+from registry.canary import sweep
+from registry.canary.sweep import auto_promote_sweep
 from registry.db import session_factory
 from registry.errors import NothingToRollBack
 from registry.models import DeploymentPolicy, OutcomeCounter, Tenant
-from registry.sweep import auto_promote_sweep
 from registry.tenants import PolicyChanges, set_policy
 from tests.factories import deploy_new, make_tenant
 from tests.registry.canary_support import (

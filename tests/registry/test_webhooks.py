@@ -1,4 +1,4 @@
-"""registry.webhooks: what counts as an event, and the deduplicated, transactional record."""
+"""registry.jobs.webhooks: what counts as an event, and the deduplicated, transactional record."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import webhooks
 from registry.db import session_factory
 from registry.errors import InvalidInput
-from registry.events import find_event
+from registry.jobs import webhooks
+from registry.jobs.events import find_event
+from registry.jobs.webhooks import DeliveryOutcome, WebhookEvent, parse_event, record_delivery
 from registry.models import EventState, JobEvent, WebhookDelivery
-from registry.webhooks import DeliveryOutcome, WebhookEvent, parse_event, record_delivery
 
 
 def _job_event(job_id: str = "ftjob-abc123", kind: str = "succeeded") -> dict[str, Any]:

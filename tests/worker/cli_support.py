@@ -39,5 +39,3 @@ def ok_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
     code, out, err = run(capsys, *argv, "--json")
     assert (code, err) == (0, "")
     return json.loads(out)
-
-

@@ -10,7 +10,7 @@ import pytest
 from tests import services
 from tests.harness import fresh_broker_url, reset_settings, use_env, worker_env
 from tests.worker.cli_support import cli_db  # noqa: F401  (a fixture for every CLI test)
-from worker.fake_openai import FakeOpenAI
+from worker.demo.fake_openai import FakeOpenAI
 
 
 @pytest.fixture
@@ -26,13 +26,18 @@ def broker_url(redis_service: services.Service) -> str:
 
 @pytest.fixture
 def e2e_env(
-    pg_url: str, broker_url: str, fake_openai: FakeOpenAI, tmp_path: Path,
+    pg_url: str,
+    broker_url: str,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[dict[str, str]]:
     """The worker's environment, also applied to this test process (the CLI and the task
     senders read the same settings)."""
     env = worker_env(
-        database_url=pg_url, broker_url=broker_url, openai_base_url=fake_openai.base_url,
+        database_url=pg_url,
+        broker_url=broker_url,
+        openai_base_url=fake_openai.base_url,
         data_dir=tmp_path / "data",
     )
     use_env(env, monkeypatch)

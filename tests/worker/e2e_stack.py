@@ -39,7 +39,7 @@ from tests.harness import (
     wait_for,
     worker_env,
 )
-from worker.fake_openai import FakeOpenAI
+from worker.demo.fake_openai import FakeOpenAI
 
 _T = TypeVar("_T")
 

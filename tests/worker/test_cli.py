@@ -52,7 +52,6 @@ def cli_world(world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     get_settings.cache_clear()
 
 
-
 # ------------------------------------------------------------------------------ happy paths
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from registry import events, operations, pipeline
+from registry import operations
 from registry.db import unit_of_work
+from registry.jobs import events, pipeline
 from registry.models import EventState
 from tests.factories import deploy_new, make_tenant
 from tests.worker.cli_support import ok_json, run

@@ -24,9 +24,9 @@ import pytest
 from sqlalchemy import select
 
 from registry import versions
+from registry.canary.recorder import OutcomeRecorder
 from registry.db import session_factory, unit_of_work
 from registry.models import Deployment, ModelVersion, Tenant, TrafficEvent
-from registry.recorder import OutcomeRecorder
 from registry.routing import Router
 from tests.factories import deploy_new, make_tenant
 from tests.harness import WorkerProcess

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from registry import events as job_events
 from registry.db import unit_of_work
+from registry.jobs import events as job_events
 from registry.models import Deployment, ModelVersion
 from tests.worker.e2e_stack import EventView, Stack, e2e_stack
 from worker import cli

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from registry import events
 from registry.db import unit_of_work
+from registry.jobs import events
 from registry.versions import list_versions
 from tests.harness import reset_settings, wait_for
 from worker import cli
-from worker.fake_openai import FakeOpenAI
+from worker.demo.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.e2e
 

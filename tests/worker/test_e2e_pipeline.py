@@ -15,7 +15,7 @@ import pytest
 from registry.models import Deployment, ModelVersion, Operation, TrafficEvent
 from tests.worker.e2e_stack import Stack, e2e_stack
 from worker import cli
-from worker.fake_openai import DEFAULT_METRICS
+from worker.demo.fake_openai import DEFAULT_METRICS
 
 pytestmark = pytest.mark.e2e
 

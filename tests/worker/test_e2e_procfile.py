@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from registry import events
 from registry.db import session_factory, unit_of_work
+from registry.jobs import events
 from registry.versions import list_versions
 from tests import services
 from tests.harness import REPO, fresh_broker_url, reset_settings, wait_for, worker_env
 from tests.worker.webhook_signing import new_secret
 from worker import cli
-from worker.fake_openai import FakeOpenAI
+from worker.demo.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.e2e
 

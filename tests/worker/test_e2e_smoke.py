@@ -8,11 +8,11 @@ import pytest
 
 from registry import versions
 from registry.db import unit_of_work
-from registry.events import find_event
+from registry.jobs.events import find_event
 from registry.models import EventState
 from tests.harness import running_worker, wait_for
 from worker import cli
-from worker.fake_openai import FakeOpenAI
+from worker.demo.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.e2e
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry.canary.outcomes import Refusal, StoreResult
+from registry.canary.sweep import SweepItem, SweepReport
 from registry.errors import InvalidInput, UpstreamPermanent, UpstreamTransient
-from registry.outcomes import Refusal, StoreResult
-from registry.sweep import SweepItem, SweepReport
 from tests.factories import deploy_new, make_tenant
 from worker import metrics
 

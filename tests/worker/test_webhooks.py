@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 from registry import db as registry_db
 from registry.db import unit_of_work
 from registry.errors import InvalidInput
-from registry.events import find_event
+from registry.jobs.events import find_event
 from registry.models import JobEvent, WebhookDelivery
 from registry.settings import Settings
 from tests import services

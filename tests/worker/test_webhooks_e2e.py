@@ -20,13 +20,13 @@ from sqlalchemy import func, select
 
 from registry import audit, versions
 from registry.db import unit_of_work
-from registry.events import find_event
+from registry.jobs.events import find_event
 from registry.models import EventState, WebhookDelivery
 from tests.harness import REPO, running_worker, wait_for
 from tests.worker.webhook_signing import Delivery, job_event, new_secret, sign
 from worker import cli
 from worker.app import QUEUE
-from worker.fake_openai import FakeOpenAI
+from worker.demo.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.e2e
 

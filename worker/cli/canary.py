@@ -1,5 +1,6 @@
 """`ftdeploy outcome` and `ftdeploy status`: outcomes from people and scripts, and what the
-auto-promote sweep sees and would do next. Registered on the main parser by `worker.cli`."""
+auto-promote sweep sees and would do next. Registered on the main parser by
+`worker.cli.commands`."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from registry.canaries import Assessment, assess, read_live_canaries, samples
+from registry.canary.canaries import Assessment, assess, read_live_canaries, samples
+from registry.canary.outcomes import VersionResolver, store_outcomes, validate_outcome
 from registry.db import session_factory, unit_of_work
 from registry.models import ModelVersion, utcnow
-from registry.outcomes import VersionResolver, store_outcomes, validate_outcome
 from registry.settings import get_settings
 from registry.tenants import find_tenant
-from worker import metrics, views
+from worker import metrics
+from worker.cli import views
 
 
 def cmd_outcome(args: argparse.Namespace) -> int:

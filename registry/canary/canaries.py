@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, case, func, select
 from sqlalchemy.orm import Session, aliased
 
-from registry.analysis import (
+from registry.canary.analysis import (
     CanaryPolicy,
     CanaryState,
     Counts,

@@ -39,12 +39,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import versions
-from registry.analysis import Action
-from registry.canaries import Assessment, LiveCanary, assess, read_live_canaries
+from registry.canary.analysis import Action
+from registry.canary.canaries import Assessment, LiveCanary, assess, read_live_canaries
+from registry.canary.retention import enforce_retention
 from registry.db import lock_tenant
 from registry.errors import FtdeployError
 from registry.models import Deployment, DeploymentStatus, ModelVersion, VersionStatus, utcnow
-from registry.retention import enforce_retention
 
 ACTOR = "auto"
 AUDIT_ACTIONS = {

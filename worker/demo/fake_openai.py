@@ -14,8 +14,8 @@ Guarantees:
   or stored; only a masked form appears in a 401 body, as OpenAI does.
 - Thread-safe; binds 127.0.0.1 by default (port 0 picks a free port); `stop()` returns promptly
   even while a slow reply is pending, and closes kept-alive connections.
-- Stdlib only, so it runs anywhere the tests do. `python -m worker.fake_openai --port N` runs it
-  in the foreground; the `/_fake/…` admin API scripts it from another process.
+- Stdlib only, so it runs anywhere the tests do. `python -m worker.demo.fake_openai --port N`
+  runs it in the foreground; the `/_fake/…` admin API scripts it from another process.
 """
 
 from __future__ import annotations
@@ -581,7 +581,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the fake in the foreground until SIGINT/SIGTERM; prints its base URL first."""
-    parser = argparse.ArgumentParser(prog="python -m worker.fake_openai", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m worker.demo.fake_openai", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     args = parser.parse_args(argv)

@@ -47,7 +47,7 @@ def run_demo(keep: bool = False) -> int:
     """Run the demo; returns the exit status (0: every step reached its expected state)."""
     started = time.monotonic()
     data_dir = Path(tempfile.mkdtemp(prefix="ftdeploy-demo-"))
-    from worker.fake_openai import FakeOpenAI
+    from worker.demo.fake_openai import FakeOpenAI
 
     worker: subprocess.Popen[bytes] | None = None
     log_path = data_dir / "worker.log"
@@ -150,7 +150,7 @@ def _walk_through(fake: Any) -> None:
 def _job_finished(job_id: str) -> str:
     """Publish the event as the pipeline would; wait until the worker ended it as done."""
     from registry.db import unit_of_work
-    from registry.events import find_event
+    from registry.jobs.events import find_event
     from registry.models import EventState
 
     _cli("job-finished", job_id)

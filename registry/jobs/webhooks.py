@@ -19,8 +19,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry import events
 from registry.errors import InvalidInput
+from registry.jobs import events
 from registry.models import WebhookDelivery, utcnow
 
 # The events that mean "this fine-tuning job ended"; their payload carries only `data.id`.

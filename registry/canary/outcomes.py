@@ -5,8 +5,8 @@ version that served it, success, and optionally a score in 0..1 and a latency in
 No outcome gets a row of its own: outcomes are summed per (version, bucket) and written with one
 `INSERT … ON CONFLICT (version_id, bucket_start) DO UPDATE` (adding the sums) per batch.
 
-Three doors share this module: the in-process `registry.recorder.OutcomeRecorder` (aggregates in
-memory, flushes in the background, on size or on `flush()`), and the Celery task
+Three doors share this module: the in-process `registry.canary.recorder.OutcomeRecorder`
+(aggregates in memory, flushes in the background, on size or on `flush()`), and the Celery task
 `ftdeploy.record_outcomes` and the `ftdeploy outcome` command, which both call `store_outcomes`
 inside their unit of work.
 
@@ -18,7 +18,7 @@ Guarantees:
 - An outcome for a version that is not live (staging, deprecated, archived, or one a stale
   routing snapshot still picked) is kept on its version's counters like any other. It does not
   count toward a canary: the analysis reads only production versions' buckets that begin at or
-  after the canary's current step began (`registry.canaries`), and the step begins when the
+  after the canary's current step began (`registry.canary.canaries`), and the step begins when the
   version's traffic last changed, after any outcome it got while it was not live.
 - The recorder keeps counts whose flush failed and writes them with the next flush: at least
   once. A flush whose commit succeeded but whose acknowledgement was lost is counted twice.

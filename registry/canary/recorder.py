@@ -2,8 +2,8 @@
 
 `record()` validates an outcome, resolves its version (cached) and adds it to in-memory sums per
 (tenant, version, bucket); flushes write those sums with batched upserts
-(`registry.outcomes.upsert_counters`). One flush writes one row per bucket touched, however many
-outcomes it holds: that, not the request rate, is what the database sees.
+(`registry.canary.outcomes.upsert_counters`). One flush writes one row per bucket touched,
+however many outcomes it holds: that, not the request rate, is what the database sees.
 
 Usage in a serving app::
 
@@ -30,8 +30,7 @@ from typing import Protocol
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.errors import FtdeployError, InvalidInput
-from registry.outcomes import (
+from registry.canary.outcomes import (
     MAX_COUNT,
     MAX_LATENCY_MS,
     Ids,
@@ -46,6 +45,7 @@ from registry.outcomes import (
     upsert_counters,
     validate_outcome,
 )
+from registry.errors import FtdeployError, InvalidInput
 
 log = logging.getLogger("ftdeploy.outcomes")
 

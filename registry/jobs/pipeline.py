@@ -1,6 +1,6 @@
 """From a finished fine-tuning job to serving traffic: the event's domain steps.
 
-The worker polls OpenAI outside any transaction (`registry.openai_jobs`), then calls
+The worker polls OpenAI outside any transaction (`registry.jobs.openai_jobs`), then calls
 `complete_job` in one unit of work: resolve the tenant, record the run, and deploy through the
 evaluation gate. Failures for good end the event with their reason (`fail_job`).
 """
@@ -13,10 +13,10 @@ from sqlalchemy.orm import Session
 
 from registry.db import lock_tenant
 from registry.deployments import DeployResult, deploy
-from registry.events import end_attempt, finish_event
+from registry.jobs.events import end_attempt, finish_event
+from registry.jobs.openai_jobs import JobSnapshot
+from registry.jobs.runs import record_run, tenant_for_job
 from registry.models import EventState
-from registry.openai_jobs import JobSnapshot
-from registry.runs import record_run, tenant_for_job
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry.errors import InvalidInput, RunNotFound, TenantMismatch, TenantUnknownForJob
+from registry.jobs.openai_jobs import JobSnapshot
 from registry.models import Evaluation, FinetuningRun, Recommendation, Tenant
-from registry.openai_jobs import JobSnapshot
 from registry.tenants import find_tenant
 
 MAX_METRICS = 100

@@ -14,14 +14,15 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from registry import audit, events, operations, runs, versions
+from registry import audit, operations, versions
 from registry.db import session_factory, unit_of_work
 from registry.errors import FtdeployError
+from registry.jobs import events, runs
 from registry.models import OperationStatus
 from registry.routing import Router
 from registry.settings import get_settings
 from registry.tenants import PolicyChanges, create_tenant, find_tenant, get_policy, set_policy
-from worker import views
+from worker.cli import views
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -44,7 +45,7 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
 def _policy_changes(args: argparse.Namespace) -> PolicyChanges:
     steps = None
     if args.steps is not None:
-        from registry.analysis import parse_steps
+        from registry.canary.analysis import parse_steps
 
         steps = parse_steps(args.steps)
     return PolicyChanges(
@@ -222,7 +223,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from worker.demo import run_demo
+    from worker.demo.flow import run_demo
 
     return run_demo(keep=args.keep)
 
@@ -345,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="server processes")
 
-    from worker import canary_cli
+    from worker.cli import canary as canary_cli
 
     canary_cli.add_commands(command)
     return parser
@@ -393,7 +394,3 @@ def run() -> None:
         sys.stderr.close()
         code = 0
     sys.exit(code)
-
-
-if __name__ == "__main__":
-    run()
