@@ -255,14 +255,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> int:
     """Run the receiver under uvicorn until SIGTERM/SIGINT (graceful: in-flight requests end).
 
-    Refuses to start, with InvalidInput, when the webhook secret is missing or malformed."""
+    Refuses to start, with InvalidInput, when the webhook secret is missing or malformed, and
+    with SchemaNotCurrent when the database is not migrated."""
     import uvicorn
 
     from worker import logs
+    from worker.startup import check_database
 
     settings = get_settings()
     require_secret(settings)
     logs.configure(as_json=settings.log_json)
+    # Refuses (SchemaNotCurrent) a database that is not migrated: every delivery would fail.
+    warning = check_database(settings)
+    if warning:
+        event(log, "receiver.start_warning", logging.WARNING, reason=warning)
     uvicorn.run(
         "worker.web:create_app",
         factory=True,  # an import string, so that --workers N can start N processes
