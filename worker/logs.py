@@ -95,11 +95,20 @@ class MaskingFilter(logging.Filter):
     """For other libraries' handlers: the record's message and traceback masked and bounded."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a bad format string: leave it to the handler's own error path
-            return True
-        record.msg, record.args = cut(message, 4 * MAX_FIELD_CHARS), None
+        args = record.args
+        if isinstance(args, tuple) and all(isinstance(a, str | int | float) for a in args):
+            # Plain arguments are masked one by one: some formatters read them (uvicorn's
+            # access log unpacks its five).
+            record.args = tuple(cut(a, MAX_FIELD_CHARS) if isinstance(a, str) else a for a in args)
+            if isinstance(record.msg, str):
+                record.msg = cut(record.msg, MAX_FIELD_CHARS)
+        else:
+            # Anything else (an exception's repr, a mapping) is rendered, then masked whole.
+            try:
+                message = record.getMessage()
+            except Exception:  # a bad format string: leave it to the handler's own error path
+                return True
+            record.msg, record.args = cut(message, 4 * MAX_FIELD_CHARS), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
