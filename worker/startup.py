@@ -72,6 +72,8 @@ def check_database(settings: Settings) -> str | None:
     """Upgrade the embedded database; raise SchemaNotCurrent unless the schema is current.
     Returns a warning when the database cannot be reached (nothing could be checked)."""
     url = settings.database_url_value
+    if url.rstrip("/") == "sqlite:" or ":memory:" in url or "mode=memory" in url:
+        return None  # each connection its own empty database: nothing to check or keep
     if settings.is_embedded_database:
         from migrations import upgrade
 
