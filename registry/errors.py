@@ -161,3 +161,47 @@ class JobDeadlineExceeded(FtdeployError):
         self.job_id = job_id
         self.seconds = seconds
         super().__init__(f"job {job_id} did not finish within {seconds:g} s; giving up")
+
+
+class SettingsInvalid(FtdeployError):
+    """The configuration from the environment is unusable. One line per problem, each naming its
+    environment variable; values are never repeated (they may be secrets)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[tuple[str | None, str]]) -> None:
+        self.problems = problems
+        lines = [
+            f"invalid setting {name}: {problem}" if name else f"invalid settings: {problem}"
+            for name, problem in problems
+        ]
+        super().__init__("\n".join(lines) or "invalid settings")
+
+
+class SchemaNotCurrent(FtdeployError):
+    """The database's schema is not at the migrations' head (never migrated, or behind, or
+    migrated by a newer ftdeploy)."""
+
+    exit_code = 2
+
+    def __init__(
+        self, current: tuple[str, ...], head: tuple[str, ...], newer: bool = False
+    ) -> None:
+        self.current = current
+        self.head = head
+        self.newer = newer
+        at = ", ".join(current) if current else "no ftdeploy schema"
+        if newer:
+            advice = "it was migrated by a newer ftdeploy; run that version (or upgrade this one)"
+        else:
+            advice = "run `ftdeploy db upgrade` first"
+        super().__init__(
+            f"the database schema is not current (database: {at}; expected: {', '.join(head)}): "
+            + advice
+        )
+
+
+class StartRefused(FtdeployError):
+    """A process refuses to start: its configuration cannot work (the message says what to set)."""
+
+    exit_code = 2

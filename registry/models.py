@@ -347,6 +347,9 @@ class Operation(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+COUNT = BigInteger().with_variant(Integer, "sqlite")
+
+
 class OutcomeCounter(Base):
     """Online outcomes of one version in one time bucket, summed (no row per request)."""
 
@@ -367,13 +370,15 @@ class OutcomeCounter(Base):
         ForeignKey("ai_model_versions.id", ondelete="CASCADE"), nullable=False
     )
     bucket_start: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
-    requests: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    successes: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # 64-bit counts (migration 0003): one tenant sending large counts must not overflow a bucket
+    # (SQLite's INTEGER is 64-bit already).
+    requests: Mapped[int] = mapped_column(COUNT, nullable=False, default=0)
+    successes: Mapped[int] = mapped_column(COUNT, nullable=False, default=0)
     score_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     score_sq_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
-    score_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    score_count: Mapped[int] = mapped_column(COUNT, nullable=False, default=0)
     latency_ms_sum: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
-    latency_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    latency_count: Mapped[int] = mapped_column(COUNT, nullable=False, default=0)
 
 
 class WebhookDelivery(Base):

@@ -3,9 +3,11 @@ per test (PostgreSQL: a copy of a migrated template; SQLite: a copy of a migrate
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,13 @@ from registry import db as registry_db
 from tests import services
 
 _counter = itertools.count()
+
+# The default data directory is the user's ($XDG_DATA_HOME/ftdeploy): no test, and no process a
+# test starts, may touch the real one. Set before any test module is imported, because importing
+# the Celery app with the embedded broker already creates directories there.
+_DATA_HOME = tempfile.mkdtemp(prefix="ftdeploy-test-xdg-")
+os.environ["XDG_DATA_HOME"] = _DATA_HOME
+atexit.register(shutil.rmtree, _DATA_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

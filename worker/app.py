@@ -16,6 +16,7 @@ from celery.beat import PersistentScheduler
 
 from registry.settings import Settings, get_settings
 from worker import embedded_broker
+from worker.startup import settings_or_exit  # also: the worker's checks at worker_init
 
 QUEUE = "ftdeploy"
 
@@ -112,4 +113,6 @@ class Scheduler(PersistentScheduler):
         super().setup_schedule()
 
 
-app = make_app()
+# Unusable settings end the process here with one line per problem (`celery -A worker.app` would
+# otherwise print a traceback holding pydantic's message).
+app = make_app(settings_or_exit())

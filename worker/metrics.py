@@ -1,4 +1,5 @@
-"""The worker's Prometheus metrics, all defined here, served on FTDEPLOY_METRICS_PORT.
+"""The worker's Prometheus metrics, all defined here, served on FTDEPLOY_METRICS_PORT (on
+FTDEPLOY_METRICS_HOST, 127.0.0.1 by default).
 
 Exposed (all counters but the last two):
 - `ftdeploy_job_events_total{outcome}`: job-finished events handled (done, failed, refused,
@@ -245,7 +246,10 @@ def start_server(settings: Settings) -> int | None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))
     registry.register(DeploymentsCollector(settings.database_url_value))
-    server, _ = start_http_server(settings.metrics_port, registry=registry)
+    # FTDEPLOY_METRICS_HOST, loopback by default: the metrics are served without authentication.
+    server, _ = start_http_server(
+        settings.metrics_port, addr=settings.metrics_host, registry=registry
+    )
     return int(server.server_port)
 
 

@@ -20,7 +20,7 @@ from celery import signals
 
 from registry.settings import get_settings
 from worker import metrics
-from worker.logs import EventFormatter, event
+from worker.logs import EventFormatter, MaskingFilter, event
 
 if TYPE_CHECKING:
     from registry.canary.sweep import SweepReport
@@ -43,8 +43,22 @@ def configure_logs(as_json: bool, level: int | str = logging.INFO) -> None:
 
 
 @signals.after_setup_logger.connect
-def _on_logging_ready(loglevel: Any = None, **_: Any) -> None:
+def _on_logging_ready(logger: Any = None, loglevel: Any = None, **_: Any) -> None:
     configure_logs(get_settings().log_json, loglevel or logging.INFO)
+    _mask_handlers(logger)
+
+
+@signals.after_setup_task_logger.connect
+def _on_task_logging_ready(logger: Any = None, **_: Any) -> None:
+    _mask_handlers(logger)
+
+
+def _mask_handlers(logger: logging.Logger | None) -> None:
+    # Celery's own lines quote exceptions (a task's error, a connection failure): masked and
+    # bounded like ours.
+    for handler in getattr(logger, "handlers", ()):
+        if not any(isinstance(f, MaskingFilter) for f in handler.filters):
+            handler.addFilter(MaskingFilter())
 
 
 # What the metrics server did at worker_init, logged once logging is up (Celery sets up logging

@@ -44,7 +44,13 @@ TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 @lru_cache(maxsize=1)
 def openai_client() -> openai.OpenAI:
-    return make_client(timeout=get_settings().openai_timeout_seconds)
+    # The key and URL as the settings cleaned them (a file-mounted key loses its newline).
+    settings = get_settings()
+    return make_client(
+        api_key=settings.openai_api_key_value,
+        base_url=settings.openai_base_url,
+        timeout=settings.openai_timeout_seconds,
+    )
 
 
 def retry_delay(error: Exception, retries: int, settings: Settings) -> float:

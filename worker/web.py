@@ -3,7 +3,9 @@
 `POST /webhooks/openai`, in this order:
 
 1. The body is read with a bound (`FTDEPLOY_WEBHOOK_MAX_BODY_BYTES`; a larger Content-Length is
-   refused before a byte is read).
+   refused before a byte is read) and a deadline (`FTDEPLOY_WEBHOOK_BODY_TIMEOUT_SECONDS`, then
+   408). Slow headers, idle connections and the number of connections are bounded by the server
+   (`worker.receiver_server`).
 2. The openai SDK's `webhooks.unwrap()` checks the Standard Webhooks signature over the raw body
    with `FTDEPLOY_WEBHOOK_SECRET` (any of several `v1,` signatures may match; the timestamp must
    be within 300 s either way) and parses the JSON; `registry.jobs.webhooks.parse_event` checks that
@@ -12,16 +14,18 @@
    `webhook-id`) and committed; then the 2xx is sent, then the job is handed to the broker. A
    crash or a broker outage after the commit leaves the event to the reconciler (beat).
 
-Guarantees: every refusal is a 400 with a small JSON reason and writes and enqueues nothing; a
-redelivery or replay of a recorded `webhook-id` is a 200 no-op; event types ftdeploy does not act
-on get a 200 and are counted; a database failure is a 503 (OpenAI retries). The secret and the
-signature never reach a log line, a response or the database.
+Guarantees: every refusal is a 400 (a 408 for a body too slow) with a small JSON reason and
+writes and enqueues nothing; a redelivery or replay of a recorded `webhook-id` is a 200 no-op;
+event types ftdeploy does not act on get a 200 and are counted; a database failure is a 503
+(OpenAI retries). The secret and the signature never reach a log line, a response or the
+database.
 
 `GET /healthz`: 200 when the database answers `SELECT 1`, else 503. `GET /metrics`: Prometheus.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -44,8 +48,10 @@ from starlette.routing import Route
 from registry.db import ping, unit_of_work
 from registry.errors import InvalidInput
 from registry.jobs import webhooks
+from registry.lograte import LogRate
 from registry.settings import Settings, get_settings
 from worker.logs import event
+from worker.receiver_server import SLOW_CLIENTS
 from worker.tasks import send_job_finished
 
 log = logging.getLogger("ftdeploy.webhooks")
@@ -65,14 +71,18 @@ DELIVERIES = Counter(
     ["outcome"],
     registry=METRICS,
 )
+METRICS.register(SLOW_CLIENTS)
+# A flood of slow clients must not become a flood of lines: a few per minute, then counts.
+_SLOW_LOG = LogRate(burst=5, per_seconds=60.0)
 
 
 class Refused(Exception):
     """A delivery answered 400: nothing written, nothing enqueued."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, status: int = 400) -> None:
         super().__init__(reason)
         self.reason = reason[:_MAX_REASON]
+        self.status = status
 
 
 def require_secret(settings: Settings) -> str:
@@ -102,9 +112,10 @@ def require_secret(settings: Settings) -> str:
 class Receiver:
     """The endpoints, bound to one secret and body limit."""
 
-    def __init__(self, secret: str, max_body_bytes: int) -> None:
+    def __init__(self, secret: str, max_body_bytes: int, body_timeout: float = 10.0) -> None:
         self._secret = secret
         self._max_body_bytes = max_body_bytes
+        self._body_timeout = body_timeout
         # The client is only a holder for `webhooks.unwrap`; it never sends a request, so it
         # needs no real API key (the SDK refuses to build a client without one).
         self._openai = openai.OpenAI(
@@ -117,8 +128,17 @@ class Receiver:
             parsed = await run_in_threadpool(self._verify, body, request.headers)
         except Refused as refusal:
             DELIVERIES.labels("refused").inc()
-            event(log, "webhook.refused", logging.WARNING, reason=refusal.reason)
-            return JSONResponse({"error": refusal.reason}, status_code=400)
+            allowed, suppressed = (True, 0) if refusal.status == 400 else _SLOW_LOG.allow("body")
+            if allowed:
+                event(
+                    log,
+                    "webhook.refused",
+                    logging.WARNING,
+                    reason=refusal.reason,
+                    status=refusal.status,
+                    **({"suppressed": suppressed} if suppressed else {}),
+                )
+            return JSONResponse({"error": refusal.reason}, status_code=refusal.status)
         try:
             outcome = await run_in_threadpool(self._record, parsed)
         except SQLAlchemyError as error:
@@ -167,13 +187,19 @@ class Receiver:
         chunks: list[bytes] = []
         size = 0
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:  # a chunked body, or one longer than it said
-                    raise Refused(f"body over the {limit}-byte limit")
-                chunks.append(chunk)
+            async with asyncio.timeout(self._body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:  # a chunked body, or one longer than it said
+                        raise Refused(f"body over the {limit}-byte limit")
+                    chunks.append(chunk)
         except ClientDisconnect:
             raise Refused("the client disconnected before sending the whole body") from None
+        except TimeoutError:
+            SLOW_CLIENTS.labels("body").inc()
+            raise Refused(
+                f"the body did not arrive within {self._body_timeout:g} s", status=408
+            ) from None
         return b"".join(chunks)
 
     def _verify(self, body: bytes, headers: Headers) -> webhooks.WebhookEvent:
@@ -242,7 +268,11 @@ def _enqueue(job_id: str) -> None:
 def create_app(settings: Settings | None = None) -> Starlette:
     """The receiver's ASGI app. Raises InvalidInput when the webhook secret is missing or bad."""
     settings = settings or get_settings()
-    receiver = Receiver(require_secret(settings), settings.webhook_max_body_bytes)
+    receiver = Receiver(
+        require_secret(settings),
+        settings.webhook_max_body_bytes,
+        settings.webhook_body_timeout_seconds,
+    )
     return Starlette(
         routes=[
             Route(WEBHOOK_PATH, receiver.openai_webhook, methods=["POST"]),
@@ -255,14 +285,23 @@ def create_app(settings: Settings | None = None) -> Starlette:
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> int:
     """Run the receiver under uvicorn until SIGTERM/SIGINT (graceful: in-flight requests end).
 
-    Refuses to start, with InvalidInput, when the webhook secret is missing or malformed."""
+    Refuses to start, with InvalidInput, when the webhook secret is missing or malformed, and
+    with SchemaNotCurrent when the database is not migrated."""
     import uvicorn
 
-    from worker import logs
+    from worker import logs, receiver_server
+    from worker.startup import check_database
 
     settings = get_settings()
     require_secret(settings)
     logs.configure(as_json=settings.log_json)
+    # Refuses (SchemaNotCurrent) a database that is not migrated: every delivery would fail.
+    warning = check_database(settings)
+    if warning:
+        event(log, "receiver.start_warning", logging.WARNING, reason=warning)
+    before, after = receiver_server.raise_open_files_limit()
+    if after != before:
+        event(log, "receiver.open_files_limit", before=before, after=after)
     uvicorn.run(
         "worker.web:create_app",
         factory=True,  # an import string, so that --workers N can start N processes
@@ -272,5 +311,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> int:
         server_header=False,
         timeout_graceful_shutdown=20,
         log_level="info",
+        **receiver_server.uvicorn_options(settings),
     )
     return 0

@@ -180,9 +180,16 @@ def _moment(at: object, now: datetime) -> datetime | None:
         raise InvalidInput("at", f"{at!r} is not a time")
     if at.tzinfo is None or at.utcoffset() is None:
         raise InvalidInput("at", f"{at.isoformat()} has no time zone")
-    if at > now + FUTURE_SLACK:
-        raise InvalidInput("at", f"{at.isoformat()} is in the future")
-    return at.astimezone(UTC)
+    try:
+        # Near datetime's limits the conversion itself overflows (0001-01-01T00:00:00+14:00).
+        if at > now + FUTURE_SLACK:
+            raise InvalidInput("at", f"{at.isoformat()} is in the future")
+        moment = at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidInput("at", f"{at.isoformat()} is out of range") from None
+    if moment < _EPOCH:
+        raise InvalidInput("at", f"{at.isoformat()} is before 1970")
+    return moment
 
 
 def bucket_start(at: datetime, seconds: int) -> datetime:
@@ -233,12 +240,14 @@ class VersionResolver:
 
     A version's model id and number never change, so a hit never goes stale. A miss (unknown
     tenant or model) is remembered for MISS_TTL_SECONDS, then asked again: a version registered
-    in the meantime is found. Thread-safe (single dict operations under the GIL).
+    in the meantime is found. A miss keeps what its refusal needs to be built again, not the
+    exception (raising one object again and again grows its traceback each time). Thread-safe
+    (single dict operations under the GIL).
     """
 
     def __init__(self, limit: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._hits: dict[tuple[str, str | int], Ids] = {}
-        self._misses: dict[tuple[str, str | int], tuple[float, FtdeployError]] = {}
+        self._misses: dict[tuple[str, str | int], tuple[float, Callable[[], FtdeployError]]] = {}
         self._limit = limit
         self._clock = clock
 
@@ -249,7 +258,7 @@ class VersionResolver:
             return hit
         miss = self._misses.get((tenant, model))
         if miss is not None and miss[0] > self._clock():
-            raise miss[1]
+            raise miss[1]()
         return None
 
     def load(self, session: Session, tenant: str, model: str | int) -> Ids:
@@ -260,7 +269,7 @@ class VersionResolver:
         except FtdeployError as error:
             if len(self._misses) >= self._limit:
                 self._misses.clear()
-            self._misses[key] = (self._clock() + MISS_TTL_SECONDS, error)
+            self._misses[key] = (self._clock() + MISS_TTL_SECONDS, _rebuilder(error))
             raise
         if len(self._hits) >= self._limit:
             self._hits.clear()
@@ -285,6 +294,18 @@ class VersionResolver:
             shown = f"v{model}" if isinstance(model, int) else repr(model)
             raise InvalidInput("model", f"tenant {tenant.slug!r} has no version {shown}")
         return tenant.id, version_id
+
+
+def _rebuilder(error: FtdeployError) -> Callable[[], FtdeployError]:
+    """A function that makes a fresh refusal like `error` (no traceback, no context kept)."""
+    if isinstance(error, TenantNotFound):
+        tenant = error.tenant
+        return lambda: TenantNotFound(tenant)
+    if isinstance(error, InvalidInput):
+        name, problem = error.field, error.problem
+        return lambda: InvalidInput(name, problem)
+    message = str(error)
+    return lambda: FtdeployError(message)
 
 
 def upsert_counters(session: Session, sums: Mapping[Key, Sums]) -> int:
@@ -341,11 +362,17 @@ def store_outcomes(
     now: datetime | None = None,
 ) -> StoreResult:
     """Validate, resolve and store a batch in the caller's transaction (the task's and the CLI's
-    path). Each refused record is listed with its index and reason; the rest are stored."""
+    path). Each refused record is listed with its index and reason; the rest are stored: a
+    record whose count would overflow its bucket's counter, or whose version was deleted
+    meanwhile, is refused on its own (`registry.canary.counter_writes.store_isolated`) and the other
+    records of the batch, of every tenant, are kept."""
+    from registry.canary.counter_writes import MAX_COUNTER, store_isolated
+
     now = now or utcnow()
     resolver = resolver or VersionResolver()
     result = StoreResult()
     pending: dict[Key, Sums] = {}
+    members: dict[Key, list[tuple[int, int]]] = {}  # the (index, count) of each row's records
     for index, record in enumerate(records):
         try:
             outcome = record if isinstance(record, Outcome) else parse_outcome(record, now=now)
@@ -354,11 +381,20 @@ def store_outcomes(
             result.refused.append(Refusal(index, field_of(error), str(error)))
             continue
         key = (tenant_id, version_id, bucket_start(outcome.at or now, bucket_seconds))
-        pending.setdefault(key, Sums()).add(outcome)
+        sums = pending.setdefault(key, Sums())
+        if sums.requests > MAX_COUNTER - outcome.count:
+            result.refused.append(Refusal(index, "count", "the count would overflow its bucket"))
+            continue
+        sums.add(outcome)
+        members.setdefault(key, []).append((index, outcome.count))
         result.recorded += outcome.count
+    for key, (field_name, reason) in store_isolated(session, pending).items():
+        for index, count in members.get(key, ()):
+            result.refused.append(Refusal(index, field_name, reason))
+            result.recorded -= count
     if pending:
-        upsert_counters(session, pending)
         session.flush()
+    result.refused.sort(key=lambda refusal: refusal.index)
     return result
 
 

@@ -11,6 +11,13 @@ Usage in a serving app::
     recorder.record("acme", model_id, success=True, score=0.9, latency_ms=412)
     ...
     recorder.close()                      # at shutdown: flushes what is left
+
+`record()` never raises into the request that calls it: a refused outcome (malformed, an unknown
+tenant or model, `None` as the model when nothing is live, a time out of range, the database
+unreachable while resolving it) returns False and is counted by field (`stats.refused`, the
+observer's metric), its reason kept in `stats.recent_refusals` and logged at a bounded rate.
+Flushes write one transaction for everything, or one per tenant when that fails, so a tenant
+whose rows the database refuses does not hold back the others (`registry.canary.counter_writes`).
 """
 
 from __future__ import annotations
@@ -21,15 +28,16 @@ import threading
 import time
 import uuid
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry.canary.counter_writes import MAX_COUNTER, write_by_tenant
 from registry.canary.outcomes import (
     MAX_COUNT,
     MAX_LATENCY_MS,
@@ -42,16 +50,19 @@ from registry.canary.outcomes import (
     VersionResolver,
     field_of,
     parse_outcome,
-    upsert_counters,
     validate_outcome,
 )
 from registry.errors import FtdeployError, InvalidInput
+from registry.lograte import LogRate
+from registry.masking import mask
 
 log = logging.getLogger("ftdeploy.outcomes")
 
 KNOWN_LIMIT = 100_000  # (tenant, model) pairs, as callers pass them, kept for the fast path
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Pending = dict[tuple[int, int], Sums]  # (slot of the ids, bucket start in epoch seconds)
+RECENT_REFUSALS = 20
+MAX_REASON = 300
 
 
 def _plain(success: object, score: object, latency_ms: object, count: object) -> bool:
@@ -80,10 +91,12 @@ class OutcomeObserver(Protocol):
 @dataclass(frozen=True)
 class RecorderStats:
     recorded: int  # outcomes accepted (sum of counts)
-    refused: dict[str, int]  # refusals by field
+    refused: dict[str, int]  # refusals by field (outcomes, and rows a flush had to drop)
     flushes: int  # flushes that wrote something
     rows_written: int  # (version, bucket) rows upserted
     pending: int  # buckets waiting for the next flush
+    rows_dropped: int = 0  # rows the database refused for good (overflow, version deleted)
+    recent_refusals: tuple[str, ...] = ()  # "field: reason" of the last refusals, newest last
 
 
 class OutcomeRecorder:
@@ -153,6 +166,9 @@ class OutcomeRecorder:
         self._refused: Counter[str] = Counter()
         self._flushes = 0
         self._rows = 0
+        self._dropped = 0
+        self._recent: deque[str] = deque(maxlen=RECENT_REFUSALS)
+        self._log_rate = LogRate(burst=5, per_seconds=60.0)
         self._thread: threading.Thread | None = None
 
     def record(
@@ -165,19 +181,18 @@ class OutcomeRecorder:
         latency_ms: float | None = None,
         count: int = 1,
         at: datetime | None = None,
-    ) -> None:
-        """Accept one outcome (or `count` alike ones). Raises InvalidInput / TenantNotFound with
-        the reason when refused; a refusal is counted and nothing of it is kept."""
-        now = self._clock()
+    ) -> bool:
+        """Accept one outcome (or `count` alike ones); True when it is kept. Never raises: a
+        refused outcome returns False, is counted under its field and keeps nothing."""
         try:
-            slot = self._known.get((tenant, model))
-        except TypeError:  # unhashable, so certainly invalid: the full validation says why
-            slot = None
-        if slot is not None and at is None and _plain(success, score, latency_ms, count):
-            bucket = int(now // self._bucket) * self._bucket
-            self._add(slot, bucket, count, success, score, latency_ms)
-            return
-        try:
+            now = self._clock()
+            try:
+                slot = self._known.get((tenant, model))
+            except TypeError:  # unhashable, so certainly invalid: the validation says why
+                slot = None
+            if slot is not None and at is None and _plain(success, score, latency_ms, count):
+                bucket = int(now // self._bucket) * self._bucket
+                return self._add(slot, bucket, count, success, score, latency_ms)
             outcome = validate_outcome(
                 tenant,
                 model,
@@ -188,14 +203,15 @@ class OutcomeRecorder:
                 at,
                 now=datetime.fromtimestamp(now, UTC),
             )
-            ids = self._resolve(outcome)
+            slot = self._slot(self._resolve(outcome))
+            if len(self._known) < KNOWN_LIMIT:
+                self._known[(tenant, model)] = slot  # valid, so hashable (str, int or UUID)
+            return self._add_outcome(slot, outcome, now)
         except FtdeployError as error:
-            self._count_refusal(field_of(error))
-            raise
-        slot = self._slot(ids)
-        if len(self._known) < KNOWN_LIMIT:
-            self._known[(tenant, model)] = slot  # valid, so hashable (str, int or UUID)
-        self._add_outcome(slot, outcome, now)
+            self._refuse(field_of(error), str(error))
+        except Exception as error:  # the database, or a bug: never the request's problem
+            self._refuse(_failure_field(error), f"{type(error).__name__}: {error}")
+        return False
 
     def record_many(self, records: Iterable[object]) -> StoreResult:
         """Accept a batch of mappings (the task's format); refusals are listed, not raised."""
@@ -204,13 +220,19 @@ class OutcomeRecorder:
         for index, record in enumerate(records):
             try:
                 outcome = parse_outcome(record, now=datetime.fromtimestamp(now, UTC))
-                ids = self._resolve(outcome)
+                kept = self._add_outcome(self._slot(self._resolve(outcome)), outcome, now)
             except FtdeployError as error:
-                self._count_refusal(field_of(error))
-                result.refused.append(Refusal(index, field_of(error), str(error)))
+                field_name, reason = field_of(error), str(error)
+            except Exception as error:
+                field_name, reason = _failure_field(error), f"{type(error).__name__}: {error}"
+            else:
+                if kept:
+                    result.recorded += outcome.count
+                else:
+                    result.refused.append(Refusal(index, "count", _OVERFLOW))
                 continue
-            self._add_outcome(self._slot(ids), outcome, now)
-            result.recorded += outcome.count
+            self._refuse(field_name, reason)
+            result.refused.append(Refusal(index, field_name, _bounded(reason)))
         return result
 
     def _resolve(self, outcome: Outcome) -> Ids:
@@ -228,10 +250,12 @@ class OutcomeRecorder:
                 self._slots.append(ids)
             return slot
 
-    def _add_outcome(self, slot: int, outcome: Outcome, now: float) -> None:
+    def _add_outcome(self, slot: int, outcome: Outcome, now: float) -> bool:
         moment = outcome.at.timestamp() if outcome.at is not None else now
         bucket = int(moment // self._bucket) * self._bucket
-        self._add(slot, bucket, outcome.count, outcome.success, outcome.score, outcome.latency_ms)
+        return self._add(
+            slot, bucket, outcome.count, outcome.success, outcome.score, outcome.latency_ms
+        )
 
     def _add(
         self,
@@ -241,15 +265,18 @@ class OutcomeRecorder:
         success: bool,
         score: float | None,
         latency_ms: float | None,
-    ) -> None:
+    ) -> bool:
         key = (slot, bucket)
         with self._lock:
             sums = self._pending.get(key)
             if sums is None:
                 sums = self._pending[key] = Sums()
-            sums.add_values(count, success, score, latency_ms)
-            self._pending_records += 1
-            self._recorded += count
+            elif sums.requests > MAX_COUNTER - count:
+                sums = None  # the bucket's counter would overflow: refuse this one
+            if sums is not None:
+                sums.add_values(count, success, score, latency_ms)
+                self._pending_records += 1
+                self._recorded += count
             full = self._pending_records >= self._max_pending
             start = self._background and self._thread is None and not self._stop.is_set()
             if start:
@@ -257,25 +284,40 @@ class OutcomeRecorder:
                     target=self._run, name="ftdeploy-outcomes", daemon=True
                 )
                 self._thread.start()
+        if sums is None:
+            self._refuse("count", _OVERFLOW)
+            return False
         if self._observer is not None:
             self._observer.recorded(count)
         if full:
             if self._background and not self._stop.is_set():
                 self._wake.set()
             else:
-                self.flush()
+                self._flush_logged()
+        return True
 
-    def _count_refusal(self, field_name: str) -> None:
+    def _refuse(self, field_name: str, reason: str, rows: int = 0) -> None:
+        """Count a refusal (an outcome, or a row a flush dropped) and log it at a bounded rate."""
+        reason = _bounded(reason)
         with self._lock:
             self._refused[field_name] += 1
+            self._dropped += rows
+            self._recent.append(f"{field_name}: {reason}")
         if self._observer is not None:
             self._observer.refused(field_name)
+        allowed, suppressed = self._log_rate.allow(("refused", field_name))
+        if allowed:
+            fields = {"field": field_name, "reason": reason, "suppressed": suppressed}
+            log.warning("outcomes.refused", extra={"ftdeploy_fields": fields})
 
     def flush(self) -> int:
         """Write everything pending now; returns the number of (version, bucket) rows written.
 
-        Raises the database's error if the write fails; the counts then stay pending. Rows whose
-        version or tenant was deleted meanwhile are dropped (logged), the others written.
+        One transaction, or one per tenant when that fails: a tenant's rows that fail do not
+        hold back the others'. Rows the database refuses for good (a counter that would
+        overflow, a version deleted meanwhile) are dropped and counted as refusals; rows that
+        failed otherwise stay pending for the next flush, and the first such error is raised
+        once the others are written.
         """
         with self._flush_lock:
             with self._lock:
@@ -283,57 +325,57 @@ class OutcomeRecorder:
                 self._pending_records = 0
             if not pending:
                 return 0
-            try:
-                written = self._write(pending)
-            except Exception:
-                with self._lock:
-                    for key, sums in pending.items():
-                        self._pending.setdefault(key, Sums()).merge(sums)
-                raise
+            slots = self._slots
+            origin: dict[Key, tuple[int, int]] = {
+                (*slots[slot], _EPOCH + timedelta(seconds=bucket)): (slot, bucket)
+                for slot, bucket in pending
+            }
+            batch = {key: pending[place] for key, place in origin.items()}
+            report = write_by_tenant(self._sessions, batch)
             with self._lock:
-                self._flushes += 1
-                self._rows += written
-            return written
+                for key in batch:  # not settled: kept for the next flush
+                    self._pending.setdefault(origin[key], Sums()).merge(batch[key])
+                if report.written:
+                    self._flushes += 1
+                self._rows += report.written
+            for key, (field_name, reason) in report.refused.items():
+                self._refuse(field_name, f"dropped a row of version {key[1]}: {reason}", rows=1)
+            if report.error is not None:
+                raise report.error
+            return report.written
 
-    def _write(self, pending: Pending) -> int:
-        slots = self._slots
-        batch: dict[Key, Sums] = {
-            (*slots[slot], _EPOCH + timedelta(seconds=bucket)): sums
-            for (slot, bucket), sums in pending.items()
-        }
+    def _flush_logged(self) -> None:
+        """A flush whose failure is logged, not raised (the background thread's, record()'s)."""
         try:
-            with self._sessions() as session, session.begin():
-                upsert_counters(session, batch)
-            return len(batch)
-        except IntegrityError:
-            pass
-        # A version (or tenant) deleted since it was resolved: write row by row, drop those.
-        written = 0
-        for key, sums in batch.items():
-            try:
-                with self._sessions() as session, session.begin():
-                    upsert_counters(session, {key: sums})
-                written += 1
-            except IntegrityError:
-                fields = {"version_id": str(key[1]), "requests": sums.requests}
-                log.warning("outcomes.dropped", extra={"ftdeploy_fields": fields})
-        return written
+            self.flush()
+        except Exception as error:  # kept pending; the next flush retries
+            allowed, suppressed = self._log_rate.allow(("flush_failed", type(error).__name__))
+            if allowed:
+                fields = {
+                    "error": type(error).__name__,
+                    "reason": _bounded(_first_line(error)),
+                    "pending": self.stats.pending,
+                    "suppressed": suppressed,
+                }
+                log.warning("outcomes.flush_failed", extra={"ftdeploy_fields": fields})
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.wait(self._flush_seconds)
             self._wake.clear()
-            try:
-                self.flush()
-            except Exception as error:  # kept pending; the next flush retries
-                fields = {"error": type(error).__name__}
-                log.warning("outcomes.flush_failed", extra={"ftdeploy_fields": fields})
+            self._flush_logged()
 
     @property
     def stats(self) -> RecorderStats:
         with self._lock:
             return RecorderStats(
-                self._recorded, dict(self._refused), self._flushes, self._rows, len(self._pending)
+                self._recorded,
+                dict(self._refused),
+                self._flushes,
+                self._rows,
+                len(self._pending),
+                self._dropped,
+                tuple(self._recent),
             )
 
     def close(self) -> None:
@@ -351,3 +393,21 @@ class OutcomeRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_OVERFLOW = "the count would overflow its bucket's counter"
+
+
+def _failure_field(error: BaseException) -> str:
+    return "database" if isinstance(error, SQLAlchemyError) else "internal"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _bounded(reason: str) -> str:
+    """A reason from outside (an input's repr, a driver's message): masked, one line, bounded."""
+    text = " ".join(mask(reason[: 4 * MAX_REASON]).split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from registry.errors import InvalidInput
+from registry.masking import mask
 from registry.models import EventState, JobEvent, utcnow
 from registry.tenants import validate_slug
 
@@ -123,7 +124,10 @@ def finish_event(session: Session, job_id: str, state: EventState, outcome: str)
     session.execute(
         update(JobEvent)
         .where(*condition)
-        .values(state=state, outcome=outcome[:2000], updated_at=utcnow(), in_flight_since=None)
+        # The outcome may quote an external error (a driver's, an HTTP library's): masked.
+        .values(
+            state=state, outcome=mask(outcome)[:2000], updated_at=utcnow(), in_flight_since=None
+        )
     )
 
 

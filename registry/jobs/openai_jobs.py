@@ -31,6 +31,7 @@ from openai.types.fine_tuning import FineTuningJob
 from openai.types.fine_tuning.fine_tuning_job import Error as JobError
 
 from registry.errors import InvalidInput, UpstreamPermanent, UpstreamTransient
+from registry.masking import mask
 
 JOB_STATUSES = frozenset(
     {"validating_files", "queued", "running", "succeeded", "failed", "cancelled"}
@@ -81,6 +82,9 @@ def make_client(
     # max_retries=0: an SDK retry sleeps inside the task, invisible to the caller's backoff,
     # deadline and attempt count.
     client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+    # A key read from a file keeps its newline: sent as is, the HTTP library refuses the header
+    # and quotes it, key included, in its error.
+    client.api_key = (client.api_key or "").strip()
     if not client.api_key:
         client.close()
         raise openai.OpenAIError("no OpenAI API key: pass api_key or set OPENAI_API_KEY")
@@ -199,10 +203,10 @@ def _status_reason(exc: openai.APIStatusError, api_key: str) -> str:
 
 
 def _clean(text: str, api_key: str) -> str:
-    """One line, bounded, with the API key and anything key-like masked."""
+    """One line, bounded, with the API key, every configured secret and anything key-like
+    masked (`registry.masking`)."""
     text = text[: 8 * _MAX_REASON]  # bounds the work on a huge upstream message
-    if len(api_key) >= 8:  # a shorter "key" would mask ordinary words
-        text = text.replace(api_key, "***")
+    text = mask(text, [api_key] if len(api_key) >= 8 else [])  # shorter would mask words
     text = " ".join("***" if _KEYLIKE.search(word) else word for word in text.split())
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
 
@@ -291,7 +295,8 @@ def _error_text(error: object, problems: list[str]) -> str | None:
         problems.append(f"error is {_short(error)}")
         return None
     parts = [part for part in (code, message) if part]
-    return ": ".join(parts) if parts else None  # `{}` is OpenAI's "no error" too
+    # `{}` is OpenAI's "no error" too. Kept on the run and shown to operators: masked.
+    return mask(": ".join(parts)) if parts else None
 
 
 def _final_row(job_id: str, text: str) -> dict[str, float]:

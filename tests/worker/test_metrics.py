@@ -3,14 +3,18 @@ prefork worker is checked end to end in test_e2e_canary.py)."""
 
 from __future__ import annotations
 
+import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.canary.outcomes import Refusal, StoreResult
 from registry.canary.sweep import SweepItem, SweepReport
 from registry.errors import InvalidInput, UpstreamPermanent, UpstreamTransient
+from registry.settings import Settings
 from tests.factories import deploy_new, make_tenant
 from worker import metrics
 
@@ -84,3 +88,31 @@ def test_deployments_gauge_counts_the_database(
         list(metrics.DeploymentsCollector("postgresql+psycopg://nobody@127.0.0.1:1/x").collect())
         == []
     )
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses listening on `port`, from the kernel's socket table."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if int(hex_port, 16) == port and state == "0A":  # LISTEN
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux's /proc/net/tcp")
+def test_metrics_listen_on_loopback_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The directory of our own: start_server must not switch this process to multiprocess mode.
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    port = metrics.start_server(Settings(metrics_port=0, data_dir=tmp_path))
+    assert port is not None
+    assert _listening_addresses(port) == {"127.0.0.1"}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        assert reply.status == 200
+    # FTDEPLOY_METRICS_HOST opens it to other interfaces when an operator says so.
+    monkeypatch.setenv("FTDEPLOY_METRICS_HOST", "0.0.0.0")
+    wide = metrics.start_server(Settings(metrics_port=0, data_dir=tmp_path))
+    assert wide is not None and _listening_addresses(wide) == {"0.0.0.0"}
