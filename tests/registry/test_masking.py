@@ -8,7 +8,6 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 from sqlalchemy.orm import Session
-from worker.fake_openai import FakeOpenAI
 
 from registry.errors import UpstreamTransient
 from registry.jobs.events import accept_event, find_event, finish_event
@@ -16,6 +15,7 @@ from registry.jobs.openai_jobs import fetch_job, make_client
 from registry.masking import mask
 from registry.models import EventState
 from registry.settings import get_settings
+from worker.demo.fake_openai import FakeOpenAI
 
 API_KEY = "Zq81-local-gateway-key-77aa"  # not sk-shaped: only the configured value can catch it
 WEBHOOK_SECRET = "whsec_bWFza2luZy10ZXN0LXNlY3JldC0xMjM0NQ=="
