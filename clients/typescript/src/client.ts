@@ -256,7 +256,7 @@ export class Ftdeploy {
     const now = performance.now();
     for (const entry of this.#entries) {
       if (entry.routing === null) {
-        if (entry.attempted && !entry.inFlight) return "error";
+        if (entry.attempted && entry.error !== null) return "error"; // even while it retries
         state = "starting";
       } else if (state === "ready") {
         const age = entry.confirmedAt === null ? Infinity : now - entry.confirmedAt;

@@ -132,11 +132,22 @@ export class Outbox {
     this.#startTimer();
   }
 
-  /** Cuts every open batch and sends what is due now; resolves when those attempts end. */
+  /**
+   * Cuts every open batch and sends every waiting batch now (retries too); resolves when each
+   * has had one attempt, whatever its result.
+   */
   async flush(): Promise<void> {
     for (const [tenant, open] of this.#open) this.#cut(tenant, open);
-    this.#pump(true);
-    await Promise.all(this.#inFlight.values());
+    const targets = this.#queue.map((item) => ({ item, attempts: item.attempts }));
+    for (;;) {
+      const waiting = targets.some(
+        ({ item, attempts }) => this.#queue.includes(item) && (item.attempts === attempts || item.sending),
+      );
+      if (!waiting) return;
+      this.#pump(true);
+      if (this.#inFlight.size === 0) return;
+      await Promise.race(this.#inFlight.values());
+    }
   }
 
   /**
