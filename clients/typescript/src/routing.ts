@@ -174,30 +174,84 @@ export class Routing {
 
 const encoder = new TextEncoder();
 let scratch = new Uint8Array(1024);
+const POW2 = Array.from({ length: 61 }, (_, i) => 2 ** i);
+const TWO30 = 2 ** 30;
+const TWO31 = 2 ** 31;
 
-/** The subject's UTF-8 bytes read as a little-endian integer, mod p. */
+/**
+ * The subject's UTF-8 bytes read as a little-endian integer, mod p.
+ *
+ * Computed in doubles, not BigInt (a first-seen subject's cost is mostly here): since
+ * 2^61 = 1 mod p, byte i counts as its value times 2^(8i mod 61), a rotation within 61 bits.
+ * The sum is kept as hi * 2^31 + lo, every term exact (under 2^31 each, and normalized long
+ * before 2^53), then reduced once.
+ */
 export function subjectNumber(subject: string): bigint {
-  // UTF-8 takes at most 3 bytes per UTF-16 code unit (a surrogate pair: 4 bytes for 2 units).
-  if (subject.length * 3 > scratch.length) scratch = new Uint8Array(subject.length * 3);
-  const bytes = scratch;
-  const size = encoder.encodeInto(subject, bytes).written;
-  // Horner over 6-byte limbs (exact in a double), most significant first, reduced every 8 limbs
-  // and at the end: one BigInt step per 6 bytes.
-  let m = 0n;
-  let end = size;
-  let steps = 0;
-  while (end > 0) {
-    const start = end > 6 ? end - 6 : 0;
-    let limb = 0;
-    for (let i = end - 1; i >= start; i--) limb = limb * 256 + bytes[i]!;
-    m = (m << (BigInt(end - start) * 8n)) | BigInt(limb);
-    if (++steps === 8) {
-      m %= PRIME;
-      steps = 0;
+  const length = subject.length;
+  let ascii = true;
+  for (let i = 0; i < length; i++) {
+    if (subject.charCodeAt(i) > 0x7f) {
+      ascii = false;
+      break;
     }
-    end = start;
   }
-  return m % PRIME;
+  foldHi = 0;
+  foldLo = 0;
+  let offset = 0;
+  if (ascii) {
+    for (let i = 0; i < length; i++) {
+      fold(subject.charCodeAt(i), offset);
+      offset += 8;
+      if (offset >= 61) offset -= 61;
+      if ((i & 0xfffff) === 0xfffff) normalize();
+    }
+  } else {
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit (a surrogate pair: 4 bytes for 2 units).
+    if (length * 3 > scratch.length) scratch = new Uint8Array(length * 3);
+    const bytes = scratch;
+    const size = encoder.encodeInto(subject, bytes).written;
+    for (let i = 0; i < size; i++) {
+      fold(bytes[i]!, offset);
+      offset += 8;
+      if (offset >= 61) offset -= 61;
+      if ((i & 0xfffff) === 0xfffff) normalize();
+    }
+  }
+  normalize();
+  if (foldHi === TWO30 - 1 && foldLo === TWO31 - 1) return 0n; // exactly p
+  return (BigInt(foldHi) << 31n) + BigInt(foldLo);
+}
+
+let foldHi = 0; // bits 31..60 of the running sum (may exceed 2^30 until normalized)
+let foldLo = 0; // bits 0..30 (may exceed 2^31 until normalized)
+
+/** Adds byte * 2^offset mod p: the byte's bits at [offset, offset + 8), those past 61 wrapped. */
+function fold(byte: number, offset: number): void {
+  if (offset <= 23) {
+    foldLo += byte * POW2[offset]!;
+  } else if (offset < 31) {
+    const k = 31 - offset; // bits that stay under bit 31
+    foldLo += (byte & ((1 << k) - 1)) * POW2[offset]!;
+    foldHi += byte >>> k;
+  } else if (offset <= 53) {
+    foldHi += byte * POW2[offset - 31]!;
+  } else {
+    const k = 61 - offset; // bits that stay under bit 61; the rest wrap to bit 0
+    foldHi += (byte & ((1 << k) - 1)) * POW2[offset - 31]!;
+    foldLo += byte >>> k;
+  }
+}
+
+/** Carries lo into hi and hi's overflow (2^61 = 1 mod p) back into lo, until both fit. */
+function normalize(): void {
+  while (foldLo >= TWO31 || foldHi >= TWO30) {
+    const carry = Math.floor(foldLo / TWO31);
+    foldLo -= carry * TWO31;
+    foldHi += carry;
+    const wrap = Math.floor(foldHi / TWO30);
+    foldHi -= wrap * TWO30;
+    foldLo += wrap;
+  }
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

@@ -106,3 +106,27 @@ test("a non-string subject is read as its String()", () => {
   const routing = new Routing(parseDocument(ninety));
   assert.equal(routing.pick(12345), routing.pick("12345"));
 });
+
+test("subjectNumber equals the plain BigInt reading of the UTF-8 bytes, mod p", async () => {
+  const { subjectNumber, PRIME } = await import("../dist/index.js");
+  const reference = (s) => {
+    let n = 0n;
+    const bytes = new TextEncoder().encode(s);
+    for (let i = bytes.length - 1; i >= 0; i--) n = ((n << 8n) | BigInt(bytes[i])) % PRIME;
+    return n;
+  };
+  let seed = 15;
+  const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const alphabet = ["a", "Z", "0", "\x7f", "\x80", "é", "ÿ", "ユ", "\uffff", "🙂", "\0"];
+  for (let i = 0; i < 3000; i++) {
+    let s = "";
+    const length = Math.floor(random() * 90);
+    for (let j = 0; j < length; j++) s += alphabet[Math.floor(random() * alphabet.length)];
+    assert.equal(subjectNumber(s), reference(s), JSON.stringify(s));
+  }
+  // Long enough to pass the periodic normalization (every 2^20 bytes), ASCII and not.
+  for (const s of ["\xff".repeat(600_000), "z".repeat(1_100_001)]) {
+    assert.equal(subjectNumber(s), reference(s));
+  }
+  assert.equal(subjectNumber(""), 0n);
+});
