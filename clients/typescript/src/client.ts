@@ -20,9 +20,11 @@ import {
   TenantNotFoundError,
   TenantNotLoadedError,
 } from "./errors.js";
+import { asError, Http, sameTag, statusError } from "./http.js";
 import { backoff, Outbox, type Outcome, type OutboxStats, type SendResult } from "./outcomes.js";
 import { DEFAULT_MEMO_LIMIT, parseDocument, Routing, type RoutingDocument } from "./routing.js";
-import { SseParser, type SseEvent } from "./sse.js";
+import type { SseEvent } from "./sse.js";
+import { ChangeStream } from "./stream.js";
 
 export type ClientState = "starting" | "ready" | "stale" | "error" | "closed";
 
@@ -106,25 +108,18 @@ const defaults = {
 };
 
 export class Ftdeploy {
-  readonly #apiKey: string;
-  readonly #baseUrl: string;
+  readonly #http: Http;
   readonly #options: typeof defaults;
-  readonly #fetch: typeof fetch;
   readonly #onError: (error: Error) => void;
   readonly #bootstrap: FtdeployOptions["bootstrap"];
   readonly #entries = new Set<Entry>();
   readonly #byName = new Map<string, Entry>(); // configured names, ids and slugs
-  readonly #requests = new Set<AbortController>();
   readonly #outbox: Outbox;
   readonly #waiters = new Set<() => void>();
   #started: Promise<void> | null = null;
   #closed = false;
   #closing: Promise<void> | null = null;
-  #streamUp = false;
-  #streamConnection = 0;
-  #streamAbort: AbortController | null = null;
-  #streamWake: (() => void) | null = null;
-  #lastEventId = "";
+  #stream: ChangeStream | null = null;
   #pollTimer: ReturnType<typeof setTimeout> | null = null;
   #lastError: Error | null = null;
 
@@ -135,16 +130,13 @@ export class Ftdeploy {
     if (typeof options.apiKey !== "string" || options.apiKey === "") {
       throw new TypeError("apiKey must be a non-empty string");
     }
-    this.#apiKey = options.apiKey;
-    this.#baseUrl = options.baseUrl.replace(/\/+$/, "");
     const merged = { ...defaults };
     for (const key of Object.keys(defaults) as (keyof typeof defaults)[]) {
       const value = options[key];
       if (value !== undefined) (merged as Record<string, unknown>)[key] = value;
     }
     this.#options = merged;
-    this.#fetch = options.fetch ?? globalThis.fetch;
-    if (typeof this.#fetch !== "function") throw new TypeError("no fetch: Node >= 18 is needed");
+    this.#http = new Http(options.baseUrl, options.apiKey, options.fetch ?? globalThis.fetch, merged.requestTimeoutMs);
     this.#onError = options.onError ?? warnOnce();
     this.#bootstrap = options.bootstrap;
     this.#outbox = new Outbox((tenant, batch) => this.#sendBatch(tenant, batch), {
@@ -236,11 +228,10 @@ export class Ftdeploy {
     this.#closing = (async () => {
       if (this.#pollTimer) clearTimeout(this.#pollTimer);
       for (const entry of this.#entries) if (entry.retryTimer) clearTimeout(entry.retryTimer);
-      this.#streamAbort?.abort();
-      this.#streamWake?.();
+      this.#stream?.close();
       this.#notify();
       await this.#outbox.close(this.#options.closeTimeoutMs);
-      for (const request of this.#requests) request.abort();
+      this.#http.close();
     })();
     return this.#closing;
   }
@@ -291,7 +282,7 @@ export class Ftdeploy {
 
   /** Whether the change stream is open now (else the client polls). */
   get streaming(): boolean {
-    return this.#streamUp;
+    return this.#stream?.up ?? false;
   }
 
   /** The last background failure, or null. */
@@ -373,7 +364,33 @@ export class Ftdeploy {
           this.#loadBootstrap(JSON.parse(await readFile(file, "utf8")));
         }
         if (this.#closed) return;
-        if (this.#options.stream) void this.#streamLoop();
+        if (this.#options.stream) {
+          this.#stream = new ChangeStream(
+            this.#http,
+            {
+              idleTimeoutMs: this.#options.streamIdleTimeoutMs,
+              reconnectBaseMs: this.#options.reconnectBaseMs,
+              reconnectMaxMs: this.#options.reconnectMaxMs,
+            },
+            {
+              // Opened: whatever changed while we were not listening is found by revalidating.
+              opened: () => {
+                for (const entry of this.#entries) void this.#refresh(entry);
+              },
+              // Still connected: the documents confirmed on this connection are still current.
+              alive: (connection) => {
+                const now = performance.now();
+                for (const entry of this.#entries) {
+                  if (entry.confirmedOn === connection && !entry.inFlight) entry.confirmedAt = now;
+                }
+              },
+              event: (event) => this.#onEvent(event),
+              down: () => this.#schedulePoll(0), // poll from now on
+              error: (error) => this.#report(error),
+            },
+          );
+          this.#stream.start();
+        }
         for (const entry of this.#entries) void this.#refresh(entry);
         this.#schedulePoll();
       })();
@@ -417,11 +434,11 @@ export class Ftdeploy {
 
   async #fetchDocument(entry: Entry): Promise<void> {
     const path = `/v1/tenants/${encodeURIComponent(entry.name)}/routing`;
-    const connection = this.#streamUp ? this.#streamConnection : -1;
+    const connection = this.#stream?.up ? this.#stream.connection : -1;
     const headers: Record<string, string> = { accept: "application/json" };
     if (entry.routing !== null && entry.etag !== null) headers["if-none-match"] = entry.etag;
     try {
-      await this.#request(path, { headers }, async (response) => {
+      await this.#http.request(path, { headers }, async (response) => {
         if (response.status === 304) return;
         if (!response.ok) throw statusError(path, response.status, entry.name);
         const document = parseDocument(await response.json());
@@ -439,81 +456,7 @@ export class Ftdeploy {
     }
   }
 
-  // -- the change stream and the fallback polling --------------------------------------------
-
-  async #streamLoop(): Promise<void> {
-    let failures = 0;
-    while (!this.#closed) {
-      const parser = new SseParser((event) => this.#onEvent(event));
-      let opened = false;
-      try {
-        opened = await this.#readStream(parser);
-      } catch (error) {
-        if (!this.#closed) this.#report(asError(error, "/v1/stream"));
-      } finally {
-        if (this.#streamUp) {
-          this.#streamUp = false;
-          this.#schedulePoll(0); // the stream is down: poll from now on
-        }
-        if (parser.lastEventId !== "") this.#lastEventId = parser.lastEventId;
-      }
-      if (this.#closed) break;
-      failures = opened ? 0 : failures + 1;
-      const base = Math.max(this.#options.reconnectBaseMs, parser.retry ?? 0);
-      await this.#pause(backoff(failures, base, this.#options.reconnectMaxMs));
-    }
-  }
-
-  /** One connection; resolves at its end (true if it opened), rejects on failure. */
-  async #readStream(parser: SseParser): Promise<boolean> {
-    const controller = new AbortController();
-    this.#streamAbort = controller;
-    const headers: Record<string, string> = { accept: "text/event-stream", "cache-control": "no-cache" };
-    if (this.#lastEventId !== "") headers["last-event-id"] = this.#lastEventId;
-    let idled = false;
-    const read = async (response: Response): Promise<boolean> => {
-      if (!response.ok) throw statusError("/v1/stream", response.status, null);
-      const type = response.headers.get("content-type") ?? "";
-      if (!type.startsWith("text/event-stream") || response.body === null) {
-        throw new RequestError("/v1/stream", response.status, `not an event stream (${type || "no type"})`);
-      }
-      this.#streamUp = true;
-      const connection = ++this.#streamConnection;
-      // Opened: whatever changed while we were not listening is found by revalidating everyone.
-      for (const entry of this.#entries) void this.#refresh(entry);
-      const reader = response.body.getReader();
-      const decoder = new TextDecoder();
-      let idle: ReturnType<typeof setTimeout> | null = null;
-      const watch = (): void => {
-        if (idle) clearTimeout(idle);
-        idle = setTimeout(() => {
-          idled = true;
-          controller.abort();
-        }, this.#options.streamIdleTimeoutMs);
-        idle.unref?.();
-      };
-      watch();
-      try {
-        for (;;) {
-          const { done, value } = await reader.read();
-          if (done) return true;
-          watch();
-          // Still connected: the documents confirmed on this connection are still current.
-          const now = performance.now();
-          for (const entry of this.#entries) {
-            if (entry.confirmedOn === connection && !entry.inFlight) entry.confirmedAt = now;
-          }
-          parser.push(decoder.decode(value, { stream: true }));
-        }
-      } catch (error) {
-        if (idled) throw new RequestError("/v1/stream", null, "silent for longer than streamIdleTimeoutMs");
-        throw error;
-      } finally {
-        if (idle) clearTimeout(idle);
-      }
-    };
-    return this.#request("/v1/stream", { headers }, read, controller, true);
-  }
+  // -- the change stream's events and the fallback polling -----------------------------------
 
   #onEvent(event: SseEvent): void {
     if (event.type !== "routing") return;
@@ -547,20 +490,9 @@ export class Ftdeploy {
     if (this.#closed) return;
     for (const entry of this.#entries) {
       // With the stream up only the tenants that have no document yet need asking.
-      if (!this.#streamUp || entry.routing === null) void this.#refresh(entry);
+      if (!this.streaming || entry.routing === null) void this.#refresh(entry);
     }
     this.#schedulePoll();
-  }
-
-  #pause(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done(): void {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.#streamWake = done;
-    });
   }
 
   // -- outcomes ------------------------------------------------------------------------------
@@ -573,7 +505,7 @@ export class Ftdeploy {
       body: JSON.stringify(batch),
     };
     try {
-      const status = await this.#request(path, init, async (response) => response.status);
+      const status = await this.#http.request(path, init, async (response) => response.status);
       if (status >= 200 && status < 300) return "sent";
       this.#report(statusError(path, status, tenant));
       // Worth another try with the same batch id: the server may be down or busy, or get the key.
@@ -587,50 +519,6 @@ export class Ftdeploy {
   }
 
   // -- plumbing ------------------------------------------------------------------------------
-
-  /**
-   * A request with the key, read by `read` under one timeout (the stream's: until its headers).
-   * Whatever happens, the request is over when this settles.
-   */
-  async #request<T>(
-    path: string,
-    init: { method?: string; headers: Record<string, string>; body?: string },
-    read: (response: Response) => Promise<T>,
-    controller = new AbortController(),
-    streaming = false,
-  ): Promise<T> {
-    this.#requests.add(controller);
-    const timer = setTimeout(() => controller.abort(), this.#options.requestTimeoutMs);
-    timer.unref?.();
-    try {
-      let response: Response;
-      try {
-        response = await this.#fetch(this.#baseUrl + path, {
-          method: init.method ?? "GET",
-          headers: { ...init.headers, authorization: `Bearer ${this.#apiKey}` },
-          ...(init.body === undefined ? {} : { body: init.body }),
-          signal: controller.signal,
-        });
-      } catch (error) {
-        throw controller.signal.aborted ? this.#aborted(path) : asError(error, path);
-      }
-      if (streaming) clearTimeout(timer);
-      try {
-        return await read(response);
-      } catch (error) {
-        if (error instanceof FtdeployError) throw error;
-        throw controller.signal.aborted ? this.#aborted(path) : asError(error, path);
-      }
-    } finally {
-      clearTimeout(timer);
-      controller.abort(); // releases the connection if the body was not read to its end
-      this.#requests.delete(controller);
-    }
-  }
-
-  #aborted(path: string): RequestError {
-    return new RequestError(path, null, this.#closed ? "aborted: the client closed" : "timed out");
-  }
 
   #report(error: Error): void {
     this.#lastError = error;
@@ -658,26 +546,6 @@ export class Ftdeploy {
       waiters.add(done);
     });
   }
-}
-
-function statusError(path: string, status: number, tenant: string | null): Error {
-  if (status === 401 || status === 403) return new AuthError(status, path);
-  if (status === 404 && tenant !== null) return new TenantNotFoundError(tenant);
-  return new RequestError(path, status, `HTTP ${status}`);
-}
-
-function asError(error: unknown, path: string): Error {
-  if (error instanceof FtdeployError) return error;
-  // fetch's TypeError("fetch failed") hides the reason in its cause (ECONNREFUSED, …).
-  const cause = (error as { cause?: { code?: unknown; message?: unknown } } | null)?.cause;
-  const detail = typeof cause?.code === "string" ? cause.code : error instanceof Error ? error.message : String(error);
-  return new RequestError(path, null, detail);
-}
-
-/** Entity tags compare by their opaque part: W/ and the quotes are ignored. */
-function sameTag(a: string, b: string): boolean {
-  const bare = (t: string): string => t.replace(/^W\//, "").replace(/^"(.*)"$/, "$1");
-  return bare(a) === bare(b);
 }
 
 function warnOnce(): (error: Error) => void {
