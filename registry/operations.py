@@ -18,7 +18,7 @@ MAX_REASON = 500
 
 def queue_operation(
     session: Session,
-    tenant_ref: str,
+    tenant_ref: str | uuid.UUID,
     kind: str,
     *,
     version: object = None,

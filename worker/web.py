@@ -148,14 +148,6 @@ class Receiver:
         # re-sends it; a redelivery from OpenAI meanwhile is a duplicate.
         return JSONResponse(reply, background=BackgroundTask(_enqueue, parsed.job_id))
 
-    async def healthz(self, request: Request) -> JSONResponse:
-        try:
-            await run_in_threadpool(_ping_database)
-        except SQLAlchemyError as error:
-            event(log, "healthz.failed", logging.WARNING, error=type(error).__name__)
-            return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
-
     async def _read_body(self, request: Request) -> bytes:
         limit = self._max_body_bytes
         declared = request.headers.get("content-length")
@@ -213,7 +205,16 @@ def _plain(unwrapped: object) -> Any:
     return unwrapped
 
 
-async def _metrics(request: Request) -> Response:
+async def healthz(request: Request) -> JSONResponse:
+    try:
+        await run_in_threadpool(_ping_database)
+    except SQLAlchemyError as error:
+        event(log, "healthz.failed", logging.WARNING, error=type(error).__name__)
+        return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
     # This process's counters (with --workers N, each server process counts its own).
     return Response(generate_latest(METRICS), media_type=CONTENT_TYPE_LATEST)
 
@@ -239,17 +240,22 @@ def _enqueue(job_id: str) -> None:
     event(log, "webhook.enqueued", job=job_id)
 
 
+def routes(settings: Settings, *, webhook: bool = True) -> list[Route]:
+    """The receiver's routes; without `webhook`, only /healthz and /metrics. Raises InvalidInput
+    when the webhook is wanted and its secret is missing or bad."""
+    served = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    if webhook:
+        receiver = Receiver(require_secret(settings), settings.webhook_max_body_bytes)
+        served.insert(0, Route(WEBHOOK_PATH, receiver.openai_webhook, methods=["POST"]))
+    return served
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The receiver's ASGI app. Raises InvalidInput when the webhook secret is missing or bad."""
-    settings = settings or get_settings()
-    receiver = Receiver(require_secret(settings), settings.webhook_max_body_bytes)
-    return Starlette(
-        routes=[
-            Route(WEBHOOK_PATH, receiver.openai_webhook, methods=["POST"]),
-            Route("/healthz", receiver.healthz, methods=["GET"]),
-            Route("/metrics", _metrics, methods=["GET"]),
-        ]
-    )
+    return Starlette(routes=routes(settings or get_settings()))
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> int:
