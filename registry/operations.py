@@ -52,14 +52,14 @@ def queue_operation(
 
 
 def check_reason(reason: object) -> str | None:
-    """An operator's reason: None, or 1..500 printable characters."""
+    """An operator's reason: at most 500 characters, no NUL; blank means none given."""
     if reason is None:
         return None
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
-        raise InvalidInput("reason", f"must be 1-{MAX_REASON} characters")
-    if not reason.isprintable():
-        raise InvalidInput("reason", "has characters that are not printable")
-    return reason.strip()
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise InvalidInput("reason", f"must be text of at most {MAX_REASON} characters")
+    if "\x00" in reason:
+        raise InvalidInput("reason", "contains a NUL character")
+    return reason.strip() or None
 
 
 def get_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:

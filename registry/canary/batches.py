@@ -45,11 +45,11 @@ class BatchResult:
 
 
 def check_batch_id(batch_id: object) -> str:
-    """A batch id from outside: 1..200 printable characters."""
+    """A batch id from outside: 1..200 characters, no NUL (the database cannot store one)."""
     if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= MAX_BATCH_ID:
         raise InvalidInput("batch_id", f"{str(batch_id)[:40]!r} is not 1-200 characters")
-    if not batch_id.isprintable():
-        raise InvalidInput("batch_id", "has characters that are not printable")
+    if "\x00" in batch_id:
+        raise InvalidInput("batch_id", "contains a NUL character")
     return batch_id
 
 

@@ -73,14 +73,16 @@ def add_tenant(body: schemas.TenantIn, principal: AdminKey) -> dict[str, Any]:
 
 
 @router.get("/v1/tenants/{tenant}/policy", response_model=schemas.Policy, responses=NOT_FOUND)
-def policy(tenant: str, principal: ReadKey) -> dict[str, Any]:
+def policy(tenant: schemas.TenantRef, principal: ReadKey) -> dict[str, Any]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
         return views.policy(found, get_policy(session, found.id))
 
 
 @router.patch("/v1/tenants/{tenant}/policy", response_model=schemas.Policy, responses=NOT_FOUND)
-def change_policy(tenant: str, body: schemas.PolicyIn, principal: AdminKey) -> dict[str, Any]:
+def change_policy(
+    tenant: schemas.TenantRef, body: schemas.PolicyIn, principal: AdminKey
+) -> dict[str, Any]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
         return views.policy(found, set_policy(session, found.id, _changes(body)))
@@ -89,7 +91,7 @@ def change_policy(tenant: str, body: schemas.PolicyIn, principal: AdminKey) -> d
 @router.get(
     "/v1/tenants/{tenant}/versions", response_model=list[schemas.Version], responses=NOT_FOUND
 )
-def list_versions(tenant: str, principal: ReadKey) -> list[dict[str, Any]]:
+def list_versions(tenant: schemas.TenantRef, principal: ReadKey) -> list[dict[str, Any]]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
         return [views.version(v) for v in versions.list_versions(session, found.id)]
@@ -100,7 +102,9 @@ def list_versions(tenant: str, principal: ReadKey) -> list[dict[str, Any]]:
     response_model=list[schemas.TrafficChange],
     responses=NOT_FOUND,
 )
-def history(tenant: str, principal: ReadKey, limit: Limit = 50) -> list[dict[str, Any]]:
+def history(
+    tenant: schemas.TenantRef, principal: ReadKey, limit: Limit = 50
+) -> list[dict[str, Any]]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
         return [views.traffic_event(e) for e in audit.history(session, found.id, limit)]
@@ -109,7 +113,9 @@ def history(tenant: str, principal: ReadKey, limit: Limit = 50) -> list[dict[str
 @router.get(
     "/v1/tenants/{tenant}/activity", response_model=list[schemas.Activity], responses=NOT_FOUND
 )
-def activity(tenant: str, principal: ReadKey, limit: Limit = 50) -> list[dict[str, Any]]:
+def activity(
+    tenant: schemas.TenantRef, principal: ReadKey, limit: Limit = 50
+) -> list[dict[str, Any]]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
         return [views.activity(a) for a in audit.activity(session, found.id, limit)]
@@ -180,7 +186,7 @@ def _queue(
     summary="Queue a promotion; follow the Location to its result",
 )
 def promote(
-    tenant: str, body: schemas.PromoteIn, principal: OperateKey, response: Response
+    tenant: schemas.TenantRef, body: schemas.PromoteIn, principal: OperateKey, response: Response
 ) -> dict[str, Any]:
     version = versions.check_version_number(body.version)
     return _queue(
@@ -202,14 +208,17 @@ def promote(
     summary="Queue a rollback; follow the Location to its result",
 )
 def rollback(
-    tenant: str, principal: OperateKey, response: Response, body: schemas.RollbackIn | None = None
+    tenant: schemas.TenantRef,
+    principal: OperateKey,
+    response: Response,
+    body: schemas.RollbackIn | None = None,
 ) -> dict[str, Any]:
     reason = body.reason if body is not None else None
     return _queue(principal, tenant, OperationKind.ROLLBACK, response, reason=reason)
 
 
 @router.get("/v1/operations/{operation_id}", response_model=schemas.Operation, responses=NOT_FOUND)
-def operation(operation_id: str, principal: ReadKey) -> dict[str, Any]:
+def operation(operation_id: schemas.OperationId, principal: ReadKey) -> dict[str, Any]:
     with unit_of_work() as session:
         found = operations.get_operation(session, operation_id)
         if not principal.sees(found.tenant_id):
@@ -233,7 +242,7 @@ def _slug(session: Session, operation: Operation) -> str:
     summary="A fine-tuning job finished: deploy it by its tenant's policy",
 )
 def job_finished(
-    job_id: str, principal: OperateKey, body: schemas.JobFinishedIn | None = None
+    job_id: schemas.JobId, principal: OperateKey, body: schemas.JobFinishedIn | None = None
 ) -> dict[str, Any]:
     from worker.tasks import send_job_finished
 
@@ -256,7 +265,9 @@ def job_finished(
     responses=NOT_FOUND,
     summary="Record an evaluation of a job's run (resumes a deployment waiting for it)",
 )
-def evaluation(job_id: str, body: schemas.EvaluationIn, principal: OperateKey) -> dict[str, Any]:
+def evaluation(
+    job_id: schemas.JobId, body: schemas.EvaluationIn, principal: OperateKey
+) -> dict[str, Any]:
     from worker.tasks import evaluation_recorded
 
     metrics = runs.parse_metrics(body.metrics)

@@ -16,7 +16,7 @@ from registry.db import unit_of_work
 from registry.models import KeyRole
 from registry.settings import get_settings
 from worker import metrics
-from worker.http import problems
+from worker.http import problems, schemas
 from worker.http.auth import authorize, visible_tenant
 from worker.http.schemas import (
     OutcomeBatchIn,
@@ -65,7 +65,9 @@ def _store(principal: keys.Principal, tenant: str, body: OutcomeBatchIn) -> Outc
     responses=problems.common(404),
     summary="Record a batch of outcomes (counted once per batch id)",
 )
-def tenant_outcomes(tenant: str, body: OutcomeBatchIn, principal: ServeKey) -> OutcomeBatchOut:
+def tenant_outcomes(
+    tenant: schemas.TenantRef, body: OutcomeBatchIn, principal: ServeKey
+) -> OutcomeBatchOut:
     return _store(principal, tenant, body)
 
 

@@ -84,7 +84,7 @@ def problem(
 ) -> JSONResponse:
     title = _TITLES.get(status, "Error")
     body = {
-        "type": f"urn:ftdeploy:problem:{kind or _kebab(title.replace(' ', ''))}",
+        "type": f"urn:ftdeploy:problem:{kind or title.lower().replace(' ', '-')}",
         "title": title,
         "status": status,
         "detail": detail,
@@ -182,5 +182,5 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def common(*extra: int) -> dict[int | str, dict[str, Any]]:
     """What every authorized route may answer besides its success."""
-    statuses: Iterable[int] = sorted({401, 403, 413, 422, 503, *extra})
+    statuses: Iterable[int] = sorted({400, 401, 403, 413, 422, 503, *extra})
     return documented(*statuses)

@@ -7,13 +7,23 @@ that reach the database are bounded to its 32-bit columns here.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from registry.canary.outcomes import MAX_BATCH, MAX_COUNT
 
 INT32 = 2**31 - 1
+SLUG = r"[a-z0-9][a-z0-9-]{0,62}"
+UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+TENANT_PATTERN = rf"^({SLUG}|{UUID})$"
+
+TenantRef = Annotated[
+    str, Path(pattern=TENANT_PATTERN, description="the tenant's slug or id", examples=["acme"])
+]
+JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_:.\-]{1,200}$", examples=["ftjob-abc123"])]
+OperationId = Annotated[str, Path(pattern=rf"^{UUID}$")]
 
 
 class Strict(BaseModel):
@@ -89,7 +99,7 @@ class OutcomeBatchIn(Strict):
 
 
 class TenantOutcomeBatchIn(OutcomeBatchIn):
-    tenant: str = Field(max_length=100, description="tenant slug or id")
+    tenant: str = Field(pattern=TENANT_PATTERN, description="tenant slug or id")
 
 
 class RefusedRecord(BaseModel):
@@ -152,7 +162,7 @@ class PolicyIn(Strict):
 
 
 class TenantIn(PolicyIn):
-    slug: str = Field(max_length=63)
+    slug: str = Field(pattern=rf"^{SLUG}$")
 
 
 class Tenant(BaseModel):
@@ -265,7 +275,7 @@ class Operation(BaseModel):
 
 
 class JobFinishedIn(Strict):
-    tenant: str | None = Field(default=None, max_length=100, description="tenant slug or id")
+    tenant: str | None = Field(default=None, pattern=TENANT_PATTERN, description="slug or id")
 
 
 class JobQueued(BaseModel):

@@ -26,7 +26,7 @@ from registry.errors import FtdeployError, InvalidInput, TenantNotFound
 from registry.models import KeyRole, Tenant
 from registry.routing import Router, Snapshot
 from registry.tenants import _as_uuid
-from worker.http import documents, problems
+from worker.http import documents, problems, schemas
 from worker.http.auth import authorize
 from worker.http.changes import ChangeFeed
 from worker.http.schemas import (
@@ -112,7 +112,7 @@ def _version_of(snapshot: Snapshot, model: str) -> int:
 )
 async def resolve(
     request: Request,
-    tenant: str,
+    tenant: schemas.TenantRef,
     principal: ServeKey,
     subject: Annotated[
         str | None,
@@ -149,7 +149,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     },
     summary="The tenant's split, to evaluate locally",
 )
-async def routing(request: Request, tenant: str, principal: ServeKey) -> Response:
+async def routing(request: Request, tenant: schemas.TenantRef, principal: ServeKey) -> Response:
     serving = _serving(request)
     snapshot = await serving.snapshot(principal, tenant)
     slug = await serving.slug(tenant, snapshot.tenant_id)
@@ -207,10 +207,10 @@ def _ofrep(status: int, body: dict[str, Any]) -> JSONResponse:
         }
     },
     responses={
+        **problems.common(),
         200: {"model": OfrepSuccess, "description": "The model id for this context"},
         400: {"model": OfrepFailure, "description": "Bad evaluation request"},
         404: {"model": OfrepNotFound, "description": "No such flag, or nothing live for it"},
-        **problems.common(),
     },
 )
 async def evaluate_flag(request: Request, key: str, principal: ServeKey) -> JSONResponse:
