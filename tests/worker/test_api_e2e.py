@@ -107,9 +107,10 @@ def test_problems_for_bad_input_unknown_tenant_and_conflicts(api: ApiStack) -> N
         body = _problem(client.get("/v1/tenants/nope/resolve"), 404)
         assert body["detail"] == "tenant not found: 'nope'"
         body = _problem(client.get("/v1/tenants/NOT_A_SLUG/versions"), 422)
-        assert body["field"] == "tenant slug"
+        assert body["type"] == "urn:ftdeploy:problem:invalid-request"
+        assert body["errors"][0]["loc"] == ["path", "tenant"]
         body = _problem(client.post("/v1/tenants/acme/promote", json={"version": "x"}), 422)
-        assert "version" in str(body["detail"])
+        assert body["field"] == "version" and "'x' is not a version number" in str(body["detail"])
         body = _problem(client.post("/v1/tenants/acme/promote", json={"verzion": 1}), 422)
         assert "invalid request" in str(body["detail"])
         _problem(client.post("/v1/tenants", json={"slug": "acme"}), 409)
