@@ -98,7 +98,6 @@ def authorize(role: KeyRole) -> Any:
             raise Unauthorized("the API key is unknown or revoked")
         if not principal.allows(role):
             raise Forbidden(f"this endpoint needs a {role.value} key; this one is {principal.role}")
-        request.state.actor = principal.name
         return principal
 
     setattr(dependency, ROLE_MARK, role)
