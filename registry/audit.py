@@ -4,6 +4,7 @@ decisions, operations, job events) with its reason, so nothing is only in a log 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +19,7 @@ from registry.models import (
     JobEvent,
     ModelVersion,
     Operation,
+    Tenant,
     TrafficEvent,
 )
 from registry.tenants import find_tenant
@@ -122,12 +124,26 @@ def activity(session: Session, tenant_ref: str | uuid.UUID, limit: int = 50) -> 
     return rows[:limit]
 
 
-def job_events(session: Session, state: str | None = None, limit: int = 50) -> list[JobEvent]:
-    """Job events of every tenant (also those whose tenant is unknown), newest first."""
+def job_events(
+    session: Session,
+    state: str | None = None,
+    limit: int = 50,
+    tenants: Sequence[Tenant] | None = None,
+) -> list[JobEvent]:
+    """Job events of every tenant (also those whose tenant is unknown), newest first; with
+    `tenants`, only theirs (named by the event, or of one of their runs: as in `activity`)."""
     if state is not None and state not in set(EventState):
         allowed = ", ".join(s.value for s in EventState)
         raise InvalidInput("state", f"{state!r} is not one of {allowed}")
     query = select(JobEvent).order_by(JobEvent.updated_at.desc()).limit(limit)
     if state is not None:
         query = query.where(JobEvent.state == state)
+    if tenants is not None:
+        names = [t.slug for t in tenants] + [str(t.id) for t in tenants]
+        own_jobs = select(FinetuningRun.openai_job_id).where(
+            FinetuningRun.tenant_id.in_([t.id for t in tenants])
+        )
+        query = query.where(
+            or_(JobEvent.tenant_hint.in_(names), JobEvent.openai_job_id.in_(own_jobs))
+        )
     return list(session.scalars(query))

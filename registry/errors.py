@@ -113,6 +113,20 @@ class OperationNotFound(FtdeployError):
         super().__init__(f"operation not found: {operation_id}")
 
 
+class KeyExists(FtdeployError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a key named {name!r} already exists")
+
+
+class KeyNotFound(FtdeployError):
+    exit_code = 3
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no key named {name!r}")
+
+
 class InvariantViolation(FtdeployError):
     """A change would leave a tenant's production traffic at other than 100. A bug, never input."""
 

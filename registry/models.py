@@ -103,6 +103,15 @@ class OperationKind(StrEnum):
     ROLLBACK = "rollback"
 
 
+class KeyRole(StrEnum):
+    """An API key's role, in order: each can do what the ones before it can."""
+
+    SERVE = "serve"
+    READ = "read"
+    OPERATE = "operate"
+    ADMIN = "admin"
+
+
 class OperationStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -339,6 +348,8 @@ class Operation(Base):
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     traffic_percent: Mapped[int | None] = mapped_column(Integer, nullable=True)
     actor: Mapped[str] = mapped_column(String(200), nullable=False)
+    # Why the operator asked; kept in the audit trail when the operation runs.
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=OperationStatus.QUEUED)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -391,3 +402,55 @@ class WebhookDelivery(Base):
     event_type: Mapped[str] = mapped_column(String(100), nullable=False)
     openai_job_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class OutcomeBatch(Base):
+    """A batch of outcomes already counted, per tenant: a redelivered batch finds its row and is
+    not counted again. Written in the same transaction as the counters it added to."""
+
+    __tablename__ = "ai_outcome_batches"
+    __table_args__ = (
+        Index("uq_ai_outcome_batches_tenant_batch", "tenant_id", "batch_id", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    batch_id: Mapped[str] = mapped_column(String(200), nullable=False)
+    recorded: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    refused: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class ApiKey(Base):
+    """An HTTP API key. Only the SHA-256 of the key is stored; `key_id` is its non-secret prefix,
+    by which a presented key is looked up."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint(_one_of("role", KeyRole), name="role"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(100), nullable=False, unique=True)
+    key_id: Mapped[str] = mapped_column(String(32), nullable=False, unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    # False: the key sees only the tenants in api_key_tenants (none left means none).
+    all_tenants: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ApiKeyTenant(Base):
+    """A tenant a scoped key may see."""
+
+    __tablename__ = "api_key_tenants"
+
+    key_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True, index=True
+    )

@@ -13,18 +13,22 @@ from registry.models import Operation, OperationKind, OperationStatus, utcnow
 from registry.tenants import find_tenant
 from registry.versions import check_percent, check_version_number, find_version, promote, rollback
 
+MAX_REASON = 500
+
 
 def queue_operation(
     session: Session,
-    tenant_ref: str,
+    tenant_ref: str | uuid.UUID,
     kind: str,
     *,
     version: object = None,
     traffic_percent: object = None,
     actor: str = "operator",
+    reason: str | None = None,
 ) -> Operation:
-    """Record an operation to run. Input is checked now (tenant, version of this tenant, percent),
-    so a bad request is refused at once with nothing queued."""
+    """Record an operation to run. Input is checked now (tenant, version of this tenant, percent,
+    reason), so a bad request is refused at once with nothing queued. The reason, when given, is
+    the audit trail's reason when the operation runs."""
     tenant = find_tenant(session, tenant_ref)
     if kind == OperationKind.PROMOTE:
         number = check_version_number(version)
@@ -35,11 +39,27 @@ def queue_operation(
     else:
         raise InvalidInput("operation", f"{kind!r} is not promote or rollback")
     operation = Operation(
-        tenant_id=tenant.id, kind=kind, version=number, traffic_percent=percent, actor=actor
+        tenant_id=tenant.id,
+        kind=kind,
+        version=number,
+        traffic_percent=percent,
+        actor=actor,
+        reason=check_reason(reason),
     )
     session.add(operation)
     session.flush()
     return operation
+
+
+def check_reason(reason: object) -> str | None:
+    """An operator's reason: at most 500 characters, no NUL; blank means none given."""
+    if reason is None:
+        return None
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise InvalidInput("reason", f"must be text of at most {MAX_REASON} characters")
+    if "\x00" in reason:
+        raise InvalidInput("reason", "contains a NUL character")
+    return reason.strip() or None
 
 
 def get_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
@@ -78,9 +98,12 @@ def run_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
                     operation.version or 0,
                     operation.traffic_percent or 100,
                     actor=actor,
+                    reason=operation.reason,
                 )
             else:
-                change = rollback(session, operation.tenant_id, actor=actor)
+                change = rollback(
+                    session, operation.tenant_id, actor=actor, reason=operation.reason
+                )
     except FtdeployError as error:
         if error.retryable:
             raise

@@ -54,6 +54,11 @@ def find_tenant(session: Session, ref: str | uuid.UUID) -> Tenant:
     return tenant
 
 
+def list_tenants(session: Session) -> list[Tenant]:
+    """Every tenant, by slug. Reads only."""
+    return list(session.scalars(select(Tenant).order_by(Tenant.slug)))
+
+
 def _as_uuid(ref: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(ref)

@@ -166,3 +166,36 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "h11_max_incomplete_event_size": MAX_REQUEST_HEAD_BYTES,
         "log_config": log_config(),
     }
+
+
+def run(factory: str, settings: Settings, host: str, port: int, workers: int) -> int:
+    """Serve the ASGI app that `factory` (an import string, so that `workers` > 1 can start that
+    many processes) builds, with the guards above, until SIGTERM/SIGINT (graceful: in-flight
+    requests end). Refuses to start (SchemaNotCurrent) on a database that is not migrated: every
+    request would fail."""
+    import uvicorn
+
+    from worker import logs
+    from worker.logs import event
+    from worker.startup import check_database
+
+    logs.configure(as_json=settings.log_json)
+    log = logging.getLogger("ftdeploy.server")
+    warning = check_database(settings)
+    if warning:
+        event(log, "server.start_warning", logging.WARNING, reason=warning)
+    before, after = raise_open_files_limit()
+    if after != before:
+        event(log, "server.open_files_limit", before=before, after=after)
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        server_header=False,
+        timeout_graceful_shutdown=20,
+        log_level="info",
+        **uvicorn_options(settings),
+    )
+    return 0

@@ -16,7 +16,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from registry import operations
-from registry.canary import outcomes, sweep
+from registry.canary import batches, outcomes, sweep
 from registry.db import session_factory, unit_of_work
 from registry.deployments import deploy
 from registry.errors import (
@@ -234,22 +234,31 @@ def reconcile_events() -> int:
 
 
 @app.task(name="ftdeploy.record_outcomes", bind=True, max_retries=10)
-def record_outcomes(self: Task, batch: Any) -> dict[str, Any]:
+def record_outcomes(self: Task, batch: Any, batch_id: Any = None) -> dict[str, Any]:
     """Online outcomes from another process: each record is a mapping with tenant, model (model
     id or version), success, and optional score, latency_ms, count, at. Stored in one unit of
     work; refused records are returned with their reason and counted, the rest are kept.
-    At least once: a batch redelivered after its commit (a worker killed before the ack) counts
-    twice."""
+
+    Counted once: the batch is claimed under `batch_id` (default: this message's task id, which a
+    redelivery keeps) in the same transaction, so a batch redelivered after its commit (a worker
+    killed before the ack) or sent twice with the same id adds nothing the second time."""
     try:
         records = outcomes.check_batch(batch)
+        if batch_id is None:
+            # A direct call (not a message) has no task id: nothing to deduplicate against.
+            batch_id = f"task:{self.request.id or uuid.uuid4()}"
+        batch_id = batches.check_batch_id(batch_id)
     except InvalidInput as error:
-        result = outcomes.StoreResult(refused=[outcomes.Refusal(-1, "batch", str(error))])
+        result = batches.BatchResult(
+            str(batch_id), refused=[outcomes.Refusal(-1, "batch", str(error))]
+        )
     else:
         settings = get_settings()
         try:
             with unit_of_work() as session:
-                result = outcomes.store_outcomes(
+                result = batches.store_batch(
                     session,
+                    batch_id,
                     records,
                     bucket_seconds=settings.outcome_bucket_seconds,
                     resolver=_outcome_resolver(settings.database_url_value),
@@ -258,11 +267,17 @@ def record_outcomes(self: Task, batch: Any) -> dict[str, Any]:
             raise self.retry(
                 countdown=retry_delay(error, self.request.retries, settings), exc=error
             ) from error
-    metrics.outcomes_stored(result)
+    if not result.duplicate:
+        metrics.outcomes_stored(outcomes.StoreResult(result.recorded, result.refused))
     if result.refused:
         first = result.refused[0].reason
         event(log, "outcomes.refused", logging.WARNING, count=len(result.refused), first=first)
-    return {"recorded": result.recorded, "refused": [vars(r) for r in result.refused]}
+    return {
+        "batch_id": result.batch_id,
+        "duplicate": result.duplicate,
+        "recorded": result.recorded,
+        "refused": [vars(r) for r in result.refused],
+    }
 
 
 @lru_cache(maxsize=4)

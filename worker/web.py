@@ -168,14 +168,6 @@ class Receiver:
         # re-sends it; a redelivery from OpenAI meanwhile is a duplicate.
         return JSONResponse(reply, background=BackgroundTask(_enqueue, parsed.job_id))
 
-    async def healthz(self, request: Request) -> JSONResponse:
-        try:
-            await run_in_threadpool(_ping_database)
-        except SQLAlchemyError as error:
-            event(log, "healthz.failed", logging.WARNING, error=type(error).__name__)
-            return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
-
     async def _read_body(self, request: Request) -> bytes:
         limit = self._max_body_bytes
         declared = request.headers.get("content-length")
@@ -239,7 +231,16 @@ def _plain(unwrapped: object) -> Any:
     return unwrapped
 
 
-async def _metrics(request: Request) -> Response:
+async def healthz(request: Request) -> JSONResponse:
+    try:
+        await run_in_threadpool(_ping_database)
+    except SQLAlchemyError as error:
+        event(log, "healthz.failed", logging.WARNING, error=type(error).__name__)
+        return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
     # This process's counters (with --workers N, each server process counts its own).
     return Response(generate_latest(METRICS), media_type=CONTENT_TYPE_LATEST)
 
@@ -265,52 +266,33 @@ def _enqueue(job_id: str) -> None:
     event(log, "webhook.enqueued", job=job_id)
 
 
+def routes(settings: Settings, *, webhook: bool = True) -> list[Route]:
+    """The receiver's routes; without `webhook`, only /healthz and /metrics. Raises InvalidInput
+    when the webhook is wanted and its secret is missing or bad."""
+    served = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+    if webhook:
+        receiver = Receiver(
+            require_secret(settings),
+            settings.webhook_max_body_bytes,
+            settings.webhook_body_timeout_seconds,
+        )
+        served.insert(0, Route(WEBHOOK_PATH, receiver.openai_webhook, methods=["POST"]))
+    return served
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The receiver's ASGI app. Raises InvalidInput when the webhook secret is missing or bad."""
-    settings = settings or get_settings()
-    receiver = Receiver(
-        require_secret(settings),
-        settings.webhook_max_body_bytes,
-        settings.webhook_body_timeout_seconds,
-    )
-    return Starlette(
-        routes=[
-            Route(WEBHOOK_PATH, receiver.openai_webhook, methods=["POST"]),
-            Route("/healthz", receiver.healthz, methods=["GET"]),
-            Route("/metrics", _metrics, methods=["GET"]),
-        ]
-    )
+    return Starlette(routes=routes(settings or get_settings()))
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> int:
-    """Run the receiver under uvicorn until SIGTERM/SIGINT (graceful: in-flight requests end).
-
-    Refuses to start, with InvalidInput, when the webhook secret is missing or malformed, and
-    with SchemaNotCurrent when the database is not migrated."""
-    import uvicorn
-
-    from worker import logs, receiver_server
-    from worker.startup import check_database
+    """Run the receiver alone (see `worker.receiver_server.run`). Refuses to start, with
+    InvalidInput, when the webhook secret is missing or malformed."""
+    from worker import receiver_server
 
     settings = get_settings()
     require_secret(settings)
-    logs.configure(as_json=settings.log_json)
-    # Refuses (SchemaNotCurrent) a database that is not migrated: every delivery would fail.
-    warning = check_database(settings)
-    if warning:
-        event(log, "receiver.start_warning", logging.WARNING, reason=warning)
-    before, after = receiver_server.raise_open_files_limit()
-    if after != before:
-        event(log, "receiver.open_files_limit", before=before, after=after)
-    uvicorn.run(
-        "worker.web:create_app",
-        factory=True,  # an import string, so that --workers N can start N processes
-        host=host,
-        port=port,
-        workers=workers,
-        server_header=False,
-        timeout_graceful_shutdown=20,
-        log_level="info",
-        **receiver_server.uvicorn_options(settings),
-    )
-    return 0
+    return receiver_server.run("worker.web:create_app", settings, host, port, workers)

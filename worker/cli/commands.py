@@ -347,8 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1, help="server processes")
 
     from worker.cli import canary as canary_cli
+    from worker.cli import keys as keys_cli
 
     canary_cli.add_commands(command)
+    keys_cli.add_commands(commands)
     return parser
 
 
