@@ -92,6 +92,13 @@ class DeploymentStatus(StrEnum):
     SUPERSEDED = "superseded"  # left production because a newer version took it
 
 
+class Metric(StrEnum):
+    """What a canary is judged on."""
+
+    SUCCESS_RATE = "success_rate"
+    SCORE = "score"
+
+
 class Recommendation(StrEnum):
     APPROVE = "approve"
     REVIEW = "review"
@@ -143,7 +150,7 @@ class DeploymentPolicy(Base):
         CheckConstraint("min_samples >= 1", name="min_samples"),
         CheckConstraint("bake_seconds >= 0", name="bake_seconds"),
         CheckConstraint("progress_deadline_seconds > 0", name="deadline"),
-        CheckConstraint("metric IN ('success_rate', 'score')", name="metric"),
+        CheckConstraint(_one_of("metric", Metric), name="metric"),
         CheckConstraint("keep_deprecated >= 0", name="keep_deprecated"),
     )
 
@@ -156,7 +163,7 @@ class DeploymentPolicy(Base):
     canary_steps: Mapped[list[int] | None] = mapped_column(JSONType, nullable=True)
     auto_promote: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     auto_promote_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
-    metric: Mapped[str] = mapped_column(String(16), nullable=False, default="success_rate")
+    metric: Mapped[str] = mapped_column(String(16), nullable=False, default=Metric.SUCCESS_RATE)
     min_samples: Mapped[int] = mapped_column(Integer, nullable=False, default=100)
     bake_seconds: Mapped[int] = mapped_column(Integer, nullable=False, default=300)
     progress_deadline_seconds: Mapped[int] = mapped_column(Integer, nullable=False, default=86400)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import random
-import uuid
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
@@ -15,7 +14,7 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from registry import operations
+from registry import operations, validation
 from registry.canary import outcomes, sweep
 from registry.db import session_factory, unit_of_work
 from registry.deployments import deploy
@@ -66,8 +65,8 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
     """A fine-tuning job finished: poll it, record the run, deploy it by the tenant's policy."""
     settings = get_settings()
     try:
-        job_id = events.validate_job_id(job_id)
-        tenant = events.validate_tenant_hint(tenant)
+        job_id = validation.job_id(job_id)
+        tenant = validation.optional_tenant_ref(tenant)
         # Only a redelivered message can mean a crash; a duplicate of the event is none.
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         with unit_of_work() as session:
@@ -103,7 +102,7 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
 def _retry_or_fail(task: Task, job_id: Any, error: Exception, settings: Settings) -> dict[str, Any]:
     metrics.openai_error(error)
     retryable = not isinstance(error, FtdeployError) or error.retryable
-    if not isinstance(job_id, str) or not events.JOB_ID_PATTERN.match(job_id):
+    if not validation.is_openai_id(job_id):
         event(log, "job.refused", logging.WARNING, reason=str(error))
         return {"status": "refused", "reason": str(error)}
     if retryable and task.request.retries < settings.max_retries:
@@ -142,7 +141,7 @@ def evaluation_recorded(self: Task, run_id: str) -> dict[str, Any]:
     """An evaluation was recorded: resume the run's deployment if it was waiting for one."""
     try:
         with unit_of_work() as session:
-            run = session.get(FinetuningRun, _uuid(run_id))
+            run = session.get(FinetuningRun, validation.as_uuid(run_id))
             if run is None:
                 return {"status": "refused", "reason": f"no run {run_id}"}
             result = deploy(session, run.tenant_id, run.id)
@@ -282,10 +281,3 @@ def send_job_finished(job_id: str, tenant: str | None = None) -> None:
     job_finished.apply_async(args=(job_id,), kwargs={"tenant": tenant})
     with unit_of_work() as session:
         events.mark_enqueued(session, job_id)
-
-
-def _uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return None

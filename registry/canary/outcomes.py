@@ -40,9 +40,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from registry import validation
 from registry.errors import FtdeployError, InvalidInput, TenantNotFound
 from registry.models import ModelVersion, OutcomeCounter, utcnow
-from registry.tenants import SLUG_PATTERN, find_tenant
+from registry.tenants import find_tenant
 
 MAX_COUNT = 1_000_000  # per record: a typo must not flood a canary's statistics
 MAX_LATENCY_MS = 24 * 3600 * 1000.0
@@ -104,10 +105,7 @@ def validate_outcome(
     now: datetime | None = None,
 ) -> Outcome:
     """Check one outcome's fields; raise InvalidInput naming the first bad one."""
-    if isinstance(tenant, uuid.UUID):
-        tenant = str(tenant)
-    if not isinstance(tenant, str) or not (SLUG_PATTERN.match(tenant) or _is_uuid(tenant)):
-        raise InvalidInput("tenant", f"{tenant!r} is not a tenant slug or id")
+    tenant = validation.tenant_ref(tenant)
     if not isinstance(success, bool):
         raise InvalidInput("success", f"{success!r} is not true or false")
     if score is not None and (not _number(score) or not 0 <= score <= 1):  # type: ignore[operator]
@@ -141,14 +139,6 @@ def parse_outcome(record: object, *, now: datetime | None = None) -> Outcome:
         if name not in record:
             raise InvalidInput(name, "missing")
     return validate_outcome(**{str(k): v for k, v in record.items()}, now=now)
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _model_ref(model: object) -> str | int:

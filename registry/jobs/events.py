@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime, timedelta
 
@@ -11,35 +10,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry.errors import InvalidInput
+from registry import validation
 from registry.models import EventState, JobEvent, utcnow
-from registry.tenants import validate_slug
-
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_:.\-]{1,200}$")
-
-
-def validate_job_id(job_id: object) -> str:
-    if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
-        raise InvalidInput("job id", f"{job_id!r} is not an OpenAI fine-tuning job id")
-    return job_id
-
-
-def validate_tenant_hint(tenant: object) -> str | None:
-    if tenant is None or tenant == "":
-        return None
-    if not isinstance(tenant, str):
-        raise InvalidInput("tenant", f"{tenant!r} is not a slug or id")
-    if len(tenant) == 36 and tenant.count("-") == 4:
-        return tenant
-    return validate_slug(tenant)
 
 
 def accept_event(session: Session, job_id: str, tenant: str | None, source: str) -> JobEvent:
     """Record that an event for `job_id` arrived. Idempotent (one row per job, whatever the
     number of deliveries); safe under concurrency (INSERT … ON CONFLICT DO NOTHING). An event
     that had failed is reopened, so a redelivery after a fix (say, the tenant now exists) runs."""
-    job_id = validate_job_id(job_id)
-    tenant = validate_tenant_hint(tenant)
+    job_id = validation.job_id(job_id)
+    tenant = validation.optional_tenant_ref(tenant)
     now = utcnow()
     values = {
         "openai_job_id": job_id,

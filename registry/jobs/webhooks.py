@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from registry import validation
 from registry.errors import InvalidInput
 from registry.jobs import events
 from registry.models import WebhookDelivery, utcnow
@@ -74,7 +75,7 @@ def parse_event(webhook_id: object, payload: object) -> WebhookEvent:
         return WebhookEvent(webhook_id, event_type, None)
     data = payload.get("data")
     job_id = data.get("id") if isinstance(data, dict) else None
-    return WebhookEvent(webhook_id, event_type, events.validate_job_id(job_id))
+    return WebhookEvent(webhook_id, event_type, validation.job_id(job_id))
 
 
 def record_delivery(session: Session, event: WebhookEvent) -> DeliveryOutcome:

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
-from registry import audit, operations, versions
+from registry import audit, operations, validation, versions
 from registry.db import session_factory, unit_of_work
 from registry.errors import FtdeployError
 from registry.jobs import events, runs
@@ -177,7 +177,7 @@ def _queue(args: argparse.Namespace, kind: str, **arguments: Any) -> int:
     from worker import tasks
 
     if "version" in arguments:
-        arguments["version"] = versions.check_version_number(arguments["version"])
+        arguments["version"] = validation.version_number(arguments["version"])
     with unit_of_work() as session:
         operation = operations.queue_operation(
             session, args.slug, kind, actor=args.actor, **arguments
