@@ -33,14 +33,12 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import Table, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry import validation
+from registry import dialect, validation
 from registry.errors import FtdeployError, InvalidInput, TenantNotFound
 from registry.models import ModelVersion, OutcomeCounter, utcnow
 from registry.tenants import find_tenant
@@ -175,9 +173,22 @@ def _moment(at: object, now: datetime) -> datetime | None:
     return at.astimezone(UTC)
 
 
-def bucket_start(at: datetime, seconds: int) -> datetime:
-    """The start of the `seconds`-wide bucket holding `at` (exact integer arithmetic, UTC)."""
-    return _EPOCH + (at - _EPOCH) // timedelta(seconds=seconds) * timedelta(seconds=seconds)
+def bucket_of(epoch_seconds: float, width: int) -> int:
+    """The start, in whole seconds since the epoch, of the `width`-second bucket holding the
+    moment. The one bucketing rule: counters, the recorder's fast path and the analysis window
+    all align on it."""
+    return int(epoch_seconds // width) * width
+
+
+def bucket_time(bucket: int) -> datetime:
+    """A bucket start (`bucket_of`) as a UTC time, the counters' `bucket_start`."""
+    return _EPOCH + timedelta(seconds=bucket)
+
+
+def bucket_start(at: datetime, width: int) -> datetime:
+    """The start of the `width`-second bucket holding `at`, as a UTC time."""
+    # Whole seconds first (floor), in integers: exact, and the same bucket as `bucket_of`'s.
+    return bucket_time(bucket_of((at - _EPOCH) // timedelta(seconds=1), width))
 
 
 class Sums:
@@ -285,7 +296,6 @@ def upsert_counters(session: Session, sums: Mapping[Key, Sums]) -> int:
     number of statements executed.
     """
     table = cast(Table, OutcomeCounter.__table__)
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     ordered = sorted(sums.items(), key=lambda item: (item[0][1], item[0][2]))
     statements = 0
     for start in range(0, len(ordered), UPSERT_CHUNK):
@@ -294,7 +304,7 @@ def upsert_counters(session: Session, sums: Mapping[Key, Sums]) -> int:
             {"tenant_id": t, "version_id": v, "bucket_start": b, **s.as_dict()}
             for (t, v, b), s in chunk
         ]
-        stmt = insert(table).values(rows)
+        stmt = dialect.insert(session, table).values(rows)
         stmt = stmt.on_conflict_do_update(
             index_elements=["version_id", "bucket_start"],
             set_={name: table.c[name] + stmt.excluded[name] for name in SUM_COLUMNS},
@@ -358,20 +368,3 @@ def field_of(error: FtdeployError) -> str:
     if isinstance(name, str):
         return name
     return "tenant" if isinstance(error, TenantNotFound) else "record"
-
-
-def as_record(outcome: Outcome) -> dict[str, Any]:
-    """The plain-mapping form `parse_outcome` reads back (what the Celery task carries)."""
-    record: dict[str, Any] = {
-        "tenant": outcome.tenant,
-        "model": outcome.model,
-        "success": outcome.success,
-        "count": outcome.count,
-    }
-    if outcome.score is not None:
-        record["score"] = outcome.score
-    if outcome.latency_ms is not None:
-        record["latency_ms"] = outcome.latency_ms
-    if outcome.at is not None:
-        record["at"] = outcome.at.isoformat()
-    return record

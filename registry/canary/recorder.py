@@ -24,7 +24,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError
@@ -40,6 +40,8 @@ from registry.canary.outcomes import (
     StoreResult,
     Sums,
     VersionResolver,
+    bucket_of,
+    bucket_time,
     field_of,
     parse_outcome,
     upsert_counters,
@@ -50,7 +52,6 @@ from registry.errors import FtdeployError, InvalidInput
 log = logging.getLogger("ftdeploy.outcomes")
 
 KNOWN_LIMIT = 100_000  # (tenant, model) pairs, as callers pass them, kept for the fast path
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Pending = dict[tuple[int, int], Sums]  # (slot of the ids, bucket start in epoch seconds)
 
 
@@ -174,7 +175,7 @@ class OutcomeRecorder:
         except TypeError:  # unhashable, so certainly invalid: the full validation says why
             slot = None
         if slot is not None and at is None and _plain(success, score, latency_ms, count):
-            bucket = int(now // self._bucket) * self._bucket
+            bucket = bucket_of(now, self._bucket)
             self._add(slot, bucket, count, success, score, latency_ms)
             return
         try:
@@ -230,7 +231,7 @@ class OutcomeRecorder:
 
     def _add_outcome(self, slot: int, outcome: Outcome, now: float) -> None:
         moment = outcome.at.timestamp() if outcome.at is not None else now
-        bucket = int(moment // self._bucket) * self._bucket
+        bucket = bucket_of(moment, self._bucket)
         self._add(slot, bucket, outcome.count, outcome.success, outcome.score, outcome.latency_ms)
 
     def _add(
@@ -298,8 +299,7 @@ class OutcomeRecorder:
     def _write(self, pending: Pending) -> int:
         slots = self._slots
         batch: dict[Key, Sums] = {
-            (*slots[slot], _EPOCH + timedelta(seconds=bucket)): sums
-            for (slot, bucket), sums in pending.items()
+            (*slots[slot], bucket_time(bucket)): sums for (slot, bucket), sums in pending.items()
         }
         try:
             with self._sessions() as session, session.begin():

@@ -6,11 +6,9 @@ import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry import validation
+from registry import dialect, validation
 from registry.models import EventState, JobEvent, utcnow
 
 
@@ -31,10 +29,8 @@ def accept_event(session: Session, job_id: str, tenant: str | None, source: str)
         "attempts": 0,
         "crashes": 0,
     }
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     session.execute(
-        insert(JobEvent)
+        dialect.insert(session, JobEvent)
         .values(id=uuid.uuid4(), **values)
         .on_conflict_do_nothing(index_elements=["openai_job_id"])
     )

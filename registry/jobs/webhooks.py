@@ -15,11 +15,9 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry import validation
+from registry import dialect, validation
 from registry.errors import InvalidInput
 from registry.jobs import events
 from registry.models import WebhookDelivery, utcnow
@@ -91,10 +89,8 @@ def record_delivery(session: Session, event: WebhookEvent) -> DeliveryOutcome:
     if not event.is_job_finished:
         return DeliveryOutcome.IGNORED
     assert event.job_id is not None  # parse_event sets it for every job-finished type
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     inserted = session.execute(
-        insert(WebhookDelivery)
+        dialect.insert(session, WebhookDelivery)
         .values(
             webhook_id=event.webhook_id,
             event_type=event.event_type,
