@@ -154,13 +154,3 @@ def _result(session: Session, deployment: Deployment, *, newly_applied: bool) ->
         deployment.reason,
         newly_applied=newly_applied,
     )
-
-
-def deployments_of(session: Session, tenant_id: uuid.UUID) -> list[Deployment]:
-    return list(
-        session.scalars(
-            select(Deployment)
-            .where(Deployment.tenant_id == tenant_id)
-            .order_by(Deployment.created_at.desc())
-        )
-    )

@@ -46,6 +46,7 @@ from registry.errors import InvalidInput
 from registry.jobs import webhooks
 from registry.settings import Settings, get_settings
 from worker.logs import event
+from worker.metrics import WEBHOOK_DELIVERIES
 from worker.tasks import send_job_finished
 
 log = logging.getLogger("ftdeploy.webhooks")
@@ -59,10 +60,9 @@ _MAX_REASON = 200
 # worker's metrics (worker.metrics) register in the default one.
 METRICS = CollectorRegistry()
 DELIVERIES = Counter(
-    "ftdeploy_webhooks",
-    "OpenAI webhook deliveries received, by outcome "
-    "(recorded, duplicate, ignored, refused, unavailable).",
-    ["outcome"],
+    WEBHOOK_DELIVERIES.name,
+    WEBHOOK_DELIVERIES.help,
+    WEBHOOK_DELIVERIES.labels,
     registry=METRICS,
 )
 
