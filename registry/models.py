@@ -31,6 +31,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from registry import clock
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -38,10 +40,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -133,7 +131,7 @@ class Tenant(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     slug: Mapped[str] = mapped_column(String(63), nullable=False, unique=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class DeploymentPolicy(Base):
@@ -170,7 +168,7 @@ class DeploymentPolicy(Base):
     auto_rollback: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     require_evaluation: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     keep_deprecated: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class FinetuningRun(Base):
@@ -189,7 +187,7 @@ class FinetuningRun(Base):
     trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result_metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
@@ -203,7 +201,7 @@ class Evaluation(Base):
     )
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     recommendation: Mapped[str] = mapped_column(String(16), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class ModelVersion(Base):
@@ -237,7 +235,7 @@ class ModelVersion(Base):
     )
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     traffic_percent: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
     deployed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # When it last left production: rollback returns the version that left most recently.
     deprecated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -276,8 +274,8 @@ class Deployment(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # When the canary's current step began: the analysis window starts here.
     step_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class TrafficEvent(Base):
@@ -297,7 +295,7 @@ class TrafficEvent(Base):
     # {"<version>": percent} of the production versions, before and after.
     split_before: Mapped[dict[str, int]] = mapped_column(JSONType, nullable=False)
     split_after: Mapped[dict[str, int]] = mapped_column(JSONType, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class JobEvent(Base):
@@ -319,8 +317,8 @@ class JobEvent(Base):
     # Set while an attempt runs; an attempt that finds it set knows the last one died midway.
     in_flight_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     crashes: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
     # Set once the event was handed to the broker; NULL rows are re-enqueued by the reconciler.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
@@ -349,7 +347,7 @@ class Operation(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=OperationStatus.QUEUED)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
@@ -392,4 +390,4 @@ class WebhookDelivery(Base):
     webhook_id: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
     event_type: Mapped[str] = mapped_column(String(100), nullable=False)
     openai_job_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)

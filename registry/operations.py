@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry import validation
+from registry import clock, validation
 from registry.errors import FtdeployError, InvalidInput, OperationNotFound
-from registry.models import Operation, OperationKind, OperationStatus, utcnow
+from registry.models import Operation, OperationKind, OperationStatus
 from registry.tenants import find_tenant
 from registry.versions import find_version, promote, rollback
 
@@ -66,7 +66,7 @@ def run_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
     if operation.status in (OperationStatus.SUCCEEDED, OperationStatus.FAILED):
         return operation
     operation.status = OperationStatus.RUNNING
-    operation.started_at = utcnow()
+    operation.started_at = clock.now()
     actor = f"operator:{operation.actor}"
     try:
         with session.begin_nested():
@@ -88,7 +88,7 @@ def run_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
     else:
         operation.status = OperationStatus.SUCCEEDED
         operation.result = _describe(change)
-    operation.finished_at = utcnow()
+    operation.finished_at = clock.now()
     session.flush()
     return operation
 

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry import validation
+from registry import clock, validation
 from registry.errors import InvalidInput, TenantExists, TenantNotFound
-from registry.models import DeploymentPolicy, Metric, Strategy, Tenant, utcnow
+from registry.models import DeploymentPolicy, Metric, Strategy, Tenant
 
 DEFAULT_THRESHOLD = 0.95
 
@@ -140,7 +140,7 @@ def set_policy(session: Session, tenant_id: uuid.UUID, changes: PolicyChanges) -
     if policy.canary_steps:
         # The first step is where a canary starts: keep the two in agreement.
         policy.canary_percent = min(policy.canary_steps[0], 99)
-    policy.updated_at = utcnow()
+    policy.updated_at = clock.now()
     session.flush()
     return policy
 

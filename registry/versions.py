@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry import traffic, validation
+from registry import clock, traffic, validation
 from registry.db import lock_tenant
 from registry.errors import (
     InvariantViolation,
@@ -30,7 +30,6 @@ from registry.models import (
     Tenant,
     TrafficEvent,
     VersionStatus,
-    utcnow,
 )
 from registry.routing import CHANGED_TENANTS_KEY
 from registry.tenants import find_tenant
@@ -270,7 +269,7 @@ def promote(
     number = validation.version_number(version)
     tenant = lock_tenant(session, find_tenant(session, tenant_ref).id)
     target_version = find_version(session, tenant, number)
-    now = utcnow()
+    now = clock.now()
     before = current_split(session, tenant.id)
     target = traffic.after_promote(before, target_version.version, percent)
     apply_split(session, tenant, target, now=now, promoted=target_version)
@@ -329,7 +328,7 @@ def rollback(
                 tenant.slug, f"v{leaving.version} is the only version that ever served"
             )
         target = {restored.version: 100}
-    now = utcnow()
+    now = clock.now()
     leaving.rolled_back_at = now
     apply_split(session, tenant, target, now=now, rolled_back=leaving)
     why = reason or (

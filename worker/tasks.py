@@ -14,7 +14,7 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from registry import operations, validation
+from registry import clock, operations, validation
 from registry.canary import outcomes, sweep
 from registry.db import session_factory, unit_of_work
 from registry.deployments import deploy
@@ -27,7 +27,7 @@ from registry.errors import (
 )
 from registry.jobs import events, pipeline
 from registry.jobs.openai_jobs import fetch_job, fetch_result_metrics, make_client
-from registry.models import FinetuningRun, OperationKind, utcnow
+from registry.models import FinetuningRun, OperationKind
 from registry.settings import Settings, get_settings
 from worker import metrics, observability
 from worker.app import app
@@ -76,7 +76,7 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
             tenant = tenant or attempt.tenant_hint
         if crashes >= MAX_CRASHES:
             return _fail(job_id, f"the worker died {crashes} times while handling this event")
-        waited = (utcnow() - received_at).total_seconds()
+        waited = (clock.now() - received_at).total_seconds()
         if waited > settings.job_deadline_seconds:
             raise JobDeadlineExceeded(job_id, settings.job_deadline_seconds)
         job = fetch_job(openai_client(), job_id)

@@ -38,9 +38,9 @@ from typing import cast
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from registry import dialect, validation
+from registry import clock, dialect, validation
 from registry.errors import FtdeployError, InvalidInput, TenantNotFound
-from registry.models import ModelVersion, OutcomeCounter, utcnow
+from registry.models import ModelVersion, OutcomeCounter
 from registry.tenants import find_tenant
 
 MAX_COUNT = 1_000_000  # per record: a typo must not flood a canary's statistics
@@ -121,7 +121,7 @@ def validate_outcome(
         score=None if score is None else float(score),  # type: ignore[arg-type]
         latency_ms=None if latency_ms is None else float(latency_ms),  # type: ignore[arg-type]
         count=count,
-        at=_moment(at, now or utcnow()),
+        at=_moment(at, now or clock.now()),
     )
 
 
@@ -342,7 +342,7 @@ def store_outcomes(
 ) -> StoreResult:
     """Validate, resolve and store a batch in the caller's transaction (the task's and the CLI's
     path). Each refused record is listed with its index and reason; the rest are stored."""
-    now = now or utcnow()
+    now = now or clock.now()
     resolver = resolver or VersionResolver()
     result = StoreResult()
     pending: dict[Key, Sums] = {}

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from registry import dialect, validation
-from registry.models import EventState, JobEvent, utcnow
+from registry import clock, dialect, validation
+from registry.models import EventState, JobEvent
 
 
 def accept_event(session: Session, job_id: str, tenant: str | None, source: str) -> JobEvent:
@@ -18,7 +18,7 @@ def accept_event(session: Session, job_id: str, tenant: str | None, source: str)
     that had failed is reopened, so a redelivery after a fix (say, the tenant now exists) runs."""
     job_id = validation.job_id(job_id)
     tenant = validation.optional_tenant_ref(tenant)
-    now = utcnow()
+    now = clock.now()
     values = {
         "openai_job_id": job_id,
         "tenant_hint": tenant,
@@ -71,7 +71,7 @@ def start_attempt(
     event = accept_event(session, job_id, tenant, "broker")
     # Duplicates start side by side: read and count under the row's lock, so none is lost.
     session.refresh(event, with_for_update=True)
-    now = utcnow()
+    now = clock.now()
     if event.in_flight_since is not None and redelivered:
         event.crashes += 1
     event.attempts += 1
@@ -99,7 +99,7 @@ def finish_event(session: Session, job_id: str, state: EventState, outcome: str)
     session.execute(
         update(JobEvent)
         .where(*condition)
-        .values(state=state, outcome=outcome[:2000], updated_at=utcnow(), in_flight_since=None)
+        .values(state=state, outcome=outcome[:2000], updated_at=clock.now(), in_flight_since=None)
     )
 
 
@@ -107,7 +107,7 @@ def mark_enqueued(session: Session, job_id: str) -> None:
     session.execute(
         update(JobEvent)
         .where(JobEvent.openai_job_id == job_id, JobEvent.enqueued_at.is_(None))
-        .values(enqueued_at=utcnow())
+        .values(enqueued_at=clock.now())
     )
 
 
@@ -115,7 +115,7 @@ def unenqueued_events(
     session: Session, older_than: timedelta, now: datetime | None = None
 ) -> list[str]:
     """Job ids accepted but never handed to the broker (a crash between commit and send)."""
-    cutoff = (now or utcnow()) - older_than
+    cutoff = (now or clock.now()) - older_than
     return list(
         session.scalars(
             select(JobEvent.openai_job_id)
@@ -141,7 +141,7 @@ def stalled_events(
     yet recorded as unacknowledged, and Celery acknowledges a task killed by its hard time limit.
     Re-sending is safe: the task is idempotent.
     """
-    now = now or utcnow()
+    now = now or clock.now()
     stalled = list(
         session.scalars(
             select(JobEvent.openai_job_id)

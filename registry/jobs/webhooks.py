@@ -17,10 +17,10 @@ from enum import StrEnum
 
 from sqlalchemy.orm import Session
 
-from registry import dialect, validation
+from registry import clock, dialect, validation
 from registry.errors import InvalidInput
 from registry.jobs import events
-from registry.models import WebhookDelivery, utcnow
+from registry.models import WebhookDelivery
 
 # The events that mean "this fine-tuning job ended"; their payload carries only `data.id`.
 JOB_FINISHED_TYPES = frozenset(
@@ -95,7 +95,7 @@ def record_delivery(session: Session, event: WebhookEvent) -> DeliveryOutcome:
             webhook_id=event.webhook_id,
             event_type=event.event_type,
             openai_job_id=event.job_id,
-            received_at=utcnow(),
+            received_at=clock.now(),
         )
         .on_conflict_do_nothing(index_elements=["webhook_id"])
         .returning(WebhookDelivery.id)

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from registry import clock
 from registry.canary.canaries import Assessment, assess, read_live_canaries, samples
 from registry.canary.outcomes import VersionResolver, store_outcomes, validate_outcome
 from registry.db import session_factory, unit_of_work
-from registry.models import ModelVersion, utcnow
+from registry.models import ModelVersion
 from registry.settings import get_settings
 from registry.tenants import find_tenant
 from worker import metrics
@@ -65,7 +66,7 @@ def _outcome_text(data: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    now = utcnow()
+    now = clock.now()
     with session_factory()() as session:  # read only
         tenant_id = find_tenant(session, args.slug).id if args.slug else None
         canaries = read_live_canaries(session, tenant_id)
