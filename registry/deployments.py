@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry import traffic
+from registry import clock, traffic
 from registry.db import lock_tenant
 from registry.errors import RunNotDeployable, TenantMismatch
 from registry.jobs.runs import latest_evaluation
@@ -19,7 +19,6 @@ from registry.models import (
     ModelVersion,
     Recommendation,
     Strategy,
-    utcnow,
 )
 from registry.tenants import find_tenant, get_policy, initial_canary_percent
 from registry.versions import apply_split, commit_change, current_split, register_version
@@ -68,7 +67,7 @@ def deploy(
         return _result(session, deployment, newly_applied=False)
 
     policy = get_policy(session, tenant.id)
-    now = utcnow()
+    now = clock.now()
     if deployment is None:
         deployment = Deployment(
             tenant_id=tenant.id,
@@ -140,7 +139,7 @@ def _decided(
 ) -> DeployResult:
     deployment.status = status
     deployment.reason = reason
-    deployment.updated_at = utcnow()
+    deployment.updated_at = clock.now()
     session.flush()
     return DeployResult(status, None, 0, reason, newly_applied=True)
 
@@ -153,14 +152,4 @@ def _result(session: Session, deployment: Deployment, *, newly_applied: bool) ->
         version.traffic_percent if version else 0,
         deployment.reason,
         newly_applied=newly_applied,
-    )
-
-
-def deployments_of(session: Session, tenant_id: uuid.UUID) -> list[Deployment]:
-    return list(
-        session.scalars(
-            select(Deployment)
-            .where(Deployment.tenant_id == tenant_id)
-            .order_by(Deployment.created_at.desc())
-        )
     )

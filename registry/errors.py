@@ -58,14 +58,6 @@ class VersionNotFound(FtdeployError):
         super().__init__(f"tenant {tenant!r} has no version {version}")
 
 
-class VersionNotPromotable(FtdeployError):
-    def __init__(self, tenant: str, version: int, status: str) -> None:
-        self.tenant = tenant
-        self.version = version
-        self.status = status
-        super().__init__(f"v{version} of tenant {tenant!r} is {status} and cannot be promoted")
-
-
 class NothingToRollBack(FtdeployError):
     def __init__(self, tenant: str, detail: str) -> None:
         self.tenant = tenant

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry import clock
 from registry.errors import InvalidInput, KeyExists, KeyNotFound
-from registry.models import ApiKey, ApiKeyTenant, KeyRole, Tenant, utcnow
+from registry.models import ApiKey, ApiKeyTenant, KeyRole, Tenant
 from registry.tenants import find_tenant
 
 PREFIX = "ftd_"
@@ -119,7 +120,7 @@ def revoke_key(session: Session, name: str) -> ApiKey:
     if row is None:
         raise KeyNotFound(name)
     if row.revoked_at is None:
-        row.revoked_at = utcnow()
+        row.revoked_at = clock.now()
         session.flush()
     return row
 

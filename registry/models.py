@@ -31,6 +31,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from registry import clock
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -38,10 +40,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -92,6 +90,13 @@ class DeploymentStatus(StrEnum):
     SUPERSEDED = "superseded"  # left production because a newer version took it
 
 
+class Metric(StrEnum):
+    """What a canary is judged on."""
+
+    SUCCESS_RATE = "success_rate"
+    SCORE = "score"
+
+
 class Recommendation(StrEnum):
     APPROVE = "approve"
     REVIEW = "review"
@@ -135,7 +140,7 @@ class Tenant(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     slug: Mapped[str] = mapped_column(String(63), nullable=False, unique=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class DeploymentPolicy(Base):
@@ -152,7 +157,7 @@ class DeploymentPolicy(Base):
         CheckConstraint("min_samples >= 1", name="min_samples"),
         CheckConstraint("bake_seconds >= 0", name="bake_seconds"),
         CheckConstraint("progress_deadline_seconds > 0", name="deadline"),
-        CheckConstraint("metric IN ('success_rate', 'score')", name="metric"),
+        CheckConstraint(_one_of("metric", Metric), name="metric"),
         CheckConstraint("keep_deprecated >= 0", name="keep_deprecated"),
     )
 
@@ -165,14 +170,14 @@ class DeploymentPolicy(Base):
     canary_steps: Mapped[list[int] | None] = mapped_column(JSONType, nullable=True)
     auto_promote: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     auto_promote_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
-    metric: Mapped[str] = mapped_column(String(16), nullable=False, default="success_rate")
+    metric: Mapped[str] = mapped_column(String(16), nullable=False, default=Metric.SUCCESS_RATE)
     min_samples: Mapped[int] = mapped_column(Integer, nullable=False, default=100)
     bake_seconds: Mapped[int] = mapped_column(Integer, nullable=False, default=300)
     progress_deadline_seconds: Mapped[int] = mapped_column(Integer, nullable=False, default=86400)
     auto_rollback: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     require_evaluation: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     keep_deprecated: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class FinetuningRun(Base):
@@ -191,7 +196,7 @@ class FinetuningRun(Base):
     trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result_metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
@@ -205,7 +210,7 @@ class Evaluation(Base):
     )
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     recommendation: Mapped[str] = mapped_column(String(16), nullable=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class ModelVersion(Base):
@@ -239,7 +244,7 @@ class ModelVersion(Base):
     )
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     traffic_percent: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
     deployed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # When it last left production: rollback returns the version that left most recently.
     deprecated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -278,8 +283,8 @@ class Deployment(Base):
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     # When the canary's current step began: the analysis window starts here.
     step_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class TrafficEvent(Base):
@@ -299,7 +304,7 @@ class TrafficEvent(Base):
     # {"<version>": percent} of the production versions, before and after.
     split_before: Mapped[dict[str, int]] = mapped_column(JSONType, nullable=False)
     split_after: Mapped[dict[str, int]] = mapped_column(JSONType, nullable=False)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class JobEvent(Base):
@@ -321,8 +326,8 @@ class JobEvent(Base):
     # Set while an attempt runs; an attempt that finds it set knows the last one died midway.
     in_flight_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     crashes: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
     # Set once the event was handed to the broker; NULL rows are re-enqueued by the reconciler.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
@@ -353,7 +358,7 @@ class Operation(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=OperationStatus.QUEUED)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
@@ -401,7 +406,7 @@ class WebhookDelivery(Base):
     webhook_id: Mapped[str] = mapped_column(String(200), nullable=False, unique=True)
     event_type: Mapped[str] = mapped_column(String(100), nullable=False)
     openai_job_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class OutcomeBatch(Base):
@@ -422,7 +427,7 @@ class OutcomeBatch(Base):
     batch_id: Mapped[str] = mapped_column(String(200), nullable=False)
     recorded: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     refused: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
 class ApiKey(Base):
@@ -439,7 +444,7 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16), nullable=False)
     # False: the key sees only the tenants in api_key_tenants (none left means none).
     all_tenants: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 

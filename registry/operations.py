@@ -8,10 +8,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry import clock, validation
 from registry.errors import FtdeployError, InvalidInput, OperationNotFound
-from registry.models import Operation, OperationKind, OperationStatus, utcnow
+from registry.models import Operation, OperationKind, OperationStatus
 from registry.tenants import find_tenant
-from registry.versions import check_percent, check_version_number, find_version, promote, rollback
+from registry.versions import find_version, promote, rollback
 
 MAX_REASON = 500
 
@@ -31,8 +32,8 @@ def queue_operation(
     the audit trail's reason when the operation runs."""
     tenant = find_tenant(session, tenant_ref)
     if kind == OperationKind.PROMOTE:
-        number = check_version_number(version)
-        percent = check_percent(100 if traffic_percent is None else traffic_percent)
+        number = validation.version_number(version)
+        percent = validation.traffic_percent(100 if traffic_percent is None else traffic_percent)
         find_version(session, tenant, number)
     elif kind == OperationKind.ROLLBACK:
         number, percent = None, None
@@ -63,10 +64,8 @@ def check_reason(reason: object) -> str | None:
 
 
 def get_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
-    try:
-        key = operation_id if isinstance(operation_id, uuid.UUID) else uuid.UUID(operation_id)
-    except (ValueError, TypeError, AttributeError):  # a number or a list from a message, say
-        raise InvalidInput("operation id", f"{operation_id!r} is not an id") from None
+    # A number or a list from a message, say, is refused as not an id.
+    key = validation.uuid_id(operation_id, "operation id")
     operation = session.get(Operation, key, populate_existing=True)
     if operation is None:
         raise OperationNotFound(str(operation_id))
@@ -87,7 +86,7 @@ def run_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
     if operation.status in (OperationStatus.SUCCEEDED, OperationStatus.FAILED):
         return operation
     operation.status = OperationStatus.RUNNING
-    operation.started_at = utcnow()
+    operation.started_at = clock.now()
     actor = f"operator:{operation.actor}"
     try:
         with session.begin_nested():
@@ -112,7 +111,7 @@ def run_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
     else:
         operation.status = OperationStatus.SUCCEEDED
         operation.result = _describe(change)
-    operation.finished_at = utcnow()
+    operation.finished_at = clock.now()
     session.flush()
     return operation
 

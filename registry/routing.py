@@ -44,9 +44,9 @@ from hashlib import blake2b
 from sqlalchemy import and_, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry import validation
 from registry.errors import InvariantViolation, TenantNotFound
 from registry.models import ModelVersion, Tenant, VersionStatus
-from registry.tenants import _as_uuid, validate_slug
 
 # A Mersenne prime: the modulus of the per-version universal hash (below).
 PRIME = (1 << 61) - 1
@@ -254,8 +254,10 @@ class Router:
         """The tenant's id and production rows, in one query. Raises TenantNotFound."""
         if isinstance(tenant, uuid.UUID):  # an id object names the tenant as well as its text
             tenant = str(tenant)
-        tenant_id = _as_uuid(tenant)
-        condition = Tenant.id == tenant_id if tenant_id else Tenant.slug == validate_slug(tenant)
+        tenant_id = validation.as_uuid(tenant)
+        condition = (
+            Tenant.id == tenant_id if tenant_id else Tenant.slug == validation.tenant_slug(tenant)
+        )
         statement = (
             select(
                 Tenant.id,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, fields
 from typing import Any
@@ -10,24 +9,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry import clock, validation
 from registry.errors import InvalidInput, TenantExists, TenantNotFound
-from registry.models import DeploymentPolicy, Strategy, Tenant, utcnow
+from registry.models import DeploymentPolicy, Metric, Strategy, Tenant
 
-SLUG_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEFAULT_THRESHOLD = 0.95
-METRICS = ("success_rate", "score")
-
-
-def validate_slug(slug: str) -> str:
-    if not isinstance(slug, str) or not SLUG_PATTERN.match(slug):
-        raise InvalidInput("tenant slug", f"{slug!r} must be 1-63 lowercase letters, digits or '-'")
-    return slug
 
 
 def create_tenant(session: Session, slug: str) -> Tenant:
     """Create a tenant with the default policy. Raises InvalidInput, TenantExists. Not idempotent:
     a second call with the same slug raises TenantExists and changes nothing."""
-    validate_slug(slug)
+    validation.tenant_slug(slug)
     if session.scalar(select(Tenant.id).where(Tenant.slug == slug)) is not None:
         raise TenantExists(slug)
     tenant = Tenant(slug=slug)
@@ -43,11 +35,11 @@ def find_tenant(session: Session, ref: str | uuid.UUID) -> Tenant:
     if isinstance(ref, uuid.UUID):
         tenant = session.get(Tenant, ref)
     else:
-        tenant_id = _as_uuid(ref)
+        tenant_id = validation.as_uuid(ref)
         if tenant_id is not None:
             tenant = session.get(Tenant, tenant_id)
         else:
-            validate_slug(ref)
+            validation.tenant_slug(ref)
             tenant = session.scalars(select(Tenant).where(Tenant.slug == ref)).one_or_none()
     if tenant is None:
         raise TenantNotFound(str(ref))
@@ -57,13 +49,6 @@ def find_tenant(session: Session, ref: str | uuid.UUID) -> Tenant:
 def list_tenants(session: Session) -> list[Tenant]:
     """Every tenant, by slug. Reads only."""
     return list(session.scalars(select(Tenant).order_by(Tenant.slug)))
-
-
-def _as_uuid(ref: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(ref)
-    except (ValueError, AttributeError, TypeError):
-        return None
 
 
 def get_policy(session: Session, tenant_id: uuid.UUID) -> DeploymentPolicy:
@@ -98,22 +83,12 @@ class PolicyChanges:
         }
 
 
-def _check_int(field: str, value: object, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(field, f"{value!r} is not a whole number")
-    if value < low or (high is not None and value > high):
-        bounds = f"{low}..{high}" if high is not None else f">= {low}"
-        raise InvalidInput(field, f"{value} is outside {bounds}")
-    return value
-
-
 def validate_changes(changes: PolicyChanges) -> None:
     """Raise InvalidInput for the first field out of range; every check runs before any write."""
-    if changes.strategy is not None and changes.strategy not in set(Strategy):
-        allowed = ", ".join(s.value for s in Strategy)
-        raise InvalidInput("strategy", f"{changes.strategy!r} is not one of {allowed}")
+    if changes.strategy is not None:
+        validation.one_of("strategy", changes.strategy, Strategy)
     if changes.canary_percent is not None:
-        _check_int("canary percent", changes.canary_percent, 1, 99)
+        validation.canary_percent(changes.canary_percent)
     if changes.canary_steps is not None:
         from registry.canary.analysis import parse_steps
 
@@ -125,16 +100,16 @@ def validate_changes(changes: PolicyChanges) -> None:
         or not 0 <= threshold <= 1
     ):
         raise InvalidInput("threshold", f"{threshold!r} is not a number in 0..1")
-    if changes.metric is not None and changes.metric not in METRICS:
-        raise InvalidInput("metric", f"{changes.metric!r} is not one of {', '.join(METRICS)}")
+    if changes.metric is not None:
+        validation.one_of("metric", changes.metric, Metric)
     if changes.min_samples is not None:
-        _check_int("min samples", changes.min_samples, 1)
+        validation.whole_number("min samples", changes.min_samples, 1)
     if changes.bake_seconds is not None:
-        _check_int("bake seconds", changes.bake_seconds, 0)
+        validation.whole_number("bake seconds", changes.bake_seconds, 0)
     if changes.progress_deadline_seconds is not None:
-        _check_int("deadline seconds", changes.progress_deadline_seconds, 1)
+        validation.whole_number("deadline seconds", changes.progress_deadline_seconds, 1)
     if changes.keep_deprecated is not None:
-        _check_int("keep deprecated", changes.keep_deprecated, 0)
+        validation.whole_number("keep deprecated", changes.keep_deprecated, 0)
 
 
 def set_policy(session: Session, tenant_id: uuid.UUID, changes: PolicyChanges) -> DeploymentPolicy:
@@ -170,7 +145,7 @@ def set_policy(session: Session, tenant_id: uuid.UUID, changes: PolicyChanges) -
     if policy.canary_steps:
         # The first step is where a canary starts: keep the two in agreement.
         policy.canary_percent = min(policy.canary_steps[0], 99)
-    policy.updated_at = utcnow()
+    policy.updated_at = clock.now()
     session.flush()
     return policy
 

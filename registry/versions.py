@@ -14,10 +14,9 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry import traffic
+from registry import clock, traffic, validation
 from registry.db import lock_tenant
 from registry.errors import (
-    InvalidInput,
     InvariantViolation,
     NothingToRollBack,
     VersionNotFound,
@@ -31,7 +30,6 @@ from registry.models import (
     Tenant,
     TrafficEvent,
     VersionStatus,
-    utcnow,
 )
 from registry.routing import CHANGED_TENANTS_KEY
 from registry.tenants import find_tenant
@@ -47,27 +45,6 @@ class Change:
     before: traffic.Split
     after: traffic.Split
     reason: str
-
-
-def check_percent(percent: object) -> int:
-    """A traffic percent from outside: an integer in 1..100 (not a bool, not 12.5)."""
-    if isinstance(percent, bool) or not isinstance(percent, int):
-        raise InvalidInput("traffic percent", f"{percent!r} is not a whole number")
-    if not 1 <= percent <= 100:
-        raise InvalidInput("traffic percent", f"{percent} is outside 1..100")
-    return percent
-
-
-def check_version_number(version: object) -> int:
-    if isinstance(version, str) and version.lower().startswith("v"):
-        version = version[1:]
-    try:
-        number = int(version)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise InvalidInput("version", f"{version!r} is not a version number") from None
-    if isinstance(version, bool) or number < 1 or str(number) != str(version).strip():
-        raise InvalidInput("version", f"{version!r} is not a version number (1, 2, … or v1)")
-    return number
 
 
 def production_versions(session: Session, tenant_id: uuid.UUID) -> list[ModelVersion]:
@@ -288,11 +265,11 @@ def promote(
     TenantNotFound, VersionNotFound (also for another tenant's version). Promoting to the split
     that is already in force is a no-op change that is still audited.
     """
-    percent = check_percent(percent)
-    number = check_version_number(version)
+    percent = validation.traffic_percent(percent)
+    number = validation.version_number(version)
     tenant = lock_tenant(session, find_tenant(session, tenant_ref).id)
     target_version = find_version(session, tenant, number)
-    now = utcnow()
+    now = clock.now()
     before = current_split(session, tenant.id)
     target = traffic.after_promote(before, target_version.version, percent)
     apply_split(session, tenant, target, now=now, promoted=target_version)
@@ -351,7 +328,7 @@ def rollback(
                 tenant.slug, f"v{leaving.version} is the only version that ever served"
             )
         target = {restored.version: 100}
-    now = utcnow()
+    now = clock.now()
     leaving.rolled_back_at = now
     apply_split(session, tenant, target, now=now, rolled_back=leaving)
     why = reason or (

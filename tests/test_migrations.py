@@ -1,4 +1,6 @@
-"""The migrations are the schema: they agree with the models and they go down and up again.
+"""The migrations are the schema: they agree with the models (columns and types through
+`alembic check`; CHECK constraints and indexes, which it does not compare, here) and they go down
+and up again.
 
 Each test builds its own empty database (not a copy of the migrated template), on PostgreSQL and
 on SQLite.
@@ -8,12 +10,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import CheckConstraint, Engine, inspect
 
 from migrations import alembic_config, downgrade, upgrade
 from registry.db import make_engine
@@ -24,16 +27,27 @@ _names = itertools.count()
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def empty_databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], str]]:
+    """Makes empty databases with no schema at all, all on the same server (or SQLite)."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"ftdeploy_mig{os.getpid()}_{next(_names)}"
+        if request.param == "sqlite":
+            return f"sqlite:///{tmp_path / name}.db"
+        postgres: services.Service = request.getfixturevalue("postgres")
+        made.append(name)
+        return services.create_database(postgres.url, name)
+
+    yield make
+    for name in made:
+        services.drop_database(request.getfixturevalue("postgres").url, name)
+
+
+@pytest.fixture
+def empty_url(empty_databases: Callable[[], str]) -> str:
     """An empty database with no schema at all."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    postgres: services.Service = request.getfixturevalue("postgres")
-    name = f"ftdeploy_mig{os.getpid()}_{next(_names)}"
-    url = services.create_database(postgres.url, name)
-    yield url
-    services.drop_database(postgres.url, name)
+    return empty_databases()
 
 
 def _tables(url: str) -> set[str]:
@@ -87,3 +101,120 @@ def test_upgrade_downgrade_upgrade(empty_url: str) -> None:
     upgrade(empty_url)
     assert _schema(empty_url) == first
     command.check(alembic_config(empty_url))
+
+
+# What `alembic check` does not compare: CHECK constraints (their names and their SQL) and every
+# index. The models' side is built by `create_all` on the same server, so each database renders
+# both sides' SQL its own way (PostgreSQL deparses `x BETWEEN 1 AND 99` to
+# `(x >= 1) AND (x <= 99)`); the text is then normalized per dialect.
+
+Checks = dict[str, dict[str, str]]  # table -> constraint name -> normalized SQL
+Indexes = dict[str, dict[str, tuple[tuple[str, ...], bool]]]  # table -> name -> columns, unique
+
+
+def _normalize(dialect: str, sql_text: str) -> str:
+    text = re.sub(r"\s+", " ", sql_text).strip()
+    if dialect == "sqlite":  # kept as written: spacing and redundant outer parentheses vary
+        text = re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", text))
+        while text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
+            text = text[1:-1].strip()
+    return text
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _reflected(engine: Engine) -> tuple[Checks, Indexes]:
+    """CHECK constraints and indexes per table, as the database reports them. Indexes that only
+    back a UNIQUE constraint are left to `alembic check`, which compares those."""
+    inspector = inspect(engine)
+    dialect = engine.dialect.name
+    tables = [t for t in sorted(inspector.get_table_names()) if t != "alembic_version"]
+    checks = {
+        table: {
+            str(c["name"]): _normalize(dialect, c["sqltext"])
+            for c in inspector.get_check_constraints(table)
+        }
+        for table in tables
+    }
+    indexes = {
+        table: {
+            str(i["name"]): (tuple(str(c) for c in i["column_names"]), bool(i["unique"]))
+            for i in inspector.get_indexes(table)
+            if "duplicates_constraint" not in i
+        }
+        for table in tables
+    }
+    return checks, indexes
+
+
+def _declared(dialect: str) -> tuple[Checks, Indexes]:
+    """The same, read from the models' metadata without any database."""
+    tables = sorted(Base.metadata.tables.items())
+    checks = {
+        name: {
+            str(c.name): _normalize(dialect, str(c.sqltext))
+            for c in table.constraints
+            if isinstance(c, CheckConstraint)
+        }
+        for name, table in tables
+    }
+    indexes = {
+        name: {
+            str(i.name): (tuple(str(c.name) for c in i.columns), bool(i.unique))
+            for i in table.indexes
+        }
+        for name, table in tables
+    }
+    return checks, indexes
+
+
+def _difference(
+    migrations: Mapping[str, Mapping[str, object]], models: Mapping[str, Mapping[str, object]]
+) -> str:
+    """What differs, by (table, name): only in the migrations, only in the models, or unequal."""
+    lines = []
+    for table in sorted(set(migrations) | set(models)):
+        ours, theirs = migrations.get(table, {}), models.get(table, {})
+        for name in sorted(set(ours) | set(theirs)):
+            if name not in theirs:
+                lines.append(f"{table}.{name}: only in the migrations ({ours[name]})")
+            elif name not in ours:
+                lines.append(f"{table}.{name}: only in the models ({theirs[name]})")
+            elif ours[name] != theirs[name]:
+                lines.append(f"{table}.{name}: migrations {ours[name]} != models {theirs[name]}")
+    return "\n".join(lines)
+
+
+def test_check_constraints_and_indexes_match_the_models(
+    empty_databases: Callable[[], str],
+) -> None:
+    migrated_url, modelled_url = empty_databases(), empty_databases()
+    upgrade(migrated_url)
+    migrated, modelled = make_engine(migrated_url), make_engine(modelled_url)
+    try:
+        Base.metadata.create_all(modelled)
+        checks, indexes = _reflected(migrated)
+        model_checks, model_indexes = _reflected(modelled)
+        dialect = migrated.dialect.name
+    finally:
+        migrated.dispose()
+        modelled.dispose()
+    # Each database renders both sides' SQL its own way, so their texts compare as equals.
+    assert checks == model_checks, _difference(checks, model_checks)
+    assert indexes == model_indexes, _difference(indexes, model_indexes)
+    # Against the metadata itself: the same names everywhere, and on SQLite (which keeps the SQL
+    # as written) the same text.
+    declared_checks, declared_indexes = _declared(dialect)
+    assert {t: sorted(c) for t, c in checks.items()} == {
+        t: sorted(c) for t, c in declared_checks.items()
+    }
+    assert indexes == declared_indexes
+    if dialect == "sqlite":
+        assert checks == declared_checks

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any
 
 from registry.masking import mask
@@ -116,10 +117,14 @@ class MaskingFilter(logging.Filter):
         return True
 
 
-def configure(as_json: bool = False, level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler()
+def configure(as_json: bool = False, level: int | str = logging.INFO) -> None:
+    """The one log setup of every process (worker, webhook receiver): the `ftdeploy` loggers write
+    one line per event to the process's real stderr."""
+    # sys.__stderr__, not sys.stderr: Celery redirects sys.stderr into its own logger, which would
+    # wrap each of our lines in a second format.
+    handler = logging.StreamHandler(sys.__stderr__)
     handler.setFormatter(EventFormatter(as_json))
     root = logging.getLogger("ftdeploy")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level or logging.INFO)
     root.propagate = False

@@ -1,18 +1,12 @@
-"""The worker's Prometheus metrics, all defined here, served on FTDEPLOY_METRICS_PORT (on
-FTDEPLOY_METRICS_HOST, 127.0.0.1 by default).
+"""ftdeploy's Prometheus metrics: every name, help text and label set is one `MetricSpec`
+below (the webhook receiver's counter too); the worker's are served on FTDEPLOY_METRICS_PORT
+(on FTDEPLOY_METRICS_HOST, 127.0.0.1 by default).
 
-Exposed (all counters but the last two):
-- `ftdeploy_job_events_total{outcome}`: job-finished events handled (done, failed, refused,
-  retry, error);
-- `ftdeploy_promotions_total{actor}` and `ftdeploy_rollbacks_total{actor}`: traffic changes
-  applied, by `auto` (the sweep) or `operator` (queued operations);
-- `ftdeploy_canary_decisions_total{action}`: the sweep's decisions (hold, step, promote,
-  rollback, error), applied or not;
-- `ftdeploy_openai_errors_total{error_class}`: failed OpenAI calls, by error class;
-- `ftdeploy_outcomes_recorded_total`, `ftdeploy_outcomes_refused_total{field}`;
-- `ftdeploy_sweep_duration_seconds` (histogram);
-- `ftdeploy_deployments{strategy,status}` (gauge): deployments in the database, read at scrape
-  time, so it is exact across processes and restarts.
+Counters get Prometheus' `_total` suffix when exposed. Job events count done, failed, refused,
+retry and error; promotions and rollbacks are labelled `auto` (the sweep) or `operator` (queued
+operations); canary decisions count the sweep's hold, step, promote, rollback and error, applied
+or not. The deployments gauge is read from the database at scrape time, so it is exact across
+processes and restarts.
 
 Prefork: tasks run in the pool's child processes while the HTTP server runs in the main one. We
 use prometheus_client's multiprocess mode. On `worker_init` (main process, before the pool
@@ -55,6 +49,46 @@ SWEEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 6
 
 
 @dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+JOB_EVENTS = MetricSpec(
+    "ftdeploy_job_events", "Job-finished events handled, by outcome.", ("outcome",)
+)
+PROMOTIONS = MetricSpec(
+    "ftdeploy_promotions", "Promotions and canary steps applied, by actor.", ("actor",)
+)
+ROLLBACKS = MetricSpec("ftdeploy_rollbacks", "Rollbacks applied, by actor.", ("actor",))
+CANARY_DECISIONS = MetricSpec(
+    "ftdeploy_canary_decisions", "Auto-promote sweep decisions, by action.", ("action",)
+)
+OPENAI_ERRORS = MetricSpec(
+    "ftdeploy_openai_errors", "Failed OpenAI calls, by error class.", ("error_class",)
+)
+OUTCOMES_RECORDED = MetricSpec("ftdeploy_outcomes_recorded", "Online outcomes stored.")
+OUTCOMES_REFUSED = MetricSpec(
+    "ftdeploy_outcomes_refused", "Online outcomes refused, by field.", ("field",)
+)
+SWEEP_DURATION = MetricSpec(
+    "ftdeploy_sweep_duration_seconds", "Duration of one auto-promote sweep."
+)
+DEPLOYMENTS = MetricSpec(
+    "ftdeploy_deployments",
+    "Deployments in the database, by strategy and status.",
+    ("strategy", "status"),
+)
+WEBHOOK_DELIVERIES = MetricSpec(
+    "ftdeploy_webhooks",
+    "OpenAI webhook deliveries received, by outcome "
+    "(recorded, duplicate, ignored, refused, unavailable).",
+    ("outcome",),
+)
+
+
+@dataclass(frozen=True)
 class _Metrics:
     job_events: Counter
     promotions: Counter
@@ -82,29 +116,18 @@ def _get() -> _Metrics:
 def _build() -> _Metrics:
     from prometheus_client import Counter, Histogram
 
+    def counter(spec: MetricSpec) -> Counter:
+        return Counter(spec.name, spec.help, spec.labels)
+
     return _Metrics(
-        job_events=Counter(
-            "ftdeploy_job_events", "Job-finished events handled, by outcome.", ["outcome"]
-        ),
-        promotions=Counter(
-            "ftdeploy_promotions", "Promotions and canary steps applied, by actor.", ["actor"]
-        ),
-        rollbacks=Counter("ftdeploy_rollbacks", "Rollbacks applied, by actor.", ["actor"]),
-        decisions=Counter(
-            "ftdeploy_canary_decisions", "Auto-promote sweep decisions, by action.", ["action"]
-        ),
-        openai_errors=Counter(
-            "ftdeploy_openai_errors", "Failed OpenAI calls, by error class.", ["error_class"]
-        ),
-        outcomes_recorded=Counter("ftdeploy_outcomes_recorded", "Online outcomes stored."),
-        outcomes_refused=Counter(
-            "ftdeploy_outcomes_refused", "Online outcomes refused, by field.", ["field"]
-        ),
-        sweep_duration=Histogram(
-            "ftdeploy_sweep_duration_seconds",
-            "Duration of one auto-promote sweep.",
-            buckets=SWEEP_BUCKETS,
-        ),
+        job_events=counter(JOB_EVENTS),
+        promotions=counter(PROMOTIONS),
+        rollbacks=counter(ROLLBACKS),
+        decisions=counter(CANARY_DECISIONS),
+        openai_errors=counter(OPENAI_ERRORS),
+        outcomes_recorded=counter(OUTCOMES_RECORDED),
+        outcomes_refused=counter(OUTCOMES_REFUSED),
+        sweep_duration=Histogram(SWEEP_DURATION.name, SWEEP_DURATION.help, buckets=SWEEP_BUCKETS),
     )
 
 
@@ -157,7 +180,7 @@ class OutcomeMetrics:
 
 
 class DeploymentsCollector:
-    """`ftdeploy_deployments{strategy,status}`, counted in the database at each scrape.
+    """The DEPLOYMENTS gauge, counted in the database at each scrape.
 
     Uses its own engine without a pool: no connection of the main process is left open for a
     pool child forked later to inherit."""
@@ -174,9 +197,7 @@ class DeploymentsCollector:
         from registry.models import Deployment
 
         family = GaugeMetricFamily(
-            "ftdeploy_deployments",
-            "Deployments in the database, by strategy and status.",
-            labels=["strategy", "status"],
+            DEPLOYMENTS.name, DEPLOYMENTS.help, labels=list(DEPLOYMENTS.labels)
         )
         try:
             if self._engine is None:

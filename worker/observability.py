@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
 
 from registry.settings import get_settings
-from worker import metrics
-from worker.logs import EventFormatter, MaskingFilter, event
+from worker import logs, metrics
+from worker.logs import MaskingFilter, event
 
 if TYPE_CHECKING:
     from registry.canary.sweep import SweepReport
@@ -31,20 +30,9 @@ JOB_TASK = "ftdeploy.job_finished"
 OPERATION_TASKS = {"ftdeploy.promote": "promote", "ftdeploy.rollback": "rollback"}
 
 
-def configure_logs(as_json: bool, level: int | str = logging.INFO) -> None:
-    # sys.__stderr__, not sys.stderr: Celery later redirects sys.stderr into its own logger,
-    # which would wrap each of our lines in a second format.
-    handler = logging.StreamHandler(sys.__stderr__)
-    handler.setFormatter(EventFormatter(as_json))
-    root = logging.getLogger("ftdeploy")
-    root.handlers[:] = [handler]
-    root.setLevel(level or logging.INFO)
-    root.propagate = False
-
-
 @signals.after_setup_logger.connect
 def _on_logging_ready(logger: Any = None, loglevel: Any = None, **_: Any) -> None:
-    configure_logs(get_settings().log_json, loglevel or logging.INFO)
+    logs.configure(get_settings().log_json, loglevel or logging.INFO)
     _mask_handlers(logger)
 
 

@@ -15,7 +15,7 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from registry import operations
+from registry import clock, operations, validation
 from registry.canary import batches, outcomes, sweep
 from registry.db import session_factory, unit_of_work
 from registry.deployments import deploy
@@ -28,7 +28,7 @@ from registry.errors import (
 )
 from registry.jobs import events, pipeline
 from registry.jobs.openai_jobs import fetch_job, fetch_result_metrics, make_client
-from registry.models import FinetuningRun, OperationKind, utcnow
+from registry.models import FinetuningRun, OperationKind
 from registry.settings import Settings, get_settings
 from worker import metrics, observability
 from worker.app import app
@@ -72,8 +72,8 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
     """A fine-tuning job finished: poll it, record the run, deploy it by the tenant's policy."""
     settings = get_settings()
     try:
-        job_id = events.validate_job_id(job_id)
-        tenant = events.validate_tenant_hint(tenant)
+        job_id = validation.job_id(job_id)
+        tenant = validation.optional_tenant_ref(tenant)
         # Only a redelivered message can mean a crash; a duplicate of the event is none.
         redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
         with unit_of_work() as session:
@@ -83,7 +83,7 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
             tenant = tenant or attempt.tenant_hint
         if crashes >= MAX_CRASHES:
             return _fail(job_id, f"the worker died {crashes} times while handling this event")
-        waited = (utcnow() - received_at).total_seconds()
+        waited = (clock.now() - received_at).total_seconds()
         if waited > settings.job_deadline_seconds:
             raise JobDeadlineExceeded(job_id, settings.job_deadline_seconds)
         job = fetch_job(openai_client(), job_id)
@@ -109,7 +109,7 @@ def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
 def _retry_or_fail(task: Task, job_id: Any, error: Exception, settings: Settings) -> dict[str, Any]:
     metrics.openai_error(error)
     retryable = not isinstance(error, FtdeployError) or error.retryable
-    if not isinstance(job_id, str) or not events.JOB_ID_PATTERN.match(job_id):
+    if not validation.is_openai_id(job_id):
         event(log, "job.refused", logging.WARNING, reason=str(error))
         return {"status": "refused", "reason": str(error)}
     if retryable and task.request.retries < settings.max_retries:
@@ -148,7 +148,7 @@ def evaluation_recorded(self: Task, run_id: str) -> dict[str, Any]:
     """An evaluation was recorded: resume the run's deployment if it was waiting for one."""
     try:
         with unit_of_work() as session:
-            run = session.get(FinetuningRun, _uuid(run_id))
+            run = session.get(FinetuningRun, validation.as_uuid(run_id))
             if run is None:
                 return {"status": "refused", "reason": f"no run {run_id}"}
             result = deploy(session, run.tenant_id, run.id)
@@ -303,10 +303,3 @@ def send_job_finished(job_id: str, tenant: str | None = None) -> None:
     job_finished.apply_async(args=(job_id,), kwargs={"tenant": tenant})
     with unit_of_work() as session:
         events.mark_enqueued(session, job_id)
-
-
-def _uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return None

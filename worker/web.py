@@ -51,6 +51,7 @@ from registry.jobs import webhooks
 from registry.lograte import LogRate
 from registry.settings import Settings, get_settings
 from worker.logs import event
+from worker.metrics import WEBHOOK_DELIVERIES
 from worker.receiver_server import SLOW_CLIENTS
 from worker.tasks import send_job_finished
 
@@ -65,10 +66,9 @@ _MAX_REASON = 200
 # worker's metrics (worker.metrics) register in the default one.
 METRICS = CollectorRegistry()
 DELIVERIES = Counter(
-    "ftdeploy_webhooks",
-    "OpenAI webhook deliveries received, by outcome "
-    "(recorded, duplicate, ignored, refused, unavailable).",
-    ["outcome"],
+    WEBHOOK_DELIVERIES.name,
+    WEBHOOK_DELIVERIES.help,
+    WEBHOOK_DELIVERIES.labels,
     registry=METRICS,
 )
 METRICS.register(SLOW_CLIENTS)

@@ -24,6 +24,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from registry.errors import InvalidInput
+from registry.models import Metric
 
 # One-sided 95%: the canary's bounds and the "significantly worse than stable" tests.
 Z_95 = 1.645
@@ -32,11 +33,6 @@ Z_95 = 1.645
 # requests means good news can never trigger a rollback: one more success does not move a canary
 # closer to this floor, as a floor on requests would ("0/9 holds, 1/10 rolls back").
 EARLY_ROLLBACK_FAILURES = 5
-
-
-class Metric(StrEnum):
-    SUCCESS_RATE = "success_rate"
-    SCORE = "score"
 
 
 class Action(StrEnum):

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from registry import clock
 from registry.canary.outcomes import (
     Outcome,
     Refusal,
@@ -30,7 +31,7 @@ from registry.canary.outcomes import (
     store_outcomes,
 )
 from registry.errors import FtdeployError, InvalidInput
-from registry.models import OutcomeBatch, utcnow
+from registry.models import OutcomeBatch
 
 MAX_BATCH_ID = 200
 
@@ -71,7 +72,7 @@ def store_batch(
     returned. Raises InvalidInput for a bad batch id.
     """
     batch_id = check_batch_id(batch_id)
-    now = now or utcnow()
+    now = now or clock.now()
     resolver = resolver or VersionResolver()
     tenants = {tenant_id} if tenant_id is not None else set()
     for record in records:
@@ -109,7 +110,11 @@ def _claim(session: Session, batch_id: str, tenant_ids: list[uuid.UUID]) -> bool
             inserted = session.execute(
                 insert(table)
                 .values(
-                    tenant_id=tenant, batch_id=batch_id, recorded=0, refused=0, received_at=utcnow()
+                    tenant_id=tenant,
+                    batch_id=batch_id,
+                    recorded=0,
+                    refused=0,
+                    received_at=clock.now(),
                 )
                 .on_conflict_do_nothing(index_elements=["tenant_id", "batch_id"])
                 .returning(table.c.id)

@@ -35,7 +35,6 @@ from registry.canary.analysis import (
     CanaryState,
     Counts,
     Decision,
-    Metric,
     decide,
     validate_policy,
 )
@@ -44,6 +43,7 @@ from registry.models import (
     Deployment,
     DeploymentPolicy,
     DeploymentStatus,
+    Metric,
     ModelVersion,
     OutcomeCounter,
     Tenant,

@@ -33,16 +33,15 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import Table, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from registry import clock, dialect, validation
 from registry.errors import FtdeployError, InvalidInput, TenantNotFound
-from registry.models import ModelVersion, OutcomeCounter, utcnow
-from registry.tenants import SLUG_PATTERN, find_tenant
+from registry.models import ModelVersion, OutcomeCounter
+from registry.tenants import find_tenant
 
 MAX_COUNT = 1_000_000  # per record: a typo must not flood a canary's statistics
 MAX_LATENCY_MS = 24 * 3600 * 1000.0
@@ -104,10 +103,7 @@ def validate_outcome(
     now: datetime | None = None,
 ) -> Outcome:
     """Check one outcome's fields; raise InvalidInput naming the first bad one."""
-    if isinstance(tenant, uuid.UUID):
-        tenant = str(tenant)
-    if not isinstance(tenant, str) or not (SLUG_PATTERN.match(tenant) or _is_uuid(tenant)):
-        raise InvalidInput("tenant", f"{tenant!r} is not a tenant slug or id")
+    tenant = validation.tenant_ref(tenant)
     if not isinstance(success, bool):
         raise InvalidInput("success", f"{success!r} is not true or false")
     if score is not None and (not _number(score) or not 0 <= score <= 1):  # type: ignore[operator]
@@ -125,7 +121,7 @@ def validate_outcome(
         score=None if score is None else float(score),  # type: ignore[arg-type]
         latency_ms=None if latency_ms is None else float(latency_ms),  # type: ignore[arg-type]
         count=count,
-        at=_moment(at, now or utcnow()),
+        at=_moment(at, now or clock.now()),
     )
 
 
@@ -141,14 +137,6 @@ def parse_outcome(record: object, *, now: datetime | None = None) -> Outcome:
         if name not in record:
             raise InvalidInput(name, "missing")
     return validate_outcome(**{str(k): v for k, v in record.items()}, now=now)
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _model_ref(model: object) -> str | int:
@@ -192,9 +180,22 @@ def _moment(at: object, now: datetime) -> datetime | None:
     return moment
 
 
-def bucket_start(at: datetime, seconds: int) -> datetime:
-    """The start of the `seconds`-wide bucket holding `at` (exact integer arithmetic, UTC)."""
-    return _EPOCH + (at - _EPOCH) // timedelta(seconds=seconds) * timedelta(seconds=seconds)
+def bucket_of(epoch_seconds: float, width: int) -> int:
+    """The start, in whole seconds since the epoch, of the `width`-second bucket holding the
+    moment. The one bucketing rule: counters, the recorder's fast path and the analysis window
+    all align on it."""
+    return int(epoch_seconds // width) * width
+
+
+def bucket_time(bucket: int) -> datetime:
+    """A bucket start (`bucket_of`) as a UTC time, the counters' `bucket_start`."""
+    return _EPOCH + timedelta(seconds=bucket)
+
+
+def bucket_start(at: datetime, width: int) -> datetime:
+    """The start of the `width`-second bucket holding `at`, as a UTC time."""
+    # Whole seconds first (floor), in integers: exact, and the same bucket as `bucket_of`'s.
+    return bucket_time(bucket_of((at - _EPOCH) // timedelta(seconds=1), width))
 
 
 class Sums:
@@ -316,7 +317,6 @@ def upsert_counters(session: Session, sums: Mapping[Key, Sums]) -> int:
     number of statements executed.
     """
     table = cast(Table, OutcomeCounter.__table__)
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     ordered = sorted(sums.items(), key=lambda item: (item[0][1], item[0][2]))
     statements = 0
     for start in range(0, len(ordered), UPSERT_CHUNK):
@@ -325,7 +325,7 @@ def upsert_counters(session: Session, sums: Mapping[Key, Sums]) -> int:
             {"tenant_id": t, "version_id": v, "bucket_start": b, **s.as_dict()}
             for (t, v, b), s in chunk
         ]
-        stmt = insert(table).values(rows)
+        stmt = dialect.insert(session, table).values(rows)
         stmt = stmt.on_conflict_do_update(
             index_elements=["version_id", "bucket_start"],
             set_={name: table.c[name] + stmt.excluded[name] for name in SUM_COLUMNS},
@@ -368,7 +368,7 @@ def store_outcomes(
     records of the batch, of every tenant, are kept."""
     from registry.canary.counter_writes import MAX_COUNTER, store_isolated
 
-    now = now or utcnow()
+    now = now or clock.now()
     resolver = resolver or VersionResolver()
     result = StoreResult()
     pending: dict[Key, Sums] = {}
@@ -404,20 +404,3 @@ def field_of(error: FtdeployError) -> str:
     if isinstance(name, str):
         return name
     return "tenant" if isinstance(error, TenantNotFound) else "record"
-
-
-def as_record(outcome: Outcome) -> dict[str, Any]:
-    """The plain-mapping form `parse_outcome` reads back (what the Celery task carries)."""
-    record: dict[str, Any] = {
-        "tenant": outcome.tenant,
-        "model": outcome.model,
-        "success": outcome.success,
-        "count": outcome.count,
-    }
-    if outcome.score is not None:
-        record["score"] = outcome.score
-    if outcome.latency_ms is not None:
-        record["latency_ms"] = outcome.latency_ms
-    if outcome.at is not None:
-        record["at"] = outcome.at.isoformat()
-    return record

@@ -31,7 +31,7 @@ import weakref
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -48,6 +48,8 @@ from registry.canary.outcomes import (
     StoreResult,
     Sums,
     VersionResolver,
+    bucket_of,
+    bucket_time,
     field_of,
     parse_outcome,
     validate_outcome,
@@ -59,7 +61,6 @@ from registry.masking import mask
 log = logging.getLogger("ftdeploy.outcomes")
 
 KNOWN_LIMIT = 100_000  # (tenant, model) pairs, as callers pass them, kept for the fast path
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Pending = dict[tuple[int, int], Sums]  # (slot of the ids, bucket start in epoch seconds)
 RECENT_REFUSALS = 20
 MAX_REASON = 300
@@ -191,7 +192,7 @@ class OutcomeRecorder:
             except TypeError:  # unhashable, so certainly invalid: the validation says why
                 slot = None
             if slot is not None and at is None and _plain(success, score, latency_ms, count):
-                bucket = int(now // self._bucket) * self._bucket
+                bucket = bucket_of(now, self._bucket)
                 return self._add(slot, bucket, count, success, score, latency_ms)
             outcome = validate_outcome(
                 tenant,
@@ -252,7 +253,7 @@ class OutcomeRecorder:
 
     def _add_outcome(self, slot: int, outcome: Outcome, now: float) -> bool:
         moment = outcome.at.timestamp() if outcome.at is not None else now
-        bucket = int(moment // self._bucket) * self._bucket
+        bucket = bucket_of(moment, self._bucket)
         return self._add(
             slot, bucket, outcome.count, outcome.success, outcome.score, outcome.latency_ms
         )
@@ -327,8 +328,7 @@ class OutcomeRecorder:
                 return 0
             slots = self._slots
             origin: dict[Key, tuple[int, int]] = {
-                (*slots[slot], _EPOCH + timedelta(seconds=bucket)): (slot, bucket)
-                for slot, bucket in pending
+                (*slots[slot], bucket_time(bucket)): (slot, bucket) for slot, bucket in pending
             }
             batch = {key: pending[place] for key, place in origin.items()}
             report = write_by_tenant(self._sessions, batch)

@@ -14,9 +14,9 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import versions
+from registry import clock, versions
 from registry.db import lock_tenant
-from registry.models import DeploymentPolicy, ModelVersion, Tenant, VersionStatus, utcnow
+from registry.models import DeploymentPolicy, ModelVersion, Tenant, VersionStatus
 
 DEFAULT_KEEP = 3
 ACTOR = "auto"
@@ -85,7 +85,7 @@ def archive_beyond_retention(session: Session, tenant_id: uuid.UUID) -> list[int
         before=versions.current_split(session, tenant.id),
         actor=ACTOR,
         reason=reason,
-        now=utcnow(),
+        now=clock.now(),
     )
     return numbers
 

@@ -38,13 +38,13 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import versions
+from registry import clock, versions
 from registry.canary.analysis import Action
 from registry.canary.canaries import Assessment, LiveCanary, assess, read_live_canaries
 from registry.canary.retention import enforce_retention
 from registry.db import lock_tenant
 from registry.errors import FtdeployError
-from registry.models import Deployment, DeploymentStatus, ModelVersion, VersionStatus, utcnow
+from registry.models import Deployment, DeploymentStatus, ModelVersion, VersionStatus
 
 ACTOR = "auto"
 AUDIT_ACTIONS = {
@@ -188,7 +188,7 @@ def _act(session: Session, canary: LiveCanary, assessment: Assessment) -> versio
         )
     deployment = session.get_one(Deployment, canary.deployment_id)
     deployment.reason = reason
-    deployment.updated_at = utcnow()
+    deployment.updated_at = clock.now()
     session.flush()
     return change
 
@@ -198,7 +198,7 @@ def auto_promote_sweep(sessions: sessionmaker[Session], now: datetime | None = N
     and with operators' changes (see the module's docstring); each applied action is one
     transaction, so a crash midway leaves every canary either moved or not."""
     started = time.perf_counter()
-    now = now or utcnow()
+    now = now or clock.now()
     report = SweepReport(started_at=now)
     assessments = plan(sessions, now)
     report.canaries = len(assessments)

@@ -2,46 +2,24 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry.errors import InvalidInput
+from registry import clock, dialect, validation
 from registry.masking import mask
-from registry.models import EventState, JobEvent, utcnow
-from registry.tenants import validate_slug
-
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_:.\-]{1,200}$")
-
-
-def validate_job_id(job_id: object) -> str:
-    if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
-        raise InvalidInput("job id", f"{job_id!r} is not an OpenAI fine-tuning job id")
-    return job_id
-
-
-def validate_tenant_hint(tenant: object) -> str | None:
-    if tenant is None or tenant == "":
-        return None
-    if not isinstance(tenant, str):
-        raise InvalidInput("tenant", f"{tenant!r} is not a slug or id")
-    if len(tenant) == 36 and tenant.count("-") == 4:
-        return tenant
-    return validate_slug(tenant)
+from registry.models import EventState, JobEvent
 
 
 def accept_event(session: Session, job_id: str, tenant: str | None, source: str) -> JobEvent:
     """Record that an event for `job_id` arrived. Idempotent (one row per job, whatever the
     number of deliveries); safe under concurrency (INSERT … ON CONFLICT DO NOTHING). An event
     that had failed is reopened, so a redelivery after a fix (say, the tenant now exists) runs."""
-    job_id = validate_job_id(job_id)
-    tenant = validate_tenant_hint(tenant)
-    now = utcnow()
+    job_id = validation.job_id(job_id)
+    tenant = validation.optional_tenant_ref(tenant)
+    now = clock.now()
     values = {
         "openai_job_id": job_id,
         "tenant_hint": tenant,
@@ -52,10 +30,8 @@ def accept_event(session: Session, job_id: str, tenant: str | None, source: str)
         "attempts": 0,
         "crashes": 0,
     }
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     session.execute(
-        insert(JobEvent)
+        dialect.insert(session, JobEvent)
         .values(id=uuid.uuid4(), **values)
         .on_conflict_do_nothing(index_elements=["openai_job_id"])
     )
@@ -96,7 +72,7 @@ def start_attempt(
     event = accept_event(session, job_id, tenant, "broker")
     # Duplicates start side by side: read and count under the row's lock, so none is lost.
     session.refresh(event, with_for_update=True)
-    now = utcnow()
+    now = clock.now()
     if event.in_flight_since is not None and redelivered:
         event.crashes += 1
     event.attempts += 1
@@ -126,7 +102,7 @@ def finish_event(session: Session, job_id: str, state: EventState, outcome: str)
         .where(*condition)
         # The outcome may quote an external error (a driver's, an HTTP library's): masked.
         .values(
-            state=state, outcome=mask(outcome)[:2000], updated_at=utcnow(), in_flight_since=None
+            state=state, outcome=mask(outcome)[:2000], updated_at=clock.now(), in_flight_since=None
         )
     )
 
@@ -135,7 +111,7 @@ def mark_enqueued(session: Session, job_id: str) -> None:
     session.execute(
         update(JobEvent)
         .where(JobEvent.openai_job_id == job_id, JobEvent.enqueued_at.is_(None))
-        .values(enqueued_at=utcnow())
+        .values(enqueued_at=clock.now())
     )
 
 
@@ -143,7 +119,7 @@ def unenqueued_events(
     session: Session, older_than: timedelta, now: datetime | None = None
 ) -> list[str]:
     """Job ids accepted but never handed to the broker (a crash between commit and send)."""
-    cutoff = (now or utcnow()) - older_than
+    cutoff = (now or clock.now()) - older_than
     return list(
         session.scalars(
             select(JobEvent.openai_job_id)
@@ -169,7 +145,7 @@ def stalled_events(
     yet recorded as unacknowledged, and Celery acknowledges a task killed by its hard time limit.
     Re-sending is safe: the task is idempotent.
     """
-    now = now or utcnow()
+    now = now or clock.now()
     stalled = list(
         session.scalars(
             select(JobEvent.openai_job_id)

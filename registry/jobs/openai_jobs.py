@@ -30,16 +30,15 @@ import openai
 from openai.types.fine_tuning import FineTuningJob
 from openai.types.fine_tuning.fine_tuning_job import Error as JobError
 
-from registry.errors import InvalidInput, UpstreamPermanent, UpstreamTransient
+from registry import validation
+from registry.errors import UpstreamPermanent, UpstreamTransient
 from registry.masking import mask
 
 JOB_STATUSES = frozenset(
     {"validating_files", "queued", "running", "succeeded", "failed", "cancelled"}
 )
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-MAX_ID_LENGTH = 200
 
-_ID_RE = re.compile(r"[A-Za-z0-9_:.-]+")
 # 408/425 are "try again" by definition; 409 is the SDK's lock-timeout retry, but for a GET of a
 # job it is not something waiting fixes, so it stays permanent as the design says.
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
@@ -91,28 +90,13 @@ def make_client(
     return client
 
 
-def validate_job_id(job_id: object) -> str:
-    """Returns `job_id` if it is shaped like an OpenAI id; raises InvalidInput otherwise.
-
-    Checked before any call, so a bad event fails clearly and never reaches the network.
-    """
-    if not isinstance(job_id, str) or not job_id:
-        raise InvalidInput("job_id", "must be a non-empty string")
-    if len(job_id) > MAX_ID_LENGTH:
-        raise InvalidInput("job_id", f"longer than {MAX_ID_LENGTH} characters")
-    # All-dot ids would become "/./" or "/../" path segments, which the SDK refuses.
-    if not _ID_RE.fullmatch(job_id) or not job_id.strip("."):
-        raise InvalidInput("job_id", f"{job_id[:60]!r} is not an OpenAI job id")
-    return job_id
-
-
 def fetch_job(client: openai.OpenAI, job_id: str) -> JobSnapshot:
     """Reads one fine-tuning job. A plain GET: no side effects, safe to repeat.
 
     Raises InvalidInput (malformed id, before any call), UpstreamTransient or UpstreamPermanent
     as the module docstring maps them.
     """
-    job_id = validate_job_id(job_id)
+    job_id = validation.job_id(job_id)
     with _upstream_errors(client, job_id, "retrieving the job"):
         job = client.fine_tuning.jobs.retrieve(job_id)
     return _snapshot(job_id, job)
@@ -128,7 +112,7 @@ def fetch_result_metrics(client: openai.OpenAI, snapshot: JobSnapshot) -> dict[s
     if not snapshot.result_files:
         return {}
     file_id = snapshot.result_files[0]
-    if len(file_id) > MAX_ID_LENGTH or not _ID_RE.fullmatch(file_id) or not file_id.strip("."):
+    if not validation.is_openai_id(file_id):
         raise _malformed(snapshot.job_id, f"result file id {file_id[:60]!r}")
     with _upstream_errors(client, snapshot.job_id, "downloading the result file"):
         text = client.files.content(file_id).text

@@ -15,13 +15,12 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from registry import clock, dialect, validation
 from registry.errors import InvalidInput
 from registry.jobs import events
-from registry.models import WebhookDelivery, utcnow
+from registry.models import WebhookDelivery
 
 # The events that mean "this fine-tuning job ended"; their payload carries only `data.id`.
 JOB_FINISHED_TYPES = frozenset(
@@ -74,7 +73,7 @@ def parse_event(webhook_id: object, payload: object) -> WebhookEvent:
         return WebhookEvent(webhook_id, event_type, None)
     data = payload.get("data")
     job_id = data.get("id") if isinstance(data, dict) else None
-    return WebhookEvent(webhook_id, event_type, events.validate_job_id(job_id))
+    return WebhookEvent(webhook_id, event_type, validation.job_id(job_id))
 
 
 def record_delivery(session: Session, event: WebhookEvent) -> DeliveryOutcome:
@@ -90,15 +89,13 @@ def record_delivery(session: Session, event: WebhookEvent) -> DeliveryOutcome:
     if not event.is_job_finished:
         return DeliveryOutcome.IGNORED
     assert event.job_id is not None  # parse_event sets it for every job-finished type
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     inserted = session.execute(
-        insert(WebhookDelivery)
+        dialect.insert(session, WebhookDelivery)
         .values(
             webhook_id=event.webhook_id,
             event_type=event.event_type,
             openai_job_id=event.job_id,
-            received_at=utcnow(),
+            received_at=clock.now(),
         )
         .on_conflict_do_nothing(index_elements=["webhook_id"])
         .returning(WebhookDelivery.id)

@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from kombu import Exchange, Producer
 
-from registry.jobs.events import JOB_ID_PATTERN
-from registry.tenants import SLUG_PATTERN
+from registry.validation import SLUG_PATTERN, is_openai_id
 from tests.dbdump import diff, dump
 from tests.faults.conftest import FaultStack
 from worker import cli
@@ -55,7 +54,7 @@ junk = st.one_of(
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
 )
-bad_job_ids = junk.filter(lambda v: not (isinstance(v, str) and JOB_ID_PATTERN.match(v)))
+bad_job_ids = junk.filter(lambda v: not is_openai_id(v))
 good_job_ids = st.from_regex(r"ftjob-[a-z0-9]{6,12}", fullmatch=True)
 
 
@@ -248,7 +247,7 @@ argv_strategy = st.one_of(
         st.integers(1, 3), st.one_of(st.integers(max_value=0), st.integers(min_value=101))
     ).map(lambda a: ["promote", BYSTANDER, str(a[0]), "--traffic", str(a[1])]),
     st.tuples(text_args.filter(lambda s: s != BYSTANDER)).map(lambda a: ["rollback", a[0]]),
-    st.tuples(text_args.filter(lambda s: not JOB_ID_PATTERN.match(s))).map(
+    st.tuples(text_args.filter(lambda s: not is_openai_id(s))).map(
         lambda a: ["job-finished", a[0]]
     ),
     st.tuples(good_job_ids, text_args.filter(lambda s: s not in ("", BYSTANDER))).map(

@@ -1,15 +1,25 @@
-"""Processes that die: pool processes killed before and after the commit, a worker's main process
-killed while it holds prefetched and running events, a task that outlives the visibility timeout,
-and a poison event that kills its process every time."""
+"""Processes that die: pool processes killed before and after the commit or from outside while
+they poll, a worker killed with SIGKILL mid-poll and after a commit or while it holds prefetched
+and running events, a task that outlives the visibility timeout, and a poison event that kills its
+process every time. Every event still ends processed exactly once.
+
+The broker's visibility timeout is short (conftest's SETTINGS), so the messages a dead worker held
+are redelivered within seconds; the fake OpenAI answers slowly where a kill must land mid-poll. A
+message the broker lost outright is sent again by beat's reconciler.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
 import redis
 
+from registry.models import Deployment, ModelVersion
 from tests.faults.conftest import SETTINGS, FaultStack
+from tests.worker.e2e_stack import EventView
 from worker import cli
 from worker.tasks import MAX_CRASHES
 
@@ -127,3 +137,75 @@ def test_poison_event_is_failed_after_bounded_crashes_and_the_queue_moves_on(
     assert all(ended[job].state == "done" for job in others)
     assert worker.process is not None and worker.process.poll() is None
     stack.check(accepted=[poison, *others])
+
+
+SLOW_REPLY = 0.8  # seconds the first GET of a job is held, so that a kill lands mid-poll
+
+
+def _events(stack: FaultStack, jobs: list[str]) -> dict[str, EventView | None]:
+    return {job: stack.event(job) for job in jobs}
+
+
+def _assert_each_event_once(stack: FaultStack, tenant: str, jobs: list[str]) -> None:
+    ended = {job: stack.wait_event_ended(job, timeout=60) for job in jobs}
+    assert {job: e.state for job, e in ended.items()} == dict.fromkeys(jobs, "done")
+    numbers = [v for v, _, _ in stack.versions(tenant)]
+    assert numbers == list(range(1, len(jobs) + 1))  # one per run, no gaps, no duplicates
+    assert stack.count(ModelVersion, tenant) == stack.count(Deployment, tenant) == len(jobs)
+    # One deploy each (beat's retention may archive old versions too: other actions).
+    assert sorted(v for a, v in stack.audit_actions(tenant) if a == "deploy") == numbers
+    assert stack.split(tenant) == {len(jobs): 100}  # immediate: the newest serves alone
+
+
+def test_worker_killed_mid_poll_and_after_a_commit(stack: FaultStack) -> None:
+    tenant, jobs = "crash", [f"ftjob-crash-{n}" for n in range(1, 7)]
+    assert cli.main(["tenant", "add", tenant, "--no-require-evaluation"]) == 0
+    for job in jobs:
+        stack.fake.add_job(job, statuses=("running", "succeeded"), tenant=tenant)
+        stack.fake.inject(job, ("slow", SLOW_REPLY))
+    first = stack.start_worker("w1")
+    for job in jobs:
+        assert cli.main(["job-finished", job]) == 0
+
+    def mid_flight() -> bool:
+        # After a commit (a version exists) and before others' (attempts are mid-poll).
+        seen = _events(stack, jobs).values()
+        return stack.count(ModelVersion, tenant) >= 1 and any(e and e.in_flight for e in seen)
+
+    stack.wait(mid_flight, 30, "a version committed while other events are mid-poll")
+    first.kill()
+    at_kill = _events(stack, jobs)  # frozen: nothing runs now
+    interrupted = [job for job, e in at_kill.items() if e is not None and e.in_flight]
+    assert interrupted, at_kill
+    assert any(e is None or e.state != "done" for e in at_kill.values())
+
+    # With beat, as in production: its reconciler re-sends an event whose message died with w1
+    # (Redis loses one that w1 had popped but not yet recorded as unacknowledged).
+    stack.start_worker("w2", beat=True)
+    _assert_each_event_once(stack, tenant, jobs)
+    for job in interrupted:
+        # Attempted again after the kill: by the redelivered message (which notes the crash),
+        # or by the reconciler's re-send when the broker had lost the message.
+        event, before = stack.event(job), at_kill[job]
+        assert event is not None and before is not None
+        assert event.attempts > before.attempts, (job, before, event)
+    stack.check(accepted=jobs)
+
+
+def test_pool_process_killed_mid_poll_is_redelivered(stack: FaultStack) -> None:
+    tenant, job = "crash-pool", "ftjob-crash-pool-1"
+    assert cli.main(["tenant", "add", tenant, "--no-require-evaluation"]) == 0
+    stack.fake.add_job(job, statuses=("succeeded",), tenant=tenant)
+    stack.fake.inject(job, ("slow", 2 * SLOW_REPLY))
+    worker = stack.start_worker("w3")  # one consumer, so this worker gets the event; no beat
+    assert worker.process is not None
+    assert cli.main(["job-finished", job]) == 0
+    stack.wait(lambda: stack.fake.requests(job) >= 1, 30, "the worker to be mid-poll")
+    for pid in worker.pool_pids():
+        os.kill(pid, signal.SIGKILL)  # the pool processes only: the main process lives on
+    _assert_each_event_once(stack, tenant, [job])
+    assert worker.process.poll() is None  # the same worker handled the redelivery
+    assert stack.fake.requests(job) == 2
+    event = stack.event(job)
+    assert event is not None and event.crashes == 1
+    stack.check(accepted=[job])

@@ -1,5 +1,5 @@
-"""Duplicates and races: one event sent ten times at once, two beats at once, and operators'
-rollbacks queued while a promotion runs."""
+"""Duplicates, races and lost messages: one event sent ten times at once, two beats at once, an
+event whose message the broker lost, and operators' rollbacks queued while a promotion runs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from sqlalchemy import select
 from registry.canary.outcomes import Outcome, store_outcomes
 from registry.db import unit_of_work
 from registry.jobs import events
-from registry.models import Operation, OperationStatus, Tenant, TrafficEvent
+from registry.models import (
+    Deployment,
+    ModelVersion,
+    Operation,
+    OperationStatus,
+    Tenant,
+    TrafficEvent,
+)
 from tests.faults.conftest import FaultStack
 from tests.services import libpq_url
 from worker import cli
@@ -131,6 +138,27 @@ def test_two_beats_at_once(stack: FaultStack) -> None:
     others = [(a, v) for a, v, _ in _trail(stack, other)]  # each stranded job deployed once
     assert sorted(others) == [("deploy", n) for n in range(1, len(stranded) + 1)]
     stack.check(accepted=[first, second, *stranded])
+
+
+def test_an_event_whose_message_the_broker_lost_is_sent_again(stack: FaultStack) -> None:
+    tenant, job = "crash-lost", "ftjob-crash-lost-1"
+    assert cli.main(["tenant", "add", tenant, "--no-require-evaluation"]) == 0
+    stack.fake.add_job(job, statuses=("succeeded",), tenant=tenant)
+    stack.start_worker("w4", beat=True)
+    # Accepted and handed to the broker, which then lost the message (as Redis does when a worker
+    # is killed between popping it and recording it as unacknowledged).
+    with unit_of_work() as session:
+        events.accept_event(session, job, tenant, "test")
+        events.mark_enqueued(session, job)
+    ended = stack.wait_event_ended(job, timeout=60)
+    assert ended.state == "done"
+    assert [v for v, _, _ in stack.versions(tenant)] == [1]
+    assert stack.count(ModelVersion, tenant) == stack.count(Deployment, tenant) == 1
+    assert sorted(v for a, v in stack.audit_actions(tenant) if a == "deploy") == [1]
+    assert stack.split(tenant) == {1: 100}
+    event = stack.event(job)
+    assert event is not None and event.attempts == 1
+    stack.check(accepted=[job])
 
 
 def test_rollbacks_queued_while_a_promotion_runs_have_serial_outcomes(stack: FaultStack) -> None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import deployments, versions
-from registry.canary import retention, sweep
+from registry import clock as registry_clock
+from registry import versions
 from registry.canary.outcomes import Outcome, store_outcomes
 from registry.models import Deployment, ModelVersion, TrafficEvent
 from tests.factories import deploy_new, make_tenant
@@ -44,11 +45,12 @@ class Clock:
         return self.now
 
 
-def install_clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock(T0)
-    for module in (versions, deployments, sweep, retention):
-        monkeypatch.setattr(module, "utcnow", clock)
-    return clock
+@contextmanager
+def simulated_clock(start: datetime = T0) -> Iterator[Clock]:
+    """The registry's one clock (`registry.clock`) reads a settable `Clock` inside the block."""
+    fake = Clock(start)
+    with registry_clock.use(fake):
+        yield fake
 
 
 def canary_tenant(

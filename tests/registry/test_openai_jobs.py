@@ -12,6 +12,7 @@ import openai
 import pytest
 from openai.types.fine_tuning import FineTuningJob
 
+from registry import validation
 from registry.errors import InvalidInput, UpstreamPermanent, UpstreamTransient
 from registry.jobs.openai_jobs import (
     JobSnapshot,
@@ -22,7 +23,6 @@ from registry.jobs.openai_jobs import (
     fetch_result_metrics,
     make_client,
     retry_after_seconds,
-    validate_job_id,
 )
 from worker.demo.fake_openai import DEFAULT_METRICS, FakeOpenAI
 
@@ -264,7 +264,7 @@ def test_a_malformed_job_id_is_refused_before_any_call(
 
 def test_valid_job_ids() -> None:
     for job_id in ("ftjob-abc123", "ft:gpt-4o:acme::x", "a.b_c-d", "x" * 200):
-        assert validate_job_id(job_id) == job_id
+        assert validation.job_id(job_id) == job_id
 
 
 def _job_body(**overrides: object) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """The auto-promote sweep against real databases, with time driven through `now`.
 
-The clock the registry uses (`utcnow` in versions, deployments, sweep, retention) is replaced by a
-settable one, so a step's start and the sweep's `now` are on the same simulated timeline.
+The registry's one clock (`registry.clock`) is set to a settable one, so a step's start and the
+sweep's `now` are on the same simulated timeline.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,8 +28,8 @@ from tests.registry.canary_support import (
     Clock,
     canary_tenant,
     deployment_of,
-    install_clock,
     record,
+    simulated_clock,
     split,
     statuses,
     trail,
@@ -36,8 +37,9 @@ from tests.registry.canary_support import (
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    return install_clock(monkeypatch)
+def clock() -> Iterator[Clock]:
+    with simulated_clock() as fake:
+        yield fake
 
 
 def test_good_canary_walks_10_25_50_100_and_ends_promoted(
@@ -281,10 +283,7 @@ def test_the_read_does_not_grow_with_the_number_of_canaries(
 
 
 @pytest.mark.parametrize("barrier", [True, False])
-def test_overlapping_sweeps_act_once(
-    pg_url: str, monkeypatch: pytest.MonkeyPatch, barrier: bool
-) -> None:
-    clock = install_clock(monkeypatch)
+def test_overlapping_sweeps_act_once(pg_url: str, clock: Clock, barrier: bool) -> None:
     sessions = session_factory(pg_url)
     tenants = [canary_tenant(sessions, f"t{n}") for n in range(8)]
     for _, slug in tenants:

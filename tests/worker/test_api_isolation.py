@@ -19,7 +19,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from sqlalchemy import func, select
 
-from registry import keys, operations, versions
+from registry import keys, operations, records, versions
 from registry.db import unit_of_work
 from registry.jobs import events
 from registry.models import (
@@ -33,7 +33,6 @@ from registry.models import (
 )
 from registry.tenants import get_policy
 from tests.worker.api_stack import ApiStack, add_tenant, api_stack
-from worker.cli import views
 from worker.http.app import create_app
 from worker.http.auth import ROLE_MARK
 
@@ -173,7 +172,7 @@ def _state(slug: str) -> dict[str, Any]:
             "outcomes": count(OutcomeCounter, OutcomeCounter.tenant_id == tenant.id),
             "evaluations": count(Evaluation),
             "events": count(JobEvent),
-            "policy": views.policy(tenant, get_policy(session, tenant.id)),
+            "policy": records.policy(tenant, get_policy(session, tenant.id)),
         }
 
 

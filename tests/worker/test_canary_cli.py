@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import versions
-from registry.models import Deployment, OutcomeCounter, utcnow
+from registry import clock, versions
+from registry.models import Deployment, OutcomeCounter
 from registry.settings import get_settings
 from tests.factories import deploy_new, make_tenant
 from tests.registry.canary_support import POLICY
@@ -39,7 +39,7 @@ def _canary(sessions: sessionmaker[Session], slug: str) -> str:
         session.execute(
             update(Deployment)
             .where(Deployment.tenant_id == tenant.id, Deployment.status == "active")
-            .values(step_started_at=utcnow() - timedelta(minutes=2))
+            .values(step_started_at=clock.now() - timedelta(minutes=2))
         )
         return versions.list_versions(session, tenant.id)[0].model_id
 

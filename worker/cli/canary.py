@@ -1,22 +1,43 @@
 """`ftdeploy outcome` and `ftdeploy status`: outcomes from people and scripts, and what the
-auto-promote sweep sees and would do next. Registered on the main parser by
-`worker.cli.commands`."""
+auto-promote sweep sees and would do next."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from registry import clock
 from registry.canary.canaries import Assessment, assess, read_live_canaries, samples
 from registry.canary.outcomes import VersionResolver, store_outcomes, validate_outcome
 from registry.db import session_factory, unit_of_work
-from registry.models import ModelVersion, utcnow
+from registry.models import ModelVersion
 from registry.settings import get_settings
 from registry.tenants import find_tenant
 from worker import metrics
-from worker.cli import views
+from worker.cli import output
+
+if TYPE_CHECKING:
+    from worker.cli.main import Commands
+
+
+def add_commands(commands: Commands) -> None:
+    outcome = commands.command(
+        "outcome", cmd_outcome, "record the outcome of requests a model served"
+    )
+    outcome.add_argument("slug", help="tenant slug or id")
+    outcome.add_argument("model_id", help="the model id that served, or a version (3 or v3)")
+    verdict = outcome.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--success", action="store_true", help="the requests succeeded")
+    verdict.add_argument("--failure", action="store_true", help="the requests failed")
+    outcome.add_argument("--count", type=int, default=1, metavar="N", help="alike requests")
+    outcome.add_argument("--score", type=float, metavar="X", help="quality score in 0..1")
+    outcome.add_argument("--latency-ms", type=float, metavar="N", help="latency, ms")
+
+    status = commands.command(
+        "status", cmd_status, "live canaries and what the next sweep would do"
+    )
+    status.add_argument("slug", nargs="?", help="only this tenant")
 
 
 def cmd_outcome(args: argparse.Namespace) -> int:
@@ -48,7 +69,7 @@ def cmd_outcome(args: argparse.Namespace) -> int:
             "recorded": result.recorded,
         }
     metrics.outcomes_stored(result)
-    return views.emit(args, data, _outcome_text)
+    return output.emit(args, data, _outcome_text)
 
 
 def _outcome_text(data: dict[str, Any]) -> str:
@@ -65,12 +86,12 @@ def _outcome_text(data: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    now = utcnow()
+    now = clock.now()
     with session_factory()() as session:  # read only
         tenant_id = find_tenant(session, args.slug).id if args.slug else None
         canaries = read_live_canaries(session, tenant_id)
     rows = [status_row(assessment, now) for assessment in assess(canaries, now)]
-    return views.emit(args, rows, status_text)
+    return output.emit(args, rows, status_text)
 
 
 def status_row(assessment: Assessment, now: datetime) -> dict[str, Any]:
@@ -105,7 +126,7 @@ def _or_dash(value: object, fmt: str = "{}") -> str:
 def status_text(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no live canaries"
-    table = views.table(
+    table = output.table(
         ["TENANT", "VERSION", "TRAFFIC", "SAMPLES", "METRIC", "IN STEP", "NEXT"],
         [
             [
@@ -123,19 +144,3 @@ def status_text(rows: list[dict[str, Any]]) -> str:
     )
     reasons = [f"{r['tenant']} v{r['version']}: {r['reason']}" for r in rows]
     return table + "\n\n" + "\n".join(reasons)
-
-
-def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """Register `outcome` and `status` with the CLI's `command(name, handler, help)` helper."""
-    outcome = command("outcome", cmd_outcome, "record the outcome of requests a model served")
-    outcome.add_argument("slug", help="tenant slug or id")
-    outcome.add_argument("model_id", help="the model id that served, or a version (3 or v3)")
-    verdict = outcome.add_mutually_exclusive_group(required=True)
-    verdict.add_argument("--success", action="store_true", help="the requests succeeded")
-    verdict.add_argument("--failure", action="store_true", help="the requests failed")
-    outcome.add_argument("--count", type=int, default=1, metavar="N", help="alike requests")
-    outcome.add_argument("--score", type=float, metavar="X", help="quality score in 0..1")
-    outcome.add_argument("--latency-ms", type=float, metavar="N", help="latency, ms")
-
-    status = command("status", cmd_status, "live canaries and what the next sweep would do")
-    status.add_argument("slug", nargs="?", help="only this tenant")

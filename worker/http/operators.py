@@ -12,14 +12,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 
-from registry import audit, keys, operations, versions
+from registry import audit, clock, keys, operations, records, validation, versions
 from registry.canary.canaries import assess, read_live_canaries
 from registry.db import unit_of_work
 from registry.errors import OperationNotFound, RunNotFound
 from registry.jobs import events, runs
-from registry.models import KeyRole, Operation, OperationKind, Tenant, utcnow
+from registry.models import KeyRole, Operation, OperationKind, Tenant
 from registry.tenants import PolicyChanges, create_tenant, get_policy, list_tenants, set_policy
-from worker.cli import views
 from worker.cli.canary import status_row
 from worker.http import problems, schemas
 from worker.http.auth import authorize, visible_tenant
@@ -69,14 +68,14 @@ def add_tenant(body: schemas.TenantIn, principal: AdminKey) -> dict[str, Any]:
         raise problems.Forbidden("a key scoped to tenants cannot add tenants")
     with unit_of_work() as session:
         tenant = create_tenant(session, body.slug)
-        return views.policy(tenant, set_policy(session, tenant.id, _changes(body)))
+        return records.policy(tenant, set_policy(session, tenant.id, _changes(body)))
 
 
 @router.get("/v1/tenants/{tenant}/policy", response_model=schemas.Policy, responses=NOT_FOUND)
 def policy(tenant: schemas.TenantRef, principal: ReadKey) -> dict[str, Any]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
-        return views.policy(found, get_policy(session, found.id))
+        return records.policy(found, get_policy(session, found.id))
 
 
 @router.patch("/v1/tenants/{tenant}/policy", response_model=schemas.Policy, responses=NOT_FOUND)
@@ -85,7 +84,7 @@ def change_policy(
 ) -> dict[str, Any]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
-        return views.policy(found, set_policy(session, found.id, _changes(body)))
+        return records.policy(found, set_policy(session, found.id, _changes(body)))
 
 
 @router.get(
@@ -94,7 +93,7 @@ def change_policy(
 def list_versions(tenant: schemas.TenantRef, principal: ReadKey) -> list[dict[str, Any]]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
-        return [views.version(v) for v in versions.list_versions(session, found.id)]
+        return [records.version(v) for v in versions.list_versions(session, found.id)]
 
 
 @router.get(
@@ -107,7 +106,7 @@ def history(
 ) -> list[dict[str, Any]]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
-        return [views.traffic_event(e) for e in audit.history(session, found.id, limit)]
+        return [records.traffic_event(e) for e in audit.history(session, found.id, limit)]
 
 
 @router.get(
@@ -118,7 +117,7 @@ def activity(
 ) -> list[dict[str, Any]]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
-        return [views.activity(a) for a in audit.activity(session, found.id, limit)]
+        return [records.activity(a) for a in audit.activity(session, found.id, limit)]
 
 
 @router.get("/v1/events", response_model=list[schemas.JobEvent], responses=problems.common())
@@ -132,14 +131,14 @@ def job_events(
         if principal.tenant_ids is not None:
             scope = [t for t in list_tenants(session) if principal.sees(t.id)]
         rows = audit.job_events(session, state, limit, tenants=scope)
-        return [views.job_event(e) for e in rows]
+        return [records.job_event(e) for e in rows]
 
 
 @router.get("/v1/status", response_model=list[schemas.CanaryStatus], responses=NOT_FOUND)
 def status(
     principal: ReadKey, tenant: Annotated[str | None, Query(max_length=100)] = None
 ) -> list[dict[str, Any]]:
-    now = utcnow()
+    now = clock.now()
     with unit_of_work() as session:
         tenant_id = visible_tenant(session, principal, tenant).id if tenant else None
         canaries = read_live_canaries(session, tenant_id)
@@ -151,7 +150,7 @@ def status(
 
 def _operation(operation: Operation, slug: str) -> dict[str, Any]:
     return {
-        **views.operation(operation),
+        **records.operation(operation),
         "tenant": slug,
         "reason": operation.reason,
         "actor": operation.actor,
@@ -188,7 +187,7 @@ def _queue(
 def promote(
     tenant: schemas.TenantRef, body: schemas.PromoteIn, principal: OperateKey, response: Response
 ) -> dict[str, Any]:
-    version = versions.check_version_number(body.version)
+    version = validation.version_number(body.version)
     return _queue(
         principal,
         tenant,
@@ -247,7 +246,7 @@ def job_finished(
     from worker.tasks import send_job_finished
 
     tenant = body.tenant if body is not None else None
-    job_id = events.validate_job_id(job_id)
+    job_id = validation.job_id(job_id)
     if tenant is None and principal.tenant_ids is not None:
         # Otherwise a scoped key could deploy a job of a tenant it cannot see.
         raise problems.Forbidden("a key scoped to tenants must name the job's tenant")

@@ -25,7 +25,7 @@ from registry import keys
 from registry.errors import FtdeployError, InvalidInput, TenantNotFound
 from registry.models import KeyRole, Tenant
 from registry.routing import Router, Snapshot
-from registry.tenants import _as_uuid
+from registry.validation import as_uuid
 from worker.http import documents, problems, schemas
 from worker.http.auth import authorize
 from worker.http.changes import ChangeFeed
@@ -69,7 +69,7 @@ class Serving:
         return snapshot
 
     async def slug(self, name: str, tenant_id: uuid.UUID) -> str:
-        if _as_uuid(name) is None:
+        if as_uuid(name) is None:
             return name
         slug = self._slugs.get(tenant_id)
         if slug is None:

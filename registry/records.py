@@ -1,0 +1,104 @@
+"""Registry records as plain data: the shapes `--json` prints and the HTTP API answers with, one
+function per record, so every door shows a record the same way."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from registry.audit import Activity
+from registry.models import (
+    DeploymentPolicy,
+    JobEvent,
+    ModelVersion,
+    Operation,
+    Tenant,
+    TrafficEvent,
+)
+
+
+def when(value: datetime | None) -> str | None:
+    """A timestamp as JSON shows it (ISO 8601), None kept."""
+    return value.isoformat() if value is not None else None
+
+
+def version(v: ModelVersion) -> dict[str, Any]:
+    return {
+        "version": v.version,
+        "name": v.name,
+        "model_id": v.model_id,
+        "status": v.status,
+        "traffic_percent": v.traffic_percent,
+        "run_id": str(v.run_id),
+        "metrics": v.metrics,
+        "created_at": when(v.created_at),
+        "deployed_at": when(v.deployed_at),
+    }
+
+
+def traffic_event(e: TrafficEvent) -> dict[str, Any]:
+    return {
+        "at": when(e.created_at),
+        "action": e.action,
+        "version": e.version,
+        "actor": e.actor,
+        "reason": e.reason,
+        "before": e.split_before,
+        "after": e.split_after,
+    }
+
+
+def activity(a: Activity) -> dict[str, Any]:
+    return {
+        "at": when(a.at),
+        "kind": a.kind,
+        "subject": a.subject,
+        "status": a.status,
+        "detail": a.detail,
+    }
+
+
+def job_event(e: JobEvent) -> dict[str, Any]:
+    return {
+        "job_id": e.openai_job_id,
+        "tenant": e.tenant_hint,
+        "source": e.source,
+        "state": e.state,
+        "outcome": e.outcome,
+        "attempts": e.attempts,
+        "received_at": when(e.received_at),
+        "updated_at": when(e.updated_at),
+    }
+
+
+def operation(o: Operation) -> dict[str, Any]:
+    return {
+        "operation_id": str(o.id),
+        "kind": o.kind,
+        "version": o.version,
+        "traffic_percent": o.traffic_percent,
+        "status": o.status,
+        "result": o.result,
+        "error": o.error,
+        "created_at": when(o.created_at),
+        "finished_at": when(o.finished_at),
+    }
+
+
+def policy(tenant: Tenant, p: DeploymentPolicy) -> dict[str, Any]:
+    return {
+        "tenant": tenant.slug,
+        "tenant_id": str(tenant.id),
+        "strategy": p.strategy,
+        "canary_percent": p.canary_percent,
+        "canary_steps": p.canary_steps,
+        "auto_promote": p.auto_promote,
+        "threshold": p.auto_promote_threshold,
+        "metric": p.metric,
+        "min_samples": p.min_samples,
+        "bake_seconds": p.bake_seconds,
+        "deadline_seconds": p.progress_deadline_seconds,
+        "auto_rollback": p.auto_rollback,
+        "require_evaluation": p.require_evaluation,
+        "keep_deprecated": p.keep_deprecated,
+    }

@@ -1,0 +1,41 @@
+"""What every command gives back: its data (a table for people, JSON with --json) and its exit
+status, one set of formatting helpers and one list of exit codes for every command group."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# Exit statuses. Refusals raised as registry errors carry their own (`FtdeployError.exit_code`:
+# 2 bad input, 3 not found, 70 a broken invariant); `worker.cli.main` maps every exception.
+OK = 0
+FAILED = 1  # the operation ran and failed, or the database refused or was away
+BAD_INPUT = 2
+NO_MODEL = 4  # `resolve`: the tenant has no version in production
+STILL_RUNNING = 5  # `--wait` gave up before the operation ended
+
+
+def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> int:
+    """Print `data` as JSON (with --json) or as `text(data)`; the command succeeded."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text(data))
+    return OK
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def split_text(split: dict[str, int]) -> str:
+    """A traffic split as `v1:80% v2:20%`, `-` when nothing serves."""
+    return " ".join(f"v{k}:{v}%" for k, v in split.items()) or "-"

@@ -1,0 +1,121 @@
+"""`ftdeploy versions`, `history`, `activity` and `resolve`: a tenant's versions, what changed
+them, and what a request would be served."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Any
+
+from registry import audit, records, versions
+from registry.db import session_factory, unit_of_work
+from registry.routing import Router
+from worker.cli import output
+
+if TYPE_CHECKING:
+    from worker.cli.main import Commands
+
+
+def add_commands(commands: Commands) -> None:
+    listing = commands.command("versions", cmd_versions, "list a tenant's versions")
+    listing.add_argument("slug")
+
+    trail = commands.command("history", cmd_history, "a tenant's audit trail of traffic changes")
+    trail.add_argument("slug")
+    trail.add_argument("--limit", type=int, default=50)
+
+    other = commands.command(
+        "activity", cmd_activity, "a tenant's deployments, operations and job events, with reasons"
+    )
+    other.add_argument("slug")
+    other.add_argument("--limit", type=int, default=50)
+
+    resolve = commands.command("resolve", cmd_resolve, "print the model a request would use")
+    resolve.add_argument("slug")
+    resolve.add_argument("--subject", help="user or session key: the choice is sticky per key")
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        data = [records.version(v) for v in versions.list_versions(session, args.slug)]
+    return output.emit(args, data, versions_text)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        data = [records.traffic_event(e) for e in audit.history(session, args.slug, args.limit)]
+        other = [records.activity(a) for a in audit.activity(session, args.slug, args.limit)]
+    # --json keeps to the traffic trail (a list of changes); `activity` has the rest as JSON.
+    return output.emit(args, data, lambda rows: history_text(rows, other))
+
+
+def cmd_activity(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        data = [records.activity(a) for a in audit.activity(session, args.slug, args.limit)]
+    return output.emit(args, data, activity_text)
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    router = Router(session_factory(), staleness=0)
+    model = router.resolve(args.slug, args.subject)
+    if model is None:
+        print(f"no model: tenant {args.slug!r} has no version in production", file=sys.stderr)
+        return output.NO_MODEL
+    return output.emit(
+        args,
+        {"tenant": args.slug, "subject": args.subject, "model_id": model},
+        lambda d: d["model_id"],
+    )
+
+
+def versions_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no versions yet"
+    return output.table(
+        ["VERSION", "STATUS", "TRAFFIC", "MODEL", "DEPLOYED"],
+        [
+            [
+                r["name"],
+                r["status"],
+                f"{r['traffic_percent']}%",
+                r["model_id"],
+                (r["deployed_at"] or "-")[:19],
+            ]
+            for r in rows
+        ],
+    )
+
+
+def history_text(rows: list[dict[str, Any]], other: list[dict[str, Any]] | None = None) -> str:
+    text = _traffic_text(rows)
+    if other:
+        text += "\n\nDeployments, operations and events:\n" + activity_text(other)
+    return text
+
+
+def _traffic_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no traffic changes yet"
+    return output.table(
+        ["AT", "ACTION", "ACTOR", "BEFORE", "AFTER", "REASON"],
+        [
+            [
+                r["at"][:19],
+                r["action"],
+                r["actor"],
+                output.split_text(r["before"]),
+                output.split_text(r["after"]),
+                r["reason"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+def activity_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "nothing yet"
+    return output.table(
+        ["AT", "KIND", "SUBJECT", "STATUS", "DETAIL"],
+        [[r["at"][:19], r["kind"], r["subject"], r["status"], r["detail"] or ""] for r in rows],
+    )
