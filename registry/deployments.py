@@ -21,6 +21,7 @@ from registry.models import (
     Strategy,
     utcnow,
 )
+from registry.notify import notices
 from registry.tenants import find_tenant, get_policy, initial_canary_percent
 from registry.versions import apply_split, commit_change, current_split, register_version
 
@@ -129,6 +130,7 @@ def deploy(
         reason=reason,
         now=now,
     )
+    notices.deployment_decided(session, deployment)
     return DeployResult(status, version.version, share, reason, newly_applied=True)
 
 
@@ -142,6 +144,7 @@ def _decided(
     deployment.reason = reason
     deployment.updated_at = utcnow()
     session.flush()
+    notices.deployment_decided(session, deployment)
     return DeployResult(status, None, 0, reason, newly_applied=True)
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from registry.errors import FtdeployError, InvalidInput, OperationNotFound
 from registry.models import Operation, OperationKind, OperationStatus, utcnow
+from registry.notify import notices
 from registry.tenants import find_tenant
 from registry.versions import check_percent, check_version_number, find_version, promote, rollback
 
@@ -91,6 +92,7 @@ def run_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
         operation.result = _describe(change)
     operation.finished_at = utcnow()
     session.flush()
+    notices.operation_finished(session, operation)
     return operation
 
 

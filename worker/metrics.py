@@ -21,6 +21,8 @@ files (`MultiProcessCollector`), including those of children that have since exi
 never go back. prometheus_client picks its value storage when a metric value is first created,
 so the metrics are built lazily, on first use, never at import.
 
+Notification metrics are in `worker.notify_metrics`, served here too.
+
 Processes that do not serve (the CLI, the webhook receiver, a worker without a metrics port)
 keep the same metrics in memory, unserved; calling these functions is always safe.
 """
@@ -245,6 +247,9 @@ def start_server(settings: Settings) -> int | None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))
     registry.register(DeploymentsCollector(settings.database_url_value))
+    from worker.notify_metrics import BacklogCollector
+
+    registry.register(BacklogCollector(settings.database_url_value))
     server, _ = start_http_server(settings.metrics_port, registry=registry)
     return int(server.server_port)
 

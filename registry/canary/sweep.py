@@ -45,6 +45,7 @@ from registry.canary.retention import enforce_retention
 from registry.db import lock_tenant
 from registry.errors import FtdeployError
 from registry.models import Deployment, DeploymentStatus, ModelVersion, VersionStatus, utcnow
+from registry.notify import notices
 
 ACTOR = "auto"
 AUDIT_ACTIONS = {
@@ -118,6 +119,7 @@ def apply(sessions: sessionmaker[Session], assessment: Assessment) -> SweepItem:
         assessment.reason,
     )
     if decision is None or decision.action is Action.HOLD:
+        notices.canary_holding(sessions, assessment)
         return item
     try:
         with sessions() as session, session.begin():
@@ -190,6 +192,7 @@ def _act(session: Session, canary: LiveCanary, assessment: Assessment) -> versio
     deployment.reason = reason
     deployment.updated_at = utcnow()
     session.flush()
+    notices.canary_decided(session, assessment, change)
     return change
 
 

@@ -349,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.cli import canary as canary_cli
 
     canary_cli.add_commands(command)
+    from worker.cli import notify as notify_cli
+
+    notify_cli.add_commands(command)
     return parser
 
 
