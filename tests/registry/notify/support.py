@@ -17,12 +17,16 @@ POLICY = delivery.RetryPolicy(schedule=(5.0, 300.0, 1800.0), disable_after_secon
 
 def add(sessions: sessionmaker[Session], name: str, **options: Any) -> endpoints.NewEndpoint:
     with sessions() as session, session.begin():
-        return endpoints.add_endpoint(session, name, f"https://hooks.example.com/{name}/t0k3n", **options)
+        return endpoints.add_endpoint(
+            session, name, f"https://hooks.example.com/{name}/t0k3n", **options
+        )
 
 
 def outbox(sessions: sessionmaker[Session]) -> list[OutboxEvent]:
     with sessions() as session:
-        return list(session.scalars(select(OutboxEvent).order_by(OutboxEvent.stream, OutboxEvent.seq)))
+        return list(
+            session.scalars(select(OutboxEvent).order_by(OutboxEvent.stream, OutboxEvent.seq))
+        )
 
 
 def types(sessions: sessionmaker[Session]) -> list[str]:
@@ -44,7 +48,9 @@ def answered(code: int | None, retry_after: float | None = None) -> Sent:
     return Sent(code, None if code and code < 300 else f"HTTP {code}", retry_after, 1.0)
 
 
-def next_due(sessions: sessionmaker[Session], endpoint_id: Any, now: datetime) -> delivery.Outgoing | None:
+def next_due(
+    sessions: sessionmaker[Session], endpoint_id: Any, now: datetime
+) -> delivery.Outgoing | None:
     with sessions() as session, session.begin():
         return delivery.next_due(session, endpoint_id, now, 30)
 

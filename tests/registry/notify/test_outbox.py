@@ -126,5 +126,7 @@ def test_emit_refuses_an_unknown_type(sessions: sessionmaker[Session]) -> None:
             outbox_module.emit(session, None, "deployment.exploded", {})
         outbox_module.emit(session, None, EventType.TENANT_PAUSED, {"reason": "x"})
         assert outbox_module.emit(session, None, EventType.TENANT_PAUSED, {}, dedupe_key="k")
-        assert outbox_module.emit(session, None, EventType.TENANT_PAUSED, {}, dedupe_key="k") is None
+        assert (
+            outbox_module.emit(session, None, EventType.TENANT_PAUSED, {}, dedupe_key="k") is None
+        )
     assert [r.seq for r in outbox(sessions)] == [1, 2]
