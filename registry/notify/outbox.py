@@ -71,7 +71,8 @@ def emit(
         stream=stream,
         seq=seq,
         type=kind.value,
-        data=data,
+        # Receivers order by it and see a gap as a missed event: it is in every payload.
+        data={**data, "sequence": seq},
         dedupe_key=dedupe_key,
         created_at=now,
     )
