@@ -119,7 +119,6 @@ def apply(sessions: sessionmaker[Session], assessment: Assessment) -> SweepItem:
         assessment.reason,
     )
     if decision is None or decision.action is Action.HOLD:
-        notices.canary_holding(sessions, assessment)
         return item
     try:
         with sessions() as session, session.begin():
@@ -206,6 +205,7 @@ def auto_promote_sweep(sessions: sessionmaker[Session], now: datetime | None = N
     assessments = plan(sessions, now)
     report.canaries = len(assessments)
     report.items = [apply(sessions, assessment) for assessment in assessments]
+    notices.canaries_holding(sessions, assessments, now)
     report.archived = enforce_retention(sessions)
     report.duration_seconds = time.perf_counter() - started
     return report

@@ -4,8 +4,9 @@ change happens (in its transaction), building the event's data and emitting it.
 Hooks (one call each):
 - `registry.deployments.deploy` and `_decided` → `deployment_decided` (applied, staged,
   rejected, awaiting evaluation);
-- `registry.canary.sweep._act` → `canary_decided` (stepped, promoted, rolled back), and its
-  hold branch → `canary_holding` (past a share of the progress deadline, once per step);
+- `registry.canary.sweep._act` → `canary_decided` (stepped, promoted, rolled back), and
+  `auto_promote_sweep` → `canaries_holding` (held past a share of the progress deadline, told
+  once per step);
 - `registry.operations.run_operation` → `operation_finished` (`operation.<final status>`);
 - `registry.jobs.pipeline.fail_job` → `job_failed`;
 - tenant pause and resume, when they exist → `tenant_paused` / `tenant_resumed`.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -122,16 +124,28 @@ def canary_decided(session: Session, assessment: Assessment, change: Any) -> Non
     emit(session, canary.tenant_id, _CANARY_TYPES[decision.action], data)
 
 
-def canary_holding(sessions: sessionmaker[Session], assessment: Assessment) -> bool:
-    """A canary the sweep holds, past FTDEPLOY_NOTIFY_HOLD_SHARE of its progress deadline: told
-    once per step, in a short transaction of its own (only then). Never raises for the
-    database: a missed notice is the next sweep's. Returns whether one was written."""
-    canary, policy = assessment.canary, assessment.canary.policy
-    if policy is None or assessment.decision is None:
-        return False
-    in_step = (utcnow() - canary.step_started_at).total_seconds()
-    if in_step < get_settings().notify_hold_share * policy.deadline_seconds:
-        return False
+def canaries_holding(
+    sessions: sessionmaker[Session], assessments: list[Assessment], now: datetime
+) -> int:
+    """The canaries a sweep (as of `now`) held past FTDEPLOY_NOTIFY_HOLD_SHARE of their progress
+    deadline: each told once per step, in a short transaction of its own (only then: a sweep
+    whose canaries are all early runs no statement here). Never raises for the database: a
+    missed notice is the next sweep's. Returns how many were written."""
+    share = get_settings().notify_hold_share
+    return sum(
+        _holding(sessions, assessment, now)
+        for assessment in assessments
+        if assessment.decision is not None
+        and assessment.decision.action is Action.HOLD
+        and assessment.canary.policy is not None
+        and (now - assessment.canary.step_started_at).total_seconds()
+        >= share * assessment.canary.policy.deadline_seconds
+    )
+
+
+def _holding(sessions: sessionmaker[Session], assessment: Assessment, now: datetime) -> bool:
+    canary = assessment.canary
+    assert assessment.decision is not None
     key = f"canary:{canary.deployment_id}:{canary.step_started_at.isoformat()}:holding"
     try:
         with sessions() as session, session.begin():
@@ -144,7 +158,7 @@ def canary_holding(sessions: sessionmaker[Session], assessment: Assessment) -> b
                 "split_after": split,
                 "actor": "auto",
                 "reason": assessment.decision.reason,
-                "decision": decision_data(assessment),
+                "decision": decision_data(assessment, now),
             }
             written = emit(
                 session, canary.tenant_id, EventType.CANARY_HOLDING, data, dedupe_key=key
@@ -154,10 +168,10 @@ def canary_holding(sessions: sessionmaker[Session], assessment: Assessment) -> b
     return written is not None
 
 
-def decision_data(assessment: Assessment) -> dict[str, Any]:
-    """The counts, bounds and policy behind a canary decision."""
+def decision_data(assessment: Assessment, now: datetime | None = None) -> dict[str, Any]:
+    """The counts, bounds and policy behind a canary decision (taken as of `now`)."""
     canary, policy, decision = assessment.canary, assessment.canary.policy, assessment.decision
-    in_step = max(0.0, (utcnow() - canary.step_started_at).total_seconds())
+    in_step = max(0.0, ((now or utcnow()) - canary.step_started_at).total_seconds())
     out: dict[str, Any] = {
         "action": assessment.action,
         "next_percent": decision.next_percent if decision else None,
