@@ -151,9 +151,6 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     """Register `notify …` with the CLI's `command(name, handler, help)` helper."""
-    # Deliveries after a commit made here (none today) go out at once; else beat's reconciler.
-    import worker.notify_tasks  # noqa: F401
-
     group = command(
         "notify", _usage, "notification endpoints: signed webhooks and Slack", json_out=False
     )
