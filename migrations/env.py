@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import registry.notify.models  # noqa: F401  (its tables are on Base.metadata too)
 from registry.db import make_engine
 from registry.models import Base
 

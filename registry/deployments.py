@@ -20,6 +20,7 @@ from registry.models import (
     Recommendation,
     Strategy,
 )
+from registry.notify import notices
 from registry.tenants import find_tenant, get_policy, initial_canary_percent
 from registry.versions import apply_split, commit_change, current_split, register_version
 
@@ -128,6 +129,7 @@ def deploy(
         reason=reason,
         now=now,
     )
+    notices.deployment_decided(session, deployment)
     return DeployResult(status, version.version, share, reason, newly_applied=True)
 
 
@@ -141,6 +143,7 @@ def _decided(
     deployment.reason = reason
     deployment.updated_at = clock.now()
     session.flush()
+    notices.deployment_decided(session, deployment)
     return DeployResult(status, None, 0, reason, newly_applied=True)
 
 

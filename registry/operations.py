@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from registry import clock, validation
 from registry.errors import FtdeployError, InvalidInput, OperationNotFound
 from registry.models import Operation, OperationKind, OperationStatus
+from registry.notify import notices
 from registry.tenants import find_tenant
 from registry.versions import find_version, promote, rollback
 
@@ -113,6 +114,7 @@ def run_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
         operation.result = _describe(change)
     operation.finished_at = clock.now()
     session.flush()
+    notices.operation_finished(session, operation)
     return operation
 
 

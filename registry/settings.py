@@ -135,6 +135,20 @@ class Settings(BaseSettings):
     def _strip_base_url(cls, value: str | None) -> str | None:
         return (value or "").strip() or None
 
+    # Notifications (registry.notify). Seconds before each retry of a failed delivery (the
+    # Standard Webhooks schedule), jittered; after the last one the delivery is given up.
+    notify_retry_schedule_seconds: str = "5,300,1800,7200,18000,36000,50400,72000,86400"
+    notify_timeout_seconds: float = Field(default=10.0, gt=0)
+    # An endpoint whose every attempt failed for this long is disabled (and that is reported).
+    notify_disable_after_seconds: float = Field(default=5 * 86400.0, gt=0)
+    # A canary holding past this share of its progress deadline is notified (once per step).
+    notify_hold_share: float = Field(default=0.5, gt=0, le=1)
+    # Encrypts endpoint URLs and signing secrets at rest. Required with a database server; the
+    # embedded default keeps a generated key in the data directory.
+    notify_encryption_key: SecretStr | None = None
+    # Base of links in notifications: {public_url}/tenants/{slug}.
+    public_url: str | None = None
+
     @model_validator(mode="after")
     def _visibility_outlasts_every_delay(self) -> Settings:
         # Redis redelivers an unacked message after the visibility timeout. If a task may run, or
@@ -147,6 +161,26 @@ class Settings(BaseSettings):
                 f"({PREFIX}JOB_POLL_MAX_SECONDS)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _retry_schedule_parses(self) -> Settings:
+        _ = self.notify_retry_schedule
+        return self
+
+    @property
+    def notify_retry_schedule(self) -> tuple[float, ...]:
+        """FTDEPLOY_NOTIFY_RETRY_SCHEDULE_SECONDS as numbers: "5,300" -> (5.0, 300.0)."""
+        text = self.notify_retry_schedule_seconds
+        try:
+            delays = tuple(float(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            delays = ()
+        if not delays or any(not 0 <= delay < 10 * 86400 for delay in delays):
+            raise ValueError(
+                f"FTDEPLOY_NOTIFY_RETRY_SCHEDULE_SECONDS ({text!r}) must be comma-separated "
+                "seconds, each in 0..864000"
+            )
+        return delays
 
     @property
     def database_url_value(self) -> str:

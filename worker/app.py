@@ -13,12 +13,15 @@ from typing import Any
 
 from celery import Celery
 from celery.beat import PersistentScheduler
+from kombu import Exchange, Queue
 
 from registry.settings import Settings, get_settings
 from worker import embedded_broker
 from worker.startup import settings_or_exit  # also: the worker's checks at worker_init
 
 QUEUE = "ftdeploy"
+# Notification deliveries: a queue of their own (see worker.notify_tasks).
+NOTIFY_QUEUE = "notifications"
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
@@ -55,7 +58,7 @@ def broker_options(settings: Settings) -> dict[str, Any]:
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("ftdeploy", include=["worker.tasks"])
+    app = Celery("ftdeploy", include=["worker.tasks", "worker.notify_tasks"])
     transport_options = broker_options(settings)
     app.conf.update(
         broker_url=settings.broker_url_value,
@@ -65,6 +68,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         result_backend_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_default_queue=QUEUE,
+        # A worker started without -Q consumes both.
+        task_queues=[
+            Queue(name, Exchange(name), routing_key=name) for name in (QUEUE, NOTIFY_QUEUE)
+        ],
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
@@ -93,6 +100,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "ftdeploy.reconcile_events",
             "schedule": settings.reconcile_seconds,
             "options": {"expires": settings.reconcile_seconds},
+        },
+        # Delivers what was never sent (a crash after the commit), retries whose time came, and
+        # what a dead loop left (its endpoint's lease ran out).
+        "deliver-notifications": {
+            "task": "ftdeploy.deliver_notifications",
+            "schedule": settings.reconcile_seconds,
+            "options": {"expires": settings.reconcile_seconds, "queue": NOTIFY_QUEUE},
         },
         # A sweep still queued when the next is due is dropped (it would only repeat the next
         # one); overlapping sweeps are safe anyway (registry.canary.sweep re-checks under the lock).

@@ -16,6 +16,8 @@ files (`MultiProcessCollector`), including those of children that have since exi
 never go back. prometheus_client picks its value storage when a metric value is first created,
 so the metrics are built lazily, on first use, never at import.
 
+Notification metrics are in `worker.notify_metrics`, served here too.
+
 Processes that do not serve (the CLI, the webhook receiver, a worker without a metrics port)
 keep the same metrics in memory, unserved; calling these functions is always safe.
 """
@@ -267,6 +269,9 @@ def start_server(settings: Settings) -> int | None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))
     registry.register(DeploymentsCollector(settings.database_url_value))
+    from worker.notify_metrics import BacklogCollector
+
+    registry.register(BacklogCollector(settings.database_url_value))
     # FTDEPLOY_METRICS_HOST, loopback by default: the metrics are served without authentication.
     server, _ = start_http_server(
         settings.metrics_port, addr=settings.metrics_host, registry=registry

@@ -45,6 +45,7 @@ from registry.canary.retention import enforce_retention
 from registry.db import lock_tenant
 from registry.errors import FtdeployError
 from registry.models import Deployment, DeploymentStatus, ModelVersion, VersionStatus
+from registry.notify import notices
 
 ACTOR = "auto"
 AUDIT_ACTIONS = {
@@ -190,6 +191,7 @@ def _act(session: Session, canary: LiveCanary, assessment: Assessment) -> versio
     deployment.reason = reason
     deployment.updated_at = clock.now()
     session.flush()
+    notices.canary_decided(session, assessment, change)
     return change
 
 
@@ -203,6 +205,7 @@ def auto_promote_sweep(sessions: sessionmaker[Session], now: datetime | None = N
     assessments = plan(sessions, now)
     report.canaries = len(assessments)
     report.items = [apply(sessions, assessment) for assessment in assessments]
+    notices.canaries_holding(sessions, assessments, now)
     report.archived = enforce_retention(sessions)
     report.duration_seconds = time.perf_counter() - started
     return report

@@ -17,6 +17,7 @@ from registry.jobs.events import end_attempt, finish_event
 from registry.jobs.openai_jobs import JobSnapshot
 from registry.jobs.runs import record_run, tenant_for_job
 from registry.models import EventState
+from registry.notify import notices
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def complete_job(
 
 def fail_job(session: Session, job_id: str, reason: str) -> None:
     """End the event as failed for good, keeping the reason where operators look."""
+    notices.job_failed(session, job_id, reason)
     finish_event(session, job_id, EventState.FAILED, reason)
 
 

@@ -73,7 +73,13 @@ class FaultStack(Stack):
     def wait_ended(self, jobs: list[str], timeout: float = 60) -> dict[str, EventView]:
         def ended() -> dict[str, EventView]:
             views = {job: self.event(job) for job in jobs}
-            done = {j: v for j, v in views.items() if v is not None and v.state != "received"}
+            # An attempt still in flight (a redelivery of an event that had ended) writes the
+            # final outcome when it returns: wait for it too.
+            done = {
+                j: v
+                for j, v in views.items()
+                if v is not None and v.state != "received" and not v.in_flight
+            }
             return done if len(done) == len(jobs) else {}
 
         return self.wait(ended, timeout, f"events {jobs} to end")

@@ -92,7 +92,9 @@ class Stack:
     def wait_event_ended(self, job_id: str, timeout: float = 30) -> EventView:
         def ended() -> EventView | None:
             view = self.event(job_id)
-            return view if view is not None and view.state != "received" else None
+            # An attempt still in flight (a redelivery) writes the final outcome when it returns.
+            ended = view is not None and view.state != "received" and not view.in_flight
+            return view if ended else None
 
         return self.wait(ended, timeout, f"the event of {job_id} to end")
 

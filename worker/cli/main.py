@@ -17,10 +17,20 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from registry.errors import FtdeployError
 from registry.settings import get_settings
-from worker.cli import canary, jobs, keys, operations, output, system, tenants, versions
+from worker.cli import (
+    canary,
+    jobs,
+    keys,
+    notify,
+    operations,
+    output,
+    system,
+    tenants,
+    versions,
+)
 
 Handler = Callable[[argparse.Namespace], int]
-GROUPS = (system, tenants, jobs, versions, operations, canary, keys)
+GROUPS = (system, tenants, jobs, versions, operations, canary, keys, notify)
 
 
 class Commands:

@@ -1,0 +1,145 @@
+"""The outbox: a notifiable change writes its event here, in its own transaction.
+
+`emit` numbers the event in its stream (the tenant, or "global" for an event without one) with
+no gaps, and makes one pending delivery per enabled endpoint that wants it, all in the caller's
+transaction: if the change rolls back, no notification exists; if it commits, every delivery
+exists and will be attempted (at least once). What is delivered after the commit is left in
+`session.info` for the sender the worker installs (`take_pending`); if that send never happens
+(a crash right after the commit), beat's reconciler finds the pending deliveries.
+
+Numbers are taken under the stream row's lock (`SELECT … FOR UPDATE`; SQLite serializes writers),
+held until the commit: two transactions of one tenant commit their events in number order, so a
+reader never sees n+1 committed while n is still to come.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import ColumnElement, event, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from registry import clock
+from registry.notify.models import (
+    NotificationDelivery,
+    NotificationEndpoint,
+    NotificationStream,
+    OutboxEvent,
+)
+from registry.notify.types import DeliveryStatus, EventType
+
+PENDING_KEY = "ftdeploy.notify.pending_endpoints"
+GLOBAL_STREAM = "global"
+
+
+def stream_of(tenant_id: uuid.UUID | None) -> str:
+    return GLOBAL_STREAM if tenant_id is None else str(tenant_id)
+
+
+def emit(
+    session: Session,
+    tenant_id: uuid.UUID | None,
+    type_: EventType | str,
+    data: dict[str, Any],
+    *,
+    dedupe_key: str | None = None,
+) -> OutboxEvent | None:
+    """Write one notification of `type_` with `data` (plain JSON values) for the tenant.
+
+    In the caller's transaction; takes the stream's lock until it ends. With `dedupe_key`, a
+    second emit of the same key (a redelivered message doing the same work again) writes
+    nothing and returns None. Raises ValueError for a type that is not an `EventType`.
+    """
+    kind = EventType(type_)
+    stream = stream_of(tenant_id)
+    last_seq = _lock_stream(session, stream)
+    if dedupe_key is not None and session.scalar(
+        select(OutboxEvent.id).where(OutboxEvent.dedupe_key == dedupe_key)
+    ):
+        return None
+    now = clock.now()
+    seq = last_seq + 1
+    session.execute(
+        update(NotificationStream).where(NotificationStream.stream == stream).values(last_seq=seq)
+    )
+    row = OutboxEvent(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        stream=stream,
+        seq=seq,
+        type=kind.value,
+        # Receivers order by it and see a gap as a missed event: it is in every payload.
+        data={**data, "sequence": seq},
+        dedupe_key=dedupe_key,
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    endpoints = [e for e in _endpoints_for(session, tenant_id) if wants(e, kind)]
+    for endpoint in endpoints:
+        session.add(
+            NotificationDelivery(
+                event_id=row.id,
+                endpoint_id=endpoint.id,
+                stream=stream,
+                seq=seq,
+                status=DeliveryStatus.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+    session.flush()
+    if endpoints:
+        session.info.setdefault(PENDING_KEY, set()).update(e.id for e in endpoints)
+    return row
+
+
+def wants(endpoint: NotificationEndpoint, kind: EventType) -> bool:
+    return not endpoint.event_types or kind.value in endpoint.event_types
+
+
+def _endpoints_for(session: Session, tenant_id: uuid.UUID | None) -> list[NotificationEndpoint]:
+    scope: ColumnElement[bool] = NotificationEndpoint.tenant_id.is_(None)
+    if tenant_id is not None:
+        scope = or_(scope, NotificationEndpoint.tenant_id == tenant_id)
+    return list(
+        session.scalars(
+            select(NotificationEndpoint).where(NotificationEndpoint.enabled.is_(True), scope)
+        )
+    )
+
+
+def _lock_stream(session: Session, stream: str) -> int:
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert(NotificationStream)
+        .values(stream=stream, last_seq=0)
+        .on_conflict_do_nothing(index_elements=["stream"])
+    )
+    return int(
+        session.scalar(
+            select(NotificationStream.last_seq)
+            .where(NotificationStream.stream == stream)
+            .with_for_update()
+        )
+        or 0
+    )
+
+
+def take_pending(session: Session) -> set[uuid.UUID]:
+    """The endpoints that got deliveries in the transaction just committed (and forget them)."""
+    pending: set[uuid.UUID] = session.info.pop(PENDING_KEY, set())
+    return pending
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_pending(session: Session, transaction: Any) -> None:
+    # Runs after `after_commit` (where the sender took them): nothing carries over to the
+    # session's next transaction, and a rolled-back one leaves nothing to send.
+    if transaction.parent is None:
+        session.info.pop(PENDING_KEY, None)

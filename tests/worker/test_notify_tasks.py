@@ -1,0 +1,48 @@
+"""The after-commit send: a commit that wrote deliveries sends one delivery task per endpoint,
+after the commit and only then (not on a savepoint's release, never after a rollback)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry.notify.outbox import emit
+from registry.notify.types import EventType
+from registry.settings import get_settings
+from tests.factories import make_tenant
+from tests.registry.notify.support import add
+from worker import notify_tasks
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[object]]]:
+    monkeypatch.setenv("FTDEPLOY_NOTIFY_ENCRYPTION_KEY", "test-key-not-a-secret")
+    get_settings.cache_clear()
+    calls: list[list[object]] = []
+    monkeypatch.setattr(notify_tasks, "send_deliveries", lambda ids: calls.append(list(ids)))
+    yield calls
+    get_settings.cache_clear()
+
+
+def test_sent_once_after_the_commit_never_after_a_rollback(
+    sessions: sessionmaker[Session], sent: list[list[object]]
+) -> None:
+    hook = add(sessions, "hook").endpoint
+    other = add(sessions, "other").endpoint
+    with sessions() as session, session.begin():
+        tenant = make_tenant(session, "acme")
+        with session.begin_nested():
+            emit(session, tenant.id, EventType.TENANT_PAUSED, {})
+        assert sent == []  # the savepoint's release is no commit
+        emit(session, tenant.id, EventType.TENANT_RESUMED, {})
+        assert sent == []
+    assert sent == [sorted([hook.id, other.id], key=str)]
+
+    with pytest.raises(RuntimeError), sessions() as session, session.begin():
+        emit(session, None, EventType.TENANT_PAUSED, {})
+        raise RuntimeError("rolled back")
+    with sessions() as session, session.begin():
+        make_tenant(session, "quiet")  # a later commit of the same kind carries nothing over
+    assert len(sent) == 1

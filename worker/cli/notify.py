@@ -1,0 +1,178 @@
+"""`ftdeploy notify …`: notification endpoints — add (the secret is printed once), list, test,
+deliveries, enable, remove. Registered on the main parser by `worker.cli.commands`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+from registry import clock
+from registry.db import unit_of_work
+from registry.notify import delivery, endpoints, render, sender
+from registry.settings import get_settings
+from worker.cli import output
+
+if TYPE_CHECKING:
+    from worker.cli.main import Commands
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        added = endpoints.add_endpoint(
+            session,
+            args.name,
+            args.url,
+            tenant_ref=args.tenant,
+            events=args.events,
+            format=args.format,
+        )
+        data = {
+            "name": added.endpoint.name,
+            "tenant": args.tenant,
+            "format": added.endpoint.format,
+            "url": added.endpoint.url_hint,
+            "events": list(added.endpoint.event_types) or ["*"],
+            # Shown this once: only its encryption is stored.
+            "secret": added.secret,
+        }
+    return output.emit(args, data, _added_text)
+
+
+def _added_text(data: dict[str, Any]) -> str:
+    text = f"added {data['format']} endpoint {data['name']} for {data['tenant'] or 'every tenant'}"
+    text += f", events: {', '.join(data['events'])}"
+    if data["secret"]:
+        text += f"\nsigning secret (shown once; verify webhook-signature with it): {data['secret']}"
+    return text
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        data = endpoints.list_endpoints(session, args.tenant)
+    return output.emit(args, data, _list_text)
+
+
+def _state(row: dict[str, Any]) -> str:
+    if not row["enabled"]:
+        return f"DISABLED ({row['disabled_reason']})"
+    if row["failing_since"]:
+        return f"failing since {row['failing_since']}"
+    return "ok"
+
+
+def _list_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no notification endpoints"
+    return output.table(
+        ["NAME", "TENANT", "FORMAT", "URL", "EVENTS", "PENDING", "OLDEST", "STATE"],
+        [
+            [
+                r["name"],
+                r["tenant"] or "*",
+                r["format"],
+                r["url"],
+                ",".join(r["events"]),
+                r["pending"],
+                f"{r['oldest_pending_seconds']:.0f}s"
+                if r["oldest_pending_seconds"] is not None
+                else "-",
+                _state(r),
+            ]
+            for r in rows
+        ],
+    )
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    with unit_of_work() as session:
+        endpoint = endpoints.find_endpoint(session, args.name)
+        outgoing = delivery.test_outgoing(session, endpoint, clock.now())
+    request = render.request_for(
+        outgoing.format, outgoing.message, outgoing.secret, clock.now(), settings.public_url
+    )
+    with sender.make_client() as client:
+        sent = sender.post(
+            client, outgoing.url, request.body, request.headers, settings.notify_timeout_seconds
+        )
+    outcome = delivery.classify(sent)
+    data = {
+        "name": args.name,
+        "webhook_id": outgoing.message.id,
+        "status_code": sent.status_code,
+        "error": sent.error,
+        "outcome": outcome.value,
+        "duration_ms": round(sent.duration_ms, 1),
+    }
+    output.emit(args, data, _test_text)
+    return 0 if outcome is delivery.Outcome.DELIVERED else 1
+
+
+def _test_text(data: dict[str, Any]) -> str:
+    answer = f"HTTP {data['status_code']}" if data["status_code"] is not None else data["error"]
+    return f"test to {data['name']}: {answer} in {data['duration_ms']:.0f} ms ({data['outcome']})"
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        data = endpoints.deliveries(session, args.name, limit=args.limit, status=args.status)
+    return output.emit(args, data, _deliveries_text)
+
+
+def _deliveries_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no deliveries"
+    return output.table(
+        ["SEQ", "TYPE", "STATUS", "ATTEMPTS", "CODES", "NEXT RETRY", "WEBHOOK-ID"],
+        [
+            [
+                r["seq"],
+                r["type"],
+                r["status"],
+                r["attempts"],
+                " ".join(str(a["status_code"] or "-") for a in r["history"]) or "-",
+                r["next_attempt_at"] or "-",
+                r["webhook_id"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        endpoints.enable_endpoint(session, args.name)
+    return output.emit(args, {"name": args.name, "enabled": True}, lambda d: f"enabled {d['name']}")
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        endpoints.remove_endpoint(session, args.name)
+    return output.emit(args, {"name": args.name, "removed": True}, lambda d: f"removed {d['name']}")
+
+
+def add_commands(commands: Commands) -> None:
+    notify = commands.group("notify", "notification endpoints: signed webhooks and Slack")
+    add = notify.command("add", cmd_add, "add an endpoint (prints its signing secret once)")
+    add.add_argument("name")
+    add.add_argument("--url", required=True, help="http:// or https:// URL to POST to")
+    add.add_argument("--tenant", help="only this tenant's events (default: every tenant's)")
+    add.add_argument("--events", nargs="+", metavar="TYPE", help="event types (default: all)")
+    add.add_argument("--format", default="webhook", help="webhook (Standard Webhooks) or slack")
+
+    listing = notify.command("list", cmd_list, "endpoints, their backlog and state")
+    listing.add_argument("--tenant", help="endpoints that get this tenant's events")
+
+    test = notify.command("test", cmd_test, "send a test notification now and show the answer")
+    test.add_argument("name")
+
+    sent = notify.command("deliveries", cmd_deliveries, "an endpoint's deliveries and attempts")
+    sent.add_argument("name")
+    sent.add_argument("--status", help="pending, delivered or failed")
+    sent.add_argument("--limit", type=int, default=50)
+
+    enable = notify.command("enable", cmd_enable, "enable a disabled endpoint again")
+    enable.add_argument("name")
+
+    remove = notify.command("remove", cmd_remove, "remove an endpoint and its deliveries")
+    remove.add_argument("name")
