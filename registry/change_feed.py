@@ -350,11 +350,11 @@ class Subscription:
 
     def _put(self, batch: ChangeBatch) -> None:
         with self._cond:
-            if batch.resync or len(self._tenants) + len(batch.tenants) > self._max_pending:
-                self._resync, self._tenants = True, {}
-            elif not self._resync:
+            if not self._resync:
                 for tenant, generation in batch.tenants.items():
                     self._tenants[tenant] = max(generation, self._tenants.get(tenant, 0))
+                if batch.resync or len(self._tenants) > self._max_pending:
+                    self._resync, self._tenants = True, {}
             self._ready = True
             self._cond.notify_all()
 

@@ -49,6 +49,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -88,6 +89,9 @@ __all__ = [
 
 log = logging.getLogger("ftdeploy.routing")
 
+# Invalidations remembered for the reads under way (a read overlapping more is not kept).
+LEARNED_LOG = 1024
+
 
 class Router:
     """Per-process snapshots of tenants' splits, kept fresh by a change feed (or, without one,
@@ -116,7 +120,11 @@ class Router:
         self._snapshots = self._memos.snapshots  # tenant id -> snapshot
         self._aliases = self._memos.aliases  # a name, as called -> the tenant's id
         self._missing = self._memos.missing  # unknown name -> until when it is known unknown
-        self._generation = 0  # bumped by every invalidation: reads that overlap one are not kept
+        # Bumped by every invalidation, which is logged: a read that overlaps one for its tenant
+        # (newer than what it found) is used for its call but not kept.
+        self._generation = 0
+        self._learned: deque[tuple[int, uuid.UUID | None, float]] = deque(maxlen=LEARNED_LOG)
+        self._learned.append((0, None, 0.0))
         self._lock = threading.Lock()
         self._outage = Outage()
         self.reads = 0  # database reads made, for tests and benchmarks
@@ -158,7 +166,6 @@ class Router:
         """Mark these tenants' snapshots stale (all when None): their next call re-reads. A
         mapping tenant id -> generation spares snapshots already read at that generation."""
         with self._lock:
-            self._generation += 1
             self._memos.forget("missing")
             self._mark(tenant_ids)
 
@@ -172,7 +179,6 @@ class Router:
 
     def _on_changes(self, batch: ChangeBatch) -> None:
         with self._lock:
-            self._generation += 1
             if batch.resync:
                 self._memos.forget("missing")
                 self._mark(None)
@@ -180,15 +186,35 @@ class Router:
                 self._mark(batch.tenants)
 
     def _mark(self, tenant_ids: Iterable[uuid.UUID] | None) -> None:
+        """Mark snapshots stale and log what was learned, for the reads under way (locked)."""
+        self._generation += 1
         if tenant_ids is None:
+            self._learned.append((self._generation, None, math.inf))
             for snapshot in self._snapshots.values():
                 snapshot.current, snapshot.expires = False, -math.inf
             return
         generations = tenant_ids if isinstance(tenant_ids, Mapping) else {}
         for tenant_id in tenant_ids:
+            generation = generations.get(tenant_id, math.inf)
+            self._learned.append((self._generation, tenant_id, generation))
             held = self._snapshots.get(tenant_id)
-            if held is not None and held.generation < generations.get(tenant_id, math.inf):
+            if held is not None and held.generation < generation:
                 held.current, held.expires = False, -math.inf
+
+    def _overtaken(self, since: int, tenant_id: uuid.UUID, generation: int) -> bool:
+        """Whether a read that began at `since` and found `generation` missed a change learned
+        meanwhile (locked). A change it already saw (own commit, then the feed's notice of the
+        same change) does not count."""
+        if since == self._generation:
+            return False
+        if self._learned[0][0] > since:  # the log no longer reaches back to the read's start
+            return True
+        for counter, learned_id, learned_generation in reversed(self._learned):
+            if counter <= since:
+                return False
+            if learned_id is None or (learned_id == tenant_id and learned_generation > generation):
+                return True
+        return False
 
     def _extend(self, snapshot: Snapshot, now: float) -> bool:
         """Keep serving an untouched snapshot while the feed vouches for the changes since."""
@@ -256,7 +282,7 @@ class Router:
             snapshot = build_snapshot(found_id, rows, now, now + self._staleness,
                                       slug=slug, budget=self._memos.budget)  # fmt: skip
         with self._lock:
-            if generation != self._generation:
+            if self._overtaken(generation, found_id, tenant_generation):
                 # A change was learned while we read: answer this call, keep nothing.
                 return build_snapshot(found_id, rows, now, now, slug=slug)
             snapshot.loaded_at = snapshot.verified_at = now
