@@ -189,6 +189,8 @@ class ChangeFeed:
                 break
             except Exception as error:
                 self.connected = False
+                if self._stop.is_set():  # closed meanwhile: whatever failed no longer matters
+                    break
                 if self._was_up:  # a new outage: start the backoff over
                     backoff = RETRY_MIN_SECONDS
                 if not self._down:

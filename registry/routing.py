@@ -119,6 +119,7 @@ class Router:
         # The memos' dicts, looked up without the lock on the fast path.
         self._snapshots = self._memos.snapshots  # tenant id -> snapshot
         self._aliases = self._memos.aliases  # a name, as called -> the tenant's id
+        self._by_name = self._memos.by_name  # a name in aliases -> the snapshot served for it
         self._missing = self._memos.missing  # unknown name -> until when it is known unknown
         # Bumped by every invalidation, which is logged: a read that overlaps one for its tenant
         # (newer than what it found) is used for its call but not kept.
@@ -146,20 +147,16 @@ class Router:
         Raises TenantNotFound (InvalidInput for a malformed name), InvariantViolation, or
         RoutingUnavailable when the database cannot be read and no usable split is known.
         """
-        tenant_id = self._aliases.get(tenant)
-        if tenant_id is not None:
-            snapshot = self._snapshots.get(tenant_id)
-            if snapshot is not None and self._clock() < snapshot.expires:
-                return snapshot.pick(subject)
+        snapshot = self._by_name.get(tenant)
+        if snapshot is not None and self._clock() < snapshot.expires:
+            return snapshot.pick(subject)
         return self._current(tenant).pick(subject)
 
     def snapshot(self, tenant: str) -> Snapshot:
         """The tenant's current snapshot (refreshed first if due)."""
-        tenant_id = self._aliases.get(tenant)
-        if tenant_id is not None:
-            snapshot = self._snapshots.get(tenant_id)
-            if snapshot is not None and self._clock() < snapshot.expires:
-                return snapshot
+        snapshot = self._by_name.get(tenant)
+        if snapshot is not None and self._clock() < snapshot.expires:
+            return snapshot
         return self._current(tenant)
 
     def invalidate(self, tenant_ids: Iterable[uuid.UUID] | None = None) -> None:
@@ -231,6 +228,12 @@ class Router:
     # -- reading -----------------------------------------------------------------------------
 
     def _current(self, tenant: Any) -> Snapshot:
+        snapshot = self._current_of(tenant)
+        if tenant in self._aliases:
+            self._by_name[tenant] = snapshot
+        return snapshot
+
+    def _current_of(self, tenant: Any) -> Snapshot:
         now = self._clock()
         tenant_id = self._canonical(tenant)
         snapshot = self._snapshots.get(tenant_id) if tenant_id is not None else None

@@ -187,8 +187,9 @@ def signature_of(rows: Sequence[VersionRow]) -> tuple[VersionRow, ...]:
     return tuple(sorted((tuple(r) for r in rows if r[3] > 0), key=lambda r: r[1]))  # type: ignore[misc]
 
 
-# Bytes of a name memo entry beyond the name itself (dict slot, id object), and of a snapshot.
-NAME_ENTRY_BYTES = 160
+# Bytes of a name memo entry beyond the name itself (dict slots in `aliases` and `by_name`, the
+# id object), and of a snapshot.
+NAME_ENTRY_BYTES = 240
 SNAPSHOT_BASE_BYTES = 2048
 SNAPSHOT_VERSION_BYTES = 320
 
@@ -202,15 +203,24 @@ class Memos:
     def __init__(self, subject_bytes: int, name_bytes: int, snapshot_bytes: int) -> None:
         self.snapshots: dict[uuid.UUID, Snapshot] = {}
         self.aliases: dict[object, uuid.UUID] = {}
+        # The fast path: a name in `aliases` -> the snapshot last served for it. A snapshot that
+        # is no longer its tenant's is retired (expired for good), so a stale entry only sends
+        # the call down the slow path.
+        self.by_name: dict[object, Snapshot] = {}
         self.missing: dict[object, float] = {}
         self.budget = MemoBudget(subject_bytes, self.spill_subjects)
         self._name_limit, self._snapshot_limit = name_bytes, snapshot_bytes
         self._bytes = {"snapshots": 0, "aliases": 0, "missing": 0}
 
     def store(self, snapshot: Snapshot, previous: Snapshot | None) -> None:
-        if previous is not None and previous is not snapshot:
-            previous.forget_subjects()
-        self.drop(snapshot.tenant_id)  # re-inserted last: evicted last
+        """Make `snapshot` the tenant's (it may be `previous`, kept with its memo); a snapshot
+        it replaces is retired: never served as current again, wherever it is still held."""
+        old = self.snapshots.pop(snapshot.tenant_id, None)  # re-inserted last: evicted last
+        if old is not None:
+            self._bytes["snapshots"] -= snapshot_size(old)
+        for replaced in {id(s): s for s in (old, previous) if s is not None}.values():
+            if replaced is not snapshot:
+                retire(replaced)
         self.snapshots[snapshot.tenant_id] = snapshot
         self._bytes["snapshots"] += snapshot_size(snapshot)
         while self._bytes["snapshots"] > self._snapshot_limit and len(self.snapshots) > 1:
@@ -220,7 +230,7 @@ class Memos:
         snapshot = self.snapshots.pop(tenant_id, None)
         if snapshot is not None:
             self._bytes["snapshots"] -= snapshot_size(snapshot)
-            snapshot.forget_subjects()
+            retire(snapshot)
 
     def remember(self, memo: str, name: object, value: object) -> None:
         """Put name -> value in a name memo ("aliases" or "missing"); a full one starts over."""
@@ -237,6 +247,8 @@ class Memos:
 
     def forget(self, memo: str) -> None:
         (self.aliases if memo == "aliases" else self.missing).clear()
+        if memo == "aliases":
+            self.by_name.clear()
         self._bytes[memo] = 0
 
     def spill_subjects(self) -> None:
@@ -248,6 +260,11 @@ class Memos:
     def sizes(self) -> dict[str, int]:
         """Bytes held by each memo (estimates)."""
         return {"subjects": self.budget.used, **self._bytes}
+
+
+def retire(snapshot: Snapshot) -> None:
+    snapshot.current, snapshot.expires = False, -math.inf
+    snapshot.forget_subjects()
 
 
 def snapshot_size(snapshot: Snapshot) -> int:
