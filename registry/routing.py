@@ -148,8 +148,11 @@ class Router:
         RoutingUnavailable when the database cannot be read and no usable split is known.
         """
         snapshot = self._by_name.get(tenant)
-        if snapshot is not None and self._clock() < snapshot.expires:
-            return snapshot.pick(subject)
+        if snapshot is not None:
+            now = self._clock()
+            # Within its bound, or untouched while the feed vouches for the changes since.
+            if now < snapshot.expires or self._extend(snapshot, now):
+                return snapshot.pick(subject)
         return self._current(tenant).pick(subject)
 
     def snapshot(self, tenant: str) -> Snapshot:
