@@ -119,6 +119,19 @@ class KeyNotFound(FtdeployError):
         super().__init__(f"no key named {name!r}")
 
 
+class RoutingUnavailable(FtdeployError):
+    """No split can be served for the tenant: the database cannot be read and the tenant's split
+    was never read by this process (or is older than FTDEPLOY_ROUTING_MAX_STALE_SECONDS)."""
+
+    retryable = True
+    exit_code = 75
+
+    def __init__(self, tenant: str, reason: str) -> None:
+        self.tenant = tenant
+        self.reason = reason
+        super().__init__(f"cannot route tenant {tenant!r}: {reason}")
+
+
 class InvariantViolation(FtdeployError):
     """A change would leave a tenant's production traffic at other than 100. A bug, never input."""
 

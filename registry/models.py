@@ -459,3 +459,21 @@ class ApiKeyTenant(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True, index=True
     )
+
+
+class RoutingGeneration(Base):
+    """Per tenant, a number that grows with every change of its traffic: the routing change feed.
+
+    Written in the change's own transaction (`change_feed.note_change`), under the tenant's lock.
+    A tenant without a row has generation 0 (nothing changed since the feed existed).
+    """
+
+    __tablename__ = "ai_routing_generations"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    # On SQLite (writers serialized) the number is global and grows in commit order, so a poller
+    # asks for the rows above the highest it has seen; on PostgreSQL it only grows per tenant.
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False, index=True)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)

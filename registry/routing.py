@@ -1,272 +1,321 @@
 """Which model serves a request: `resolve(tenant, subject=None)`.
 
 Called on every request of the serving app, so it answers from a per-process snapshot of each
-tenant's split, not from the database (the seed ran one query per call, ~150 µs; a snapshot pick
-costs well under 1 µs).
+tenant's split (`registry.snapshots`), not from the database: a pick costs well under 1 µs.
+
+How a snapshot stays fresh: the process's change feed (`registry.change_feed`: LISTEN/NOTIFY on
+PostgreSQL, a polled generation table on SQLite) tells the Router which tenants changed, and it
+re-reads only those. While the feed vouches for "every change committed up to V is delivered",
+an untouched snapshot stays valid until V + staleness, with no query at all; so the database
+reads of a process do not grow with the number of tenants it serves.
 
 Guarantees:
 
-- **Bounded staleness.** A snapshot is served for at most `staleness` seconds (default
-  `FTDEPLOY_ROUTING_STALENESS_SECONDS`, 1 s) counted from the moment its read began; then the
-  next call re-reads the split. A change committed by another process is therefore seen within
-  the bound (plus the duration of one read).
+- **Bounded staleness.** A change committed by any process at time C is served by every call
+  from C + `staleness` on (`FTDEPLOY_ROUTING_STALENESS_SECONDS`, 1 s), plus the duration of one
+  read; with the feed connected, usually within milliseconds. When the feed cannot vouch (its
+  connection dropped, the database is slow), a snapshot older than `staleness` is re-read before
+  it is served, as without a feed. After the feed reconnects, every snapshot is re-read once.
 - **Read your own writes.** When this process commits a change of a tenant's traffic
-  (`versions.commit_change` notes the tenant on the session), every Router in the process drops
-  that tenant's snapshot right after the commit: the next call sees the change. A read that was
-  already under way when the commit landed is used for its own call but not kept.
+  (`versions.commit_change` notes the tenant on the session), every Router in the process marks
+  that tenant's snapshot stale right after the commit: the next call sees the change. A read
+  that was under way when a change was learned is used for its own call but not kept.
+- **Never fails because the database does.** When a read fails (SQLAlchemyError), the tenant's
+  last known split is served, for at most `max_stale` seconds since it was last known current
+  (`FTDEPLOY_ROUTING_MAX_STALE_SECONDS`, default unbounded). During such an outage the database
+  is tried again by one call at a time, with backoff (0.05 s doubling to 5 s), not by every call;
+  the staleness shows in the metrics `ftdeploy_routing_stale_tenants` and
+  `ftdeploy_routing_stale_age_seconds`, and in one log line per tenant per outage
+  (`routing.serving_last_known`), then `routing.database_recovered`. Only a tenant never read
+  before (or past `max_stale`) fails, with RoutingUnavailable.
 - **A clear "no model".** A tenant with nothing in production resolves to None. An unknown tenant
   raises TenantNotFound (a malformed name InvalidInput); a broken split (not summing to 100)
-  raises InvariantViolation rather than guessing as the seed did. Database errors propagate.
-- **Sticky subjects.** With a subject (user id, session id), the pick is weighted rendezvous
-  hashing: each production version scores the subject as u ** (1 / weight), u a stable
-  per-(subject, version) number in (0, 1), and the highest score wins. The same subject gets the
-  same version while the split is unchanged, in every process and every Python version; when a
-  canary grows and the others shrink in proportion, the others' scores keep their order, so a
-  subject either stays or moves to the canary. Each version's share of subjects is its weight.
-- **Without a subject** the pick is a weighted random draw per request.
-
-A refresh that finds the split unchanged keeps the snapshot object, and with it the memo of
-subjects already placed, so a steady split costs one small query per tenant per `staleness`.
+  raises InvariantViolation rather than guessing as the seed did.
+- **Sticky subjects.** Weighted rendezvous hashing (see `registry.snapshots`): the same subject
+  gets the same version while the split is unchanged, in every process and Python version; a
+  growing canary only moves subjects toward itself. Without a subject, a weighted random draw.
+- **Bounded memory.** Snapshots are keyed by the tenant's id: a tenant named by its slug, or by
+  its id spelled in any way `uuid.UUID` reads (case, dashes, braces, `urn:uuid:`), has one
+  snapshot and costs one read. Names are mapped to ids through a memo, unknown names are
+  remembered for `staleness`, placed subjects per snapshot; each memo is bounded in bytes and
+  starts over when full, snapshots are evicted oldest-read first.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import random
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from hashlib import blake2b
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from sqlalchemy import and_, event, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import validation
-from registry.errors import InvariantViolation, TenantNotFound
-from registry.models import ModelVersion, Tenant, VersionStatus
+from registry.change_feed import CHANGED_TENANTS_KEY, ChangeBatch, ChangeFeed
+from registry.errors import RoutingUnavailable, TenantNotFound
+from registry.models import ModelVersion, RoutingGeneration, Tenant, VersionStatus
+from registry.routing_outage import Outage
+from registry.snapshots import (
+    PRIME,
+    Memos,
+    Snapshot,
+    VersionRow,
+    build_snapshot,
+    signature_of,
+    subject_number,
+    version_key,
+)
 
-# A Mersenne prime: the modulus of the per-version universal hash (below).
-PRIME = (1 << 61) - 1
-_INVERSE_PRIME = 1.0 / PRIME
-# Placed subjects remembered per snapshot; past this the memo starts over (bounded memory).
-STICKY_MEMO_LIMIT = 100_000
-# Unknown tenant names remembered (within the staleness bound) so a flood of them cannot turn
-# every request into a query; bounded the same way.
-MISSING_MEMO_LIMIT = 10_000
-# Where a unit of work notes the tenants whose traffic it changed (see `versions.commit_change`).
-CHANGED_TENANTS_KEY = "ftdeploy.changed_tenants"
-_PERSON = b"ftdeploy-route"  # domain separation: these hashes mean nothing elsewhere
+__all__ = [
+    "CHANGED_TENANTS_KEY",
+    "PRIME",
+    "Router",
+    "Snapshot",
+    "build_snapshot",
+    "change_feed",
+    "default_router",
+    "reset_default_router",
+    "resolve",
+    "subject_number",
+    "version_key",
+]  # fmt: skip
 
-# (version id, version number, model id, traffic percent) of one production version.
-VersionRow = tuple[uuid.UUID, int, str, int]
+log = logging.getLogger("ftdeploy.routing")
 
-
-def subject_number(subject: str) -> int:
-    """The subject as a number modulo PRIME: its UTF-8 bytes read as an integer. The same in
-    every process and every Python version (Python's own hash() of a string is not)."""
-    return int.from_bytes(subject.encode(), "little") % PRIME
-
-
-def version_key(version_id: uuid.UUID, weight: int) -> tuple[int, int, float]:
-    """The version's (a, b, 1 / weight) for the per-(subject, version) number u.
-
-    u = ((a * m + b) mod PRIME + 0.5) / PRIME, m the subject's number: a Carter-Wegman universal
-    hash with (a, b) drawn from the version's id. For a fixed version, m -> u spreads subjects
-    evenly over (0, 1) (a Weyl sequence for consecutive ids); for two versions the pairs of
-    numbers fall on a fine lattice, so they are as good as independent. Pure integer arithmetic,
-    one multiplication per version: a subject seen for the first time costs about a microsecond
-    or two, no hashing library call per subject.
-    """
-    digest = blake2b(version_id.bytes, digest_size=16, person=_PERSON).digest()
-    a = int.from_bytes(digest[:8], "little") % (PRIME - 1) + 1
-    b = int.from_bytes(digest[8:], "little") % PRIME
-    return a, b, 1.0 / weight
-
-
-@dataclass(slots=True, eq=False)
-class Snapshot:
-    """One tenant's production split as of `loaded_at`, ready for picks."""
-
-    tenant_id: uuid.UUID
-    loaded_at: float
-    expires: float = math.inf
-    signature: tuple[VersionRow, ...] = ()
-    model_ids: tuple[str, ...] = ()
-    versions: tuple[int, ...] = ()
-    shares: tuple[int, ...] = ()
-    # The only model when one version serves everything (the common case), else None.
-    only: str | None = None
-    # 100 entries, each model id repeated by its share: a draw is one index.
-    table: tuple[str, ...] = ()
-    keys: tuple[tuple[int, int, float], ...] = ()
-    sticky: dict[str, str] = field(default_factory=dict)
-
-    def pick(self, subject: str | None = None) -> str | None:
-        """The model for one request: None when nothing is in production."""
-        if self.only is not None or not self.model_ids:
-            return self.only
-        if subject is None:
-            return self.table[int(random.random() * 100)]
-        chosen = self.sticky.get(subject)
-        if chosen is None:
-            chosen = self.place(subject)
-            if len(self.sticky) >= STICKY_MEMO_LIMIT:
-                self.sticky.clear()
-            self.sticky[subject] = chosen
-        return chosen
-
-    def place(self, subject: str) -> str:
-        """Rendezvous: the version with the highest u ** (1 / weight) (compared as logs)."""
-        text = subject if isinstance(subject, str) else str(subject)
-        m = int.from_bytes(text.encode(), "little") % PRIME  # subject_number(), inlined
-        best, best_score = self.model_ids[0], -math.inf
-        log = math.log
-        for (a, b, inverse_weight), model_id in zip(self.keys, self.model_ids, strict=True):
-            # u in (0, 1] (never 0: the log is finite); log(u) / w orders like u ** (1 / w).
-            score = log(((a * m + b) % PRIME + 0.5) * _INVERSE_PRIME) * inverse_weight
-            if score > best_score:
-                best, best_score = model_id, score
-        return best
-
-
-def build_snapshot(
-    tenant_id: uuid.UUID, rows: Sequence[VersionRow], loaded_at: float, expires: float = math.inf
-) -> Snapshot:
-    """A snapshot from (version id, version, model id, traffic) rows of production versions.
-
-    Raises InvariantViolation when the shares do not sum to 100 (the database's invariant is
-    broken): a broken split is an error, not a guess (the seed quietly served versions[0]).
-    """
-    signature = _signature(rows)
-    if signature and sum(r[3] for r in signature) != 100:
-        raise InvariantViolation(str(tenant_id), {r[1]: r[3] for r in signature})
-    model_ids = tuple(r[2] for r in signature)
-    return Snapshot(
-        tenant_id=tenant_id,
-        loaded_at=loaded_at,
-        expires=expires,
-        signature=signature,
-        model_ids=model_ids,
-        versions=tuple(r[1] for r in signature),
-        shares=tuple(r[3] for r in signature),
-        only=model_ids[0] if len(model_ids) == 1 else None,
-        table=tuple(r[2] for r in signature for _ in range(r[3])),
-        keys=tuple(version_key(r[0], r[3]) for r in signature),
-    )
-
-
-def _signature(rows: Sequence[VersionRow]) -> tuple[VersionRow, ...]:
-    return tuple(sorted((tuple(r) for r in rows if r[3] > 0), key=lambda r: r[1]))  # type: ignore[misc]
+# Invalidations remembered for the reads under way (a read overlapping more is not kept).
+LEARNED_LOG = 1024
 
 
 class Router:
-    """Per-process snapshots of tenants' splits, refreshed after `staleness` seconds.
-
-    Thread-safe. Tenants are named by slug or id; each name has its own snapshot.
-    """
+    """Per-process snapshots of tenants' splits, kept fresh by a change feed (or, without one,
+    re-read after `staleness` seconds). Thread-safe. Tenants are named by slug or id."""
 
     def __init__(
         self,
         sessions: sessionmaker[Session],
         staleness: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        feed: ChangeFeed | None = None,
+        max_stale: float | None = None,
+        subject_memo_bytes: int = 64 << 20,
+        name_memo_bytes: int = 4 << 20,
+        snapshot_memo_bytes: int = 64 << 20,
     ) -> None:
         if not staleness >= 0:  # also refuses NaN
             raise ValueError(f"staleness must be >= 0 seconds, got {staleness!r}")
         self._sessions = sessions
         self._staleness = float(staleness)
         self._clock = clock
-        self._snapshots: dict[str, Snapshot] = {}
-        self._missing: dict[str, float] = {}  # unknown name -> until when it is known unknown
-        self._generation = 0  # bumped by every invalidation: reads that overlap one are not kept
+        self._max_stale = math.inf if max_stale is None else float(max_stale)
+        self._memos = Memos(subject_memo_bytes, name_memo_bytes, snapshot_memo_bytes)
+        # The memos' dicts, looked up without the lock on the fast path.
+        self._snapshots = self._memos.snapshots  # tenant id -> snapshot
+        self._aliases = self._memos.aliases  # a name, as called -> the tenant's id
+        self._by_name = self._memos.by_name  # a name in aliases -> the snapshot served for it
+        self._missing = self._memos.missing  # unknown name -> until when it is known unknown
+        # Bumped by every invalidation, which is logged: a read that overlaps one for its tenant
+        # (newer than what it found) is used for its call but not kept.
+        self._generation = 0
+        self._learned: deque[tuple[int, uuid.UUID | None, float]] = deque(maxlen=LEARNED_LOG)
+        self._learned.append((0, None, 0.0))
         self._lock = threading.Lock()
+        self._outage = Outage()
         self.reads = 0  # database reads made, for tests and benchmarks
+        self._feed = feed
+        self._unsubscribe = feed.subscribe(self._on_changes) if feed is not None else None
         _ROUTERS.add(self)
 
     @property
     def staleness(self) -> float:
         return self._staleness
 
+    @property
+    def feed(self) -> ChangeFeed | None:
+        return self._feed
+
     def resolve(self, tenant: str, subject: str | None = None) -> str | None:
         """The model id for this request, or None when the tenant has nothing in production.
 
-        Raises TenantNotFound (InvalidInput for a malformed name), InvariantViolation, or the
-        database's error when a refresh is due and the database cannot be read.
+        Raises TenantNotFound (InvalidInput for a malformed name), InvariantViolation, or
+        RoutingUnavailable when the database cannot be read and no usable split is known.
         """
-        snapshot = self._snapshots.get(tenant)
-        if snapshot is None or self._clock() >= snapshot.expires:
-            snapshot = self._refresh(tenant)
-        return snapshot.pick(subject)
+        snapshot = self._by_name.get(tenant)
+        if snapshot is not None:
+            now = self._clock()
+            # Within its bound, or untouched while the feed vouches for the changes since.
+            if now < snapshot.expires or self._extend(snapshot, now):
+                return snapshot.pick(subject)
+        return self._current(tenant).pick(subject)
 
     def snapshot(self, tenant: str) -> Snapshot:
         """The tenant's current snapshot (refreshed first if due)."""
-        snapshot = self._snapshots.get(tenant)
-        if snapshot is None or self._clock() >= snapshot.expires:
-            snapshot = self._refresh(tenant)
+        snapshot = self._by_name.get(tenant)
+        if snapshot is not None and self._clock() < snapshot.expires:
+            return snapshot
+        return self._current(tenant)
+
+    def invalidate(self, tenant_ids: Iterable[uuid.UUID] | None = None) -> None:
+        """Mark these tenants' snapshots stale (all when None): their next call re-reads. A
+        mapping tenant id -> generation spares snapshots already read at that generation."""
+        with self._lock:
+            self._memos.forget("missing")
+            self._mark(tenant_ids)
+
+    def close(self) -> None:
+        """Stop listening to the feed (the snapshots stay, no longer kept fresh by it)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    # -- the feed ----------------------------------------------------------------------------
+
+    def _on_changes(self, batch: ChangeBatch) -> None:
+        with self._lock:
+            if batch.resync:
+                self._memos.forget("missing")
+                self._mark(None)
+            else:
+                self._mark(batch.tenants)
+
+    def _mark(self, tenant_ids: Iterable[uuid.UUID] | None) -> None:
+        """Mark snapshots stale and log what was learned, for the reads under way (locked)."""
+        self._generation += 1
+        if tenant_ids is None:
+            self._learned.append((self._generation, None, math.inf))
+            for snapshot in self._snapshots.values():
+                snapshot.current, snapshot.expires = False, -math.inf
+            return
+        generations = tenant_ids if isinstance(tenant_ids, Mapping) else {}
+        for tenant_id in tenant_ids:
+            generation = generations.get(tenant_id, math.inf)
+            self._learned.append((self._generation, tenant_id, generation))
+            held = self._snapshots.get(tenant_id)
+            if held is not None and held.generation < generation:
+                held.current, held.expires = False, -math.inf
+
+    def _overtaken(self, since: int, tenant_id: uuid.UUID, generation: int) -> bool:
+        """Whether a read that began at `since` and found `generation` missed a change learned
+        meanwhile (locked). A change it already saw (own commit, then the feed's notice of the
+        same change) does not count."""
+        if since == self._generation:
+            return False
+        if self._learned[0][0] > since:  # the log no longer reaches back to the read's start
+            return True
+        for counter, learned_id, learned_generation in reversed(self._learned):
+            if counter <= since:
+                return False
+            if learned_id is None or (learned_id == tenant_id and learned_generation > generation):
+                return True
+        return False
+
+    def _extend(self, snapshot: Snapshot, now: float) -> bool:
+        """Keep serving an untouched snapshot while the feed vouches for the changes since."""
+        vouched = self._feed.vouched_at if self._feed is not None else -math.inf
+        if not snapshot.current or vouched + self._staleness <= now:
+            return False
+        with self._lock:
+            if not snapshot.current:  # a change was learned meanwhile
+                return False
+            snapshot.verified_at = max(snapshot.verified_at, vouched)
+            snapshot.expires = vouched + self._staleness
+        return True
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _current(self, tenant: Any) -> Snapshot:
+        snapshot = self._current_of(tenant)
+        if tenant in self._aliases:
+            self._by_name[tenant] = snapshot
         return snapshot
 
-    def invalidate(self, tenant_ids: set[uuid.UUID] | None = None) -> None:
-        """Drop the snapshots of these tenants (all when None): their next call re-reads."""
-        with self._lock:
-            self._generation += 1
-            self._missing.clear()
-            if tenant_ids is None:
-                self._snapshots.clear()
-                return
-            for key in [k for k, s in self._snapshots.items() if s.tenant_id in tenant_ids]:
-                self._snapshots.pop(key, None)
-
-    def _refresh(self, tenant: str) -> Snapshot:
+    def _current_of(self, tenant: Any) -> Snapshot:
         now = self._clock()
-        unknown_until = self._missing.get(tenant)
+        tenant_id = self._canonical(tenant)
+        snapshot = self._snapshots.get(tenant_id) if tenant_id is not None else None
+        if snapshot is not None and (now < snapshot.expires or self._extend(snapshot, now)):
+            return snapshot
+        unknown_until = self._missing.get(tenant if tenant_id is None else tenant_id)
         if unknown_until is not None and now < unknown_until:
-            raise TenantNotFound(tenant)
+            raise TenantNotFound(str(tenant))
+        return self._refresh(tenant, tenant_id, snapshot, now)
+
+    def _canonical(self, tenant: Any) -> uuid.UUID | None:
+        """The tenant's id, if the name tells it (an id in any spelling, or a slug read before);
+        None for a slug not read yet. Raises InvalidInput for a malformed name."""
+        tenant_id = self._aliases.get(tenant)
+        if tenant_id is not None:
+            return tenant_id
+        tenant_id = tenant if isinstance(tenant, uuid.UUID) else validation.as_uuid(tenant)
+        if tenant_id is None:
+            validation.tenant_slug(tenant)
+            return None
+        with self._lock:
+            self._memos.remember("aliases", tenant, tenant_id)
+        return tenant_id
+
+    def _refresh(
+        self, tenant: Any, tenant_id: uuid.UUID | None, previous: Snapshot | None, now: float
+    ) -> Snapshot:
+        if not self._outage.may_try(now):  # one call at a time tries the database again
+            return self._last_known(tenant, tenant_id, previous, now, "database unavailable")
         generation = self._generation
-        expires = now + self._staleness
         try:
-            tenant_id, rows = self._read(tenant)
+            found_id, slug, tenant_generation, rows = self._read(tenant, tenant_id)
         except TenantNotFound:
+            self._recovered(now)
             with self._lock:
                 if generation == self._generation:
-                    if len(self._missing) >= MISSING_MEMO_LIMIT:
-                        self._missing.clear()
-                    self._missing[tenant] = expires
+                    self._memos.remember("missing", tenant if tenant_id is None else tenant_id,
+                                   now + self._staleness)  # fmt: skip
+                if tenant_id is not None:
+                    self._memos.drop(tenant_id)
             raise
-        previous = self._snapshots.get(tenant)
-        if previous is not None and previous.signature == _signature(rows):
-            # Same split: keep the snapshot and its memo of placed subjects.
-            snapshot = previous
+        except SQLAlchemyError as error:
+            self._outage.failed(error, now)
+            return self._last_known(tenant, tenant_id, previous, now, type(error).__name__)
+        self._recovered(now)
+        if previous is not None and previous.signature == signature_of(rows):
+            snapshot = previous  # same split: keep the snapshot and its memo of placed subjects
         else:
-            snapshot = build_snapshot(tenant_id, rows, now, expires)
+            snapshot = build_snapshot(found_id, rows, now, now + self._staleness,
+                                      slug=slug, budget=self._memos.budget)  # fmt: skip
         with self._lock:
-            if generation == self._generation:
-                snapshot.loaded_at, snapshot.expires = now, expires
-                self._snapshots[tenant] = snapshot
-            elif snapshot is previous:
-                # An invalidation overlapped the read: answer this call, keep nothing.
-                snapshot = build_snapshot(tenant_id, rows, now, now)
+            if self._overtaken(generation, found_id, tenant_generation):
+                # A change was learned while we read: answer this call, keep nothing.
+                return build_snapshot(found_id, rows, now, now, slug=slug)
+            snapshot.loaded_at = snapshot.verified_at = now
+            snapshot.expires, snapshot.generation = now + self._staleness, tenant_generation
+            snapshot.current = True
+            self._memos.store(snapshot, previous)
+            self._memos.remember("aliases", tenant, found_id)
+            self._memos.remember("aliases", slug, found_id)
         return snapshot
 
-    def _read(self, tenant: str) -> tuple[uuid.UUID, list[VersionRow]]:
-        """The tenant's id and production rows, in one query. Raises TenantNotFound."""
-        if isinstance(tenant, uuid.UUID):  # an id object names the tenant as well as its text
-            tenant = str(tenant)
-        tenant_id = validation.as_uuid(tenant)
-        condition = (
-            Tenant.id == tenant_id if tenant_id else Tenant.slug == validation.tenant_slug(tenant)
-        )
+    def _read(
+        self, tenant: Any, tenant_id: uuid.UUID | None
+    ) -> tuple[uuid.UUID, str, int, list[VersionRow]]:
+        """The tenant's id, slug, generation and production rows, in one query."""
+        condition = Tenant.id == tenant_id if tenant_id is not None else Tenant.slug == tenant
         statement = (
             select(
                 Tenant.id,
+                Tenant.slug,
+                RoutingGeneration.generation,
                 ModelVersion.id,
                 ModelVersion.version,
                 ModelVersion.model_id,
                 ModelVersion.traffic_percent,
             )
             .select_from(Tenant)
+            .outerjoin(RoutingGeneration, RoutingGeneration.tenant_id == Tenant.id)
             .outerjoin(
                 ModelVersion,
                 and_(
@@ -280,14 +329,50 @@ class Router:
             found = session.execute(statement).all()
         self.reads += 1
         if not found:
-            raise TenantNotFound(tenant)
+            raise TenantNotFound(str(tenant))
         # Outer join: a tenant with nothing in production comes back as one row of NULLs.
         rows: list[VersionRow] = [
             (version_id, number, model_id, percent)
-            for _, version_id, number, model_id, percent in found
+            for *_, version_id, number, model_id, percent in found
             if version_id is not None
         ]
-        return found[0][0], rows
+        return found[0][0], found[0][1], int(found[0][2] or 0), rows
+
+    @property
+    def memo_bytes(self) -> dict[str, int]:
+        """Bytes held by each memo (estimates), for tests and monitoring."""
+        return self._memos.sizes
+
+    # -- outages -----------------------------------------------------------------------------
+
+    def _last_known(
+        self, tenant: Any, tenant_id: uuid.UUID | None, previous: Snapshot | None, now: float,
+        reason: str,
+    ) -> Snapshot:  # fmt: skip
+        if previous is None and tenant_id is None:  # its slug's alias may have been forgotten
+            known = list(self._snapshots.values())
+            previous = next((s for s in known if s.slug == tenant), None)
+        if previous is None:
+            raise RoutingUnavailable(str(tenant), f"{reason}, and its split was never read")
+        age = now - previous.verified_at
+        if age > self._max_stale:
+            raise RoutingUnavailable(
+                str(tenant), f"{reason}, and its last known split is {age:.0f} s old"
+            )
+        with self._lock:  # served as it is until the next attempt
+            retry_at = max(self._outage.retry_at, now)
+            previous.expires = min(retry_at, previous.verified_at + self._max_stale)
+        self._outage.served(previous.tenant_id, previous.slug or str(tenant), age, reason)
+        return previous
+
+    def _recovered(self, now: float) -> None:
+        if not self._outage.active:
+            return
+        served = self._outage.recovered(now)
+        with self._lock:
+            for tenant_id in served:  # re-read at their next call, not at their retry time
+                if (snapshot := self._snapshots.get(tenant_id)) is not None:
+                    snapshot.expires = -math.inf
 
 
 _ROUTERS: weakref.WeakSet[Router] = weakref.WeakSet()
@@ -300,18 +385,29 @@ _default_lock = threading.Lock()
 
 
 def default_router() -> Router:
-    """The process's Router over the configured database, with the configured staleness
-    (`FTDEPLOY_DATABASE_URL`, `FTDEPLOY_ROUTING_STALENESS_SECONDS`). Built at the first call."""
+    """The process's Router over the configured database, kept fresh by the process's change
+    feed, with the configured staleness, outage bound and memo sizes (`FTDEPLOY_ROUTING_*`).
+    Built at the first call."""
     global _default_router
     router = _default_router
     if router is None:
         with _default_lock:
             if _default_router is None:
+                from registry.change_feed import process_feed
                 from registry.db import session_factory
                 from registry.settings import get_settings
 
+                settings = get_settings()
+                sessions = session_factory()
+                staleness = settings.routing_staleness_seconds
                 _default_router = Router(
-                    session_factory(), staleness=get_settings().routing_staleness_seconds
+                    sessions,
+                    staleness=staleness,
+                    feed=process_feed(sessions, staleness / 2) if staleness > 0 else None,
+                    max_stale=settings.routing_max_stale_seconds,
+                    subject_memo_bytes=settings.routing_subject_memo_bytes,
+                    name_memo_bytes=settings.routing_name_memo_bytes,
+                    snapshot_memo_bytes=settings.routing_snapshot_memo_bytes,
                 )
             router = _default_router
     return router
@@ -321,6 +417,8 @@ def reset_default_router() -> None:
     """Forget the default Router (after a change of settings, say); the next call builds one."""
     global _default_router
     with _default_lock:
+        if _default_router is not None:
+            _default_router.close()
         _default_router = None
 
 
@@ -328,10 +426,23 @@ def resolve(tenant: str, subject: str | None = None) -> str | None:
     """The model id the serving app should use for this request: `registry.routing.resolve`.
 
     None when the tenant has nothing in production ("no model"); sticky per subject; answered from
-    the process's snapshot, at most `FTDEPLOY_ROUTING_STALENESS_SECONDS` old, and fresh after a
-    change committed by this process. Raises TenantNotFound / InvalidInput for a bad tenant.
+    the process's snapshot, at most `FTDEPLOY_ROUTING_STALENESS_SECONDS` old, fresh after a change
+    committed by this process, and the last known split while the database is down. Raises
+    TenantNotFound / InvalidInput for a bad tenant, RoutingUnavailable for a tenant never read
+    while the database is down.
     """
     return default_router().resolve(tenant, subject)
+
+
+def change_feed() -> ChangeFeed:
+    """The change feed of the default Router's database (for the HTTP API's change stream):
+    `change_feed().subscribe(callback)` or `with change_feed().subscription() as changes: …`."""
+    from registry.change_feed import process_feed
+    from registry.db import session_factory
+    from registry.settings import get_settings
+
+    staleness = get_settings().routing_staleness_seconds
+    return process_feed(session_factory(), staleness / 2 if staleness > 0 else 0.5)
 
 
 # -- invalidation after this process's own commits -----------------------------------------------

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     max_retries: int = Field(default=50, ge=0)
     openai_timeout_seconds: float = Field(default=30.0, gt=0)
     routing_staleness_seconds: float = Field(default=1.0, ge=0)
+    # How long the last known split is served while the database cannot be read (None: for as
+    # long as the outage lasts).
+    routing_max_stale_seconds: float | None = Field(default=None, gt=0)
+    # Memory bounds of a serving process's routing memos, in bytes.
+    routing_subject_memo_bytes: int = Field(default=64 << 20, ge=0)
+    routing_name_memo_bytes: int = Field(default=4 << 20, ge=0)
+    routing_snapshot_memo_bytes: int = Field(default=64 << 20, ge=0)
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # Loopback by default: the metrics name tenants and are served without authentication.
     metrics_host: str = Field(default="127.0.0.1", min_length=1)

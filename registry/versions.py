@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry import clock, traffic, validation
+from registry.change_feed import note_change
 from registry.db import lock_tenant
 from registry.errors import (
     InvariantViolation,
@@ -31,7 +32,6 @@ from registry.models import (
     TrafficEvent,
     VersionStatus,
 )
-from registry.routing import CHANGED_TENANTS_KEY
 from registry.tenants import find_tenant
 
 
@@ -240,8 +240,8 @@ def commit_change(
         )
     )
     session.flush()
-    # Routing snapshots in this process are dropped when the transaction commits.
-    session.info.setdefault(CHANGED_TENANTS_KEY, set()).add(tenant.id)
+    # The change feed: routing caches everywhere learn of it when the transaction commits.
+    note_change(session, tenant.id)
     return Change(tenant.slug, action, version, before, after, reason)
 
 

@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -81,12 +82,14 @@ class Service:
         """The temporary directory holding the data, socket and `server.log`."""
         return None if self._server is None else self._server.workdir
 
-    def restart(self) -> None:
+    def restart(self, downtime: float = 0.0) -> None:
+        """Stop the server, leave it down for `downtime` seconds (an outage), start it again."""
         if self._server is None:
             raise RuntimeError(f"external {self.name} cannot be restarted")
         if self._stopped:
             raise RuntimeError(f"{self.name} was stopped for good")
         self._server.halt()
+        time.sleep(downtime)
         self._server.start()
 
     def stop(self) -> None:

@@ -142,6 +142,8 @@ def test_unchanged_split_keeps_the_snapshot_and_its_memo(db_url: str) -> None:
     assert len(snapshot.sticky) == 200
     reads = router.reads
     clock.now += 5
+    assert router.snapshot("acme") is snapshot  # re-read, same split: the memo is kept
+    assert len(snapshot.sticky) == 200
     assert {s: router.resolve("acme", s) for s in picks} == picks
     assert router.reads == reads + 1
     assert router.snapshot("acme") is snapshot

@@ -1,0 +1,423 @@
+"""The routing change feed: which tenants' splits changed, learned once per process.
+
+Every change of a tenant's traffic goes through `versions.commit_change`, which calls
+`note_change` in the change's own transaction, under the tenant's lock. That bumps the tenant's
+row in `ai_routing_generations` and, on PostgreSQL, queues `NOTIFY ftdeploy_routing, '<tenant
+id> <generation>'`. Both take effect with the commit and vanish with a rollback (a savepoint's
+rollback discards its notifications too).
+
+A process learns about changes from one feed per database, shared by every subscriber:
+
+- **PostgreSQL** (`PostgresFeed`): one dedicated psycopg connection in a background thread
+  LISTENs on the channel. PostgreSQL delivers notifications after the commit, in commit order.
+  Every `interval` the thread also notifies a channel of its own (a heartbeat) on that
+  connection: when the heartbeat comes back, every change committed before it was sent has
+  been delivered, so `vouched_at` moves to the time it was sent. A connection that drops, or a
+  heartbeat that does not return within `beat_timeout`, ends the listening; the thread
+  reconnects with backoff and, once LISTEN is in force again, publishes a *resync* batch:
+  whatever changed while nobody listened is treated as changed.
+- **SQLite** (`GenerationPoller`): writers are serialized, so generations grow in commit order
+  across tenants. A background thread asks every `interval` for the rows above the highest
+  generation it has seen (one indexed query that also returns the maximum), and publishes the
+  tenants found; `vouched_at` is when the query began.
+
+Guarantees, for a subscriber:
+
+- A change committed at time C is published before `vouched_at` passes C; `vouched_at` never
+  goes back. While the feed is down it stands still: a reader that needs changes up to some
+  moment (the Router: up to "now - staleness") falls back to reading for itself.
+- Nothing is silently lost: a gap (reconnect, start, a subscriber's queue overflowing, a
+  database whose generations went back) is published as a batch with `resync=True`, meaning
+  "anything may have changed: revalidate what you hold".
+- The cost does not grow with the number of tenants: PostgreSQL, one heartbeat per `interval`
+  plus one message per change; SQLite, one query per `interval`.
+
+Subscribing (the routing cache, the HTTP API's change stream):
+
+    unsubscribe = feed.subscribe(callback)   # callback(ChangeBatch) on the feed's thread
+    with feed.subscription() as changes:     # or a thread-safe queue of one's own
+        batch = changes.get(timeout=15)      # ChangeBatch, or None after the timeout
+
+`process_feed(sessions, interval)` gives the process's feed for a database (one per process,
+started at the first subscription, stopped when the last subscriber leaves).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from registry import clock
+from registry.models import RoutingGeneration
+
+log = logging.getLogger("ftdeploy.routing")
+
+CHANNEL = "ftdeploy_routing"
+APPLICATION_NAME = "ftdeploy-routing-feed"
+# Where a unit of work notes the tenants whose traffic it changed: tenant id -> new generation.
+CHANGED_TENANTS_KEY = "ftdeploy.changed_tenants"
+RETRY_MIN_SECONDS = 0.05
+RETRY_MAX_SECONDS = 5.0
+# SQLite: past this many tenants changed between two polls, publish one resync instead.
+POLL_ROWS_LIMIT = 10_000
+_beats = itertools.count()
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """Tenants whose split changed (id -> generation after the change), or a resync."""
+
+    tenants: Mapping[uuid.UUID, int] = field(default_factory=dict)
+    # True: changes may have been missed; treat every tenant as changed.
+    resync: bool = False
+
+
+Callback = Callable[[ChangeBatch], None]
+
+
+def note_change(session: Session, tenant_id: uuid.UUID) -> int:
+    """Record in this transaction that the tenant's split changed; returns its new generation.
+
+    Call with the tenant locked (as `versions.commit_change` does): its generation then grows
+    strictly from one change to the next. The generation is one more than the highest of any
+    tenant, so on SQLite (one writer at a time) it also grows in commit order. On PostgreSQL
+    a notification is queued, delivered to every listener when the transaction commits.
+    """
+    highest = session.scalar(select(func.coalesce(func.max(RoutingGeneration.generation), 0)))
+    generation = int(highest or 0) + 1
+    row = session.get(RoutingGeneration, tenant_id)
+    if row is None:
+        session.add(RoutingGeneration(tenant_id=tenant_id, generation=generation))
+    else:
+        row.generation, row.changed_at = generation, clock.now()
+    session.flush()
+    if session.get_bind().dialect.name == "postgresql":
+        payload = f"{tenant_id} {generation}"
+        session.execute(text("SELECT pg_notify(:channel, :payload)"),
+                        {"channel": CHANNEL, "payload": payload})  # fmt: skip
+    session.info.setdefault(CHANGED_TENANTS_KEY, {})[tenant_id] = generation
+    return generation
+
+
+class ChangeFeed:
+    """What both feeds share: subscribers, the background thread, `vouched_at`."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        self.interval = float(interval)
+        self._clock = clock
+        self._subscribers: list[Callback] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_close: Callable[[ChangeFeed], None] | None = None
+        # Every change committed before this moment (of `clock`) has been published.
+        self.vouched_at = -math.inf
+        self.connected = False
+        self._down = False  # an outage was logged and has not ended
+        self._was_up = False
+        self.queries = 0  # round trips to the database, for tests and benchmarks
+
+    def subscribe(self, callback: Callback) -> Callable[[], None]:
+        """Call `callback(batch)` for every batch from now on; returns the unsubscribe function.
+
+        Callbacks run on the feed's thread, one batch at a time, in commit order: keep them
+        short. The first batch after (re)connecting is a resync.
+        """
+        with self._lock:
+            self._subscribers.append(callback)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run_guarded, name=f"ftdeploy-{type(self).__name__}", daemon=True
+                )
+                self._thread.start()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+                last = not self._subscribers
+            if last:
+                self.close()
+
+        return unsubscribe
+
+    def subscription(self, max_pending: int = 10_000) -> Subscription:
+        """A queue of this feed's batches of one's own (see `Subscription`)."""
+        return Subscription(self, max_pending)
+
+    def close(self) -> None:
+        """Stop the thread (it ends within one interval); a closed feed publishes nothing."""
+        self._stop.set()
+        self.connected = False
+        if self._on_close is not None:
+            self._on_close(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def _publish(self, batch: ChangeBatch) -> None:
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(batch)
+            except Exception:  # one subscriber's bug must not blind the others
+                log.exception("routing.feed_subscriber_failed")
+
+    def _run_guarded(self) -> None:
+        backoff = RETRY_MIN_SECONDS
+        while not self._stop.is_set():
+            self._was_up = False
+            try:
+                self._run()  # returns when stopped; raises when the database fails
+                break
+            except Exception as error:
+                self.connected = False
+                if self._stop.is_set():  # closed meanwhile: whatever failed no longer matters
+                    break
+                if self._was_up:  # a new outage: start the backoff over
+                    backoff = RETRY_MIN_SECONDS
+                if not self._down:
+                    self._down = True
+                    fields = {"feed": type(self).__name__, "error": type(error).__name__,
+                              "detail": str(error).strip()[:200]}  # fmt: skip
+                    log.warning("routing.feed_down", extra={"ftdeploy_fields": fields})
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, RETRY_MAX_SECONDS)
+        self.connected = False
+
+    def _up(self) -> None:
+        """Called by a feed once it is connected (again): logs a recovery once."""
+        self.connected = self._was_up = True
+        if self._down:
+            self._down = False
+            log.info("routing.feed_up", extra={"ftdeploy_fields": {"feed": type(self).__name__}})
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class PostgresFeed(ChangeFeed):
+    """LISTEN/NOTIFY on one dedicated connection, with heartbeats (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+        beat_timeout: float | None = None,
+        connect_timeout: int = 5,
+    ) -> None:
+        super().__init__(interval, clock)
+        self._conninfo = (
+            make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+        self.beat_timeout = beat_timeout or max(2.0, 4 * self.interval)
+        self._connect_timeout = connect_timeout
+        self._beat_channel = f"{CHANNEL}_beat_{os.getpid()}_{next(_beats)}"
+        self.backend_pid: int | None = None  # of the listening connection, for tests
+
+    def _run(self) -> None:
+        with psycopg.connect(
+            self._conninfo, autocommit=True, application_name=APPLICATION_NAME,
+            connect_timeout=self._connect_timeout,
+        ) as conn:  # fmt: skip
+            listening_from = self._clock()
+            conn.execute(f"LISTEN {CHANNEL}")
+            conn.execute(f"LISTEN {self._beat_channel}")
+            self.queries += 3
+            self.backend_pid = conn.info.backend_pid
+            # Changes committed before LISTEN took effect were never going to reach us.
+            self._publish(ChangeBatch(resync=True))
+            self.vouched_at = max(self.vouched_at, listening_from)
+            self._up()
+            self._listen(conn)
+
+    def _listen(self, conn: psycopg.Connection[Any]) -> None:
+        pending: dict[int, float] = {}  # heartbeat number -> when it was sent
+        last_beat = time.monotonic()
+        number = 0
+        while not self._stop.is_set():
+            number += 1
+            pending[number] = self._clock()
+            conn.execute("SELECT pg_notify(%s, %s)", (self._beat_channel, str(number)))
+            self.queries += 1
+            deadline = time.monotonic() + self.interval
+            while not self._stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+                for notify in conn.notifies(timeout=remaining):
+                    if notify.channel == self._beat_channel:
+                        got = int(notify.payload)
+                        sent = pending.get(got)
+                        for old in [n for n in pending if n <= got]:
+                            del pending[old]
+                        if sent is not None:
+                            # Published everything committed before the beat was sent.
+                            self.vouched_at = max(self.vouched_at, sent)
+                            last_beat = time.monotonic()
+                    else:
+                        self._publish(_parse(notify.payload))
+            if time.monotonic() - last_beat > self.beat_timeout:
+                raise TimeoutError(f"no heartbeat back within {self.beat_timeout:g} s")
+
+
+def _parse(payload: str) -> ChangeBatch:
+    try:
+        tenant, generation = payload.split(" ")
+        return ChangeBatch({uuid.UUID(tenant): int(generation)})
+    except ValueError:  # not ours: safer to revalidate everything than to ignore it
+        fields = {"payload": payload[:80]}
+        log.warning("routing.feed_bad_payload", extra={"ftdeploy_fields": fields})
+        return ChangeBatch(resync=True)
+
+
+class GenerationPoller(ChangeFeed):
+    """SQLite: the generation table, polled once per interval (see the module docstring)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(interval, clock)
+        self._sessions = sessions
+        self._seen: int | None = None  # highest generation published
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = self._clock()
+            rows = self._poll()
+            highest = rows.pop()[1]
+            if self._seen is None or highest < self._seen or len(rows) > POLL_ROWS_LIMIT:
+                # Start, a database whose history went back (a restore), or too much at once.
+                self._publish(ChangeBatch(resync=True))
+            elif rows:
+                self._publish(ChangeBatch({tenant: gen for tenant, gen in rows}))
+            self._seen = highest
+            self.vouched_at = max(self.vouched_at, began)
+            if not self.connected:
+                self._up()
+            self._stop.wait(self.interval)
+
+    def _poll(self) -> list[tuple[uuid.UUID, int]]:
+        """Rows above the highest generation seen (at most POLL_ROWS_LIMIT + 1), then the
+        maximum as a last row (None, max): one round trip."""
+        seen = -1 if self._seen is None else self._seen
+        table = RoutingGeneration
+        changed = (
+            select(table.tenant_id, table.generation)
+            .where(table.generation > seen)
+            .order_by(table.generation)
+            .limit(POLL_ROWS_LIMIT + 1 if self._seen is not None else 0)
+        )
+        with self._sessions() as session:
+            rows = [(r[0], int(r[1])) for r in session.execute(changed)]
+            highest = session.scalar(select(func.coalesce(func.max(table.generation), 0)))
+        self.queries += 1
+        return [*rows, (uuid.UUID(int=0), int(highest or 0))]
+
+
+class Subscription:
+    """A subscriber's own queue: thread-safe, bounded, merging.
+
+    Batches waiting to be read are merged (a tenant changed twice is one entry, with its newest
+    generation); past `max_pending` tenants, or after a resync, what waits is one resync batch.
+    So memory stays bounded and nothing is lost: a slow reader is told to revalidate instead.
+    """
+
+    def __init__(self, feed: ChangeFeed, max_pending: int) -> None:
+        self._max_pending = max_pending
+        self._cond = threading.Condition()
+        self._tenants: dict[uuid.UUID, int] = {}
+        self._resync = False
+        self._ready = False
+        self._closed = False
+        self._unsubscribe = feed.subscribe(self._put)
+
+    def _put(self, batch: ChangeBatch) -> None:
+        with self._cond:
+            if not self._resync:
+                for tenant, generation in batch.tenants.items():
+                    self._tenants[tenant] = max(generation, self._tenants.get(tenant, 0))
+                if batch.resync or len(self._tenants) > self._max_pending:
+                    self._resync, self._tenants = True, {}
+            self._ready = True
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> ChangeBatch | None:
+        """Everything published since the last get, merged; None if nothing came within
+        `timeout` seconds (None: wait for ever) or the subscription is closed."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._ready or self._closed, timeout):
+                return None
+            if not self._ready:
+                return None
+            batch = ChangeBatch(self._tenants, self._resync)
+            self._tenants, self._resync, self._ready = {}, False, False
+            return batch
+
+    def __iter__(self) -> Iterator[ChangeBatch]:
+        while (batch := self.get()) is not None:
+            yield batch
+
+    def close(self) -> None:
+        self._unsubscribe()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.close()
+
+
+# -- one feed per process and database -----------------------------------------------------------
+
+_feeds: dict[tuple[str, float], ChangeFeed] = {}
+_feeds_lock = threading.Lock()
+
+
+def process_feed(sessions: sessionmaker[Session], interval: float) -> ChangeFeed:
+    """This process's feed for the database of `sessions` (built at the first call; a forked
+    child gets its own, and a feed whose last subscriber left is replaced)."""
+    bind = sessions.kw["bind"]
+    url = bind.url.render_as_string(hide_password=False)
+    key = (f"{os.getpid()}:{url}", float(interval))
+    with _feeds_lock:
+        feed = _feeds.get(key)
+        if feed is None or feed.closed:
+            if bind.dialect.name == "postgresql":
+                feed = PostgresFeed(url, interval)
+            else:
+                feed = GenerationPoller(sessions, interval)
+            feed._on_close = lambda closed: _forget(key, closed)
+            _feeds[key] = feed
+    return feed
+
+
+def _forget(key: tuple[str, float], feed: ChangeFeed) -> None:
+    with _feeds_lock:
+        if _feeds.get(key) is feed:
+            del _feeds[key]
