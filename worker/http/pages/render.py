@@ -27,7 +27,6 @@ from registry.views.splits import text as split_text
 from registry.views.tenant import Interval
 from worker.http.pages.sessions import SignInNeeded
 from worker.http.problems import Forbidden, Unauthorized, status_of
-from worker.logs import event
 
 log = logging.getLogger("ftdeploy.http")
 
@@ -116,7 +115,8 @@ def as_page(request: Request, error: Exception) -> Response:
         return error_page(request, 422, "the request's parameters are not valid")
     if isinstance(error, HTTPException):
         return error_page(request, error.status_code, str(error.detail))
-    event(log, "page.internal_error", logging.ERROR, error=type(error).__name__)
+    # The traceback goes to the server log only, never into the page.
+    log.error("page.internal_error", exc_info=error, extra={"ftdeploy_fields": {}})
     return error_page(request, 500, "internal error (the server log has the details)")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
@@ -133,10 +133,16 @@ def tenant_page(
 
 
 @router.get("/tenants/{tenant_ref}/fragments/live", response_class=HTMLResponse)
-def tenant_fragment(tenant_ref: schemas.TenantRef, who: Reader) -> HTMLResponse:
+def tenant_fragment(
+    tenant_ref: schemas.TenantRef,
+    who: Reader,
+    part: Literal["summary", "details"] | None = None,
+) -> HTMLResponse:
+    """The live parts of the tenant page: the split and the canary (summary), the rest
+    (details), or both."""
     with read_only() as session:
         context = _live(session, _tenant(session, who, tenant_ref))
-    return render.page("_tenant_live.html", **context, **_common(who))
+    return render.page("_tenant_live.html", part=part, **context, **_common(who))
 
 
 @router.get("/tenants/{tenant_ref}/preview", response_class=HTMLResponse)
@@ -164,8 +170,8 @@ def operation_fragment(
 ) -> HTMLResponse:
     with read_only() as session:
         found = _tenant(session, who, tenant_ref)
-        row = _operation(session, found, operation_id)
-    return render.page("_operation.html", operation=row, tenant=found.slug)
+        row, slug = _operation(session, found, operation_id), found.slug
+    return render.page("_operation.html", operation=row, tenant=slug)
 
 
 # -- actions ---------------------------------------------------------------------------------
@@ -233,7 +239,8 @@ async def stream(request: Request, who: Reader) -> AsyncIterable[ServerSentEvent
     heartbeat: float = request.app.state.settings.stream_heartbeat_seconds
     subscription = await feed.subscribe()
     try:
-        yield ServerSentEvent(comment="connected", retry=2000)
+        # Subscribed: every change from now on has its event; the page re-reads what it shows.
+        yield ServerSentEvent(event="ready", data={}, retry=2000)
         while True:
             changed = await subscription.next(heartbeat)
             if changed is None:

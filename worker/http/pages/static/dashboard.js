@@ -68,6 +68,10 @@
     var timer = setInterval(function () {
       if (el.hasAttribute("data-until-final") && el.querySelector("[data-final]")) {
         clearInterval(timer);
+        // The operation landed: show what it changed at once.
+        document.querySelectorAll("[data-live]").forEach(function (other) {
+          if (other !== el) refresh(other);
+        });
         return;
       }
       refresh(el);
@@ -77,6 +81,9 @@
   function stream(lives) {
     if (!lives.length || !window.EventSource) return;
     var source = new EventSource("/dashboard/stream");
+    // A change committed between the page's render and the stream's subscription (or while it
+    // was reconnecting) has no event of its own: re-read once each time the stream is ready.
+    source.addEventListener("ready", function () { lives.forEach(refresh); });
     source.addEventListener("change", function (event) {
       var tenant = null;
       try { tenant = JSON.parse(event.data).tenant; } catch (e) { return; }
