@@ -53,7 +53,9 @@ class CanaryPanel:
         return "holding for data" if self.waiting_for_data else "holding"
 
 
-def panel(assessment: Assessment, now: datetime) -> CanaryPanel:
+def panel(assessment: Assessment, now: datetime, *, explain: bool = True) -> CanaryPanel:
+    """The canary as the page explains it; `explain=False` leaves out the evidence (bounds and
+    test), which only the tenant page shows."""
     canary, policy, decision = assessment.canary, assessment.canary.policy, assessment.decision
     in_step = max(0.0, (now - canary.step_started_at).total_seconds())
     proof: Evidence | None = None
@@ -64,7 +66,7 @@ def panel(assessment: Assessment, now: datetime) -> CanaryPanel:
             canary.traffic_percent, canary.step_started_at, canary.canary, canary.stable
         )
         # Counts that decide() refused have no evidence to show: the panel shows its error.
-        proof = evidence(state, policy) if decision is not None else None
+        proof = evidence(state, policy) if decision is not None and explain else None
         steps = policy.steps
         if canary.traffic_percent in steps:
             step_number = steps.index(canary.traffic_percent) + 1

@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
@@ -53,7 +54,7 @@ class FleetRow:
     failed_operations: int = 0
     paused: bool = False  # auto-promotion paused (when the registry has pauses)
 
-    @property
+    @cached_property
     def attention(self) -> list[str]:
         """Why this tenant needs an operator, one short sentence each; empty when it does not."""
         reasons = []
@@ -125,7 +126,7 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
     for assessment in assess(read_live_canaries(session), now):
         row = rows.get(assessment.canary.tenant_id)
         if row is not None:
-            row.canary = panel(assessment, now)
+            row.canary = panel(assessment, now, explain=False)
 
     pending = (DeploymentStatus.STAGED, DeploymentStatus.AWAITING_EVALUATION)
     for tenant_id, status, number in session.execute(

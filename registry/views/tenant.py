@@ -160,7 +160,7 @@ def _chart(
 
 def tenant_page(session: Session, tenant: Tenant, now: datetime) -> TenantPage:
     """The page of `tenant` (already found, and visible to the caller). Reads only, no lock;
-    eleven statements whatever the number of versions, changes or events."""
+    twelve statements whatever the number of versions, changes or events."""
     strategy, policy = _policy(session.get(DeploymentPolicy, tenant.id))
     versions = [
         VersionRow(
@@ -198,16 +198,14 @@ def tenant_page(session: Session, tenant: Tenant, now: datetime) -> TenantPage:
             .limit(CHART_CHANGES)
         )
     )
-    total = len(events)
-    if total == CHART_CHANGES:
-        total = int(
-            session.scalar(
-                select(func.count())
-                .select_from(TrafficEvent)
-                .where(TrafficEvent.tenant_id == tenant.id)
-            )
-            or 0
+    total = int(
+        session.scalar(
+            select(func.count())
+            .select_from(TrafficEvent)
+            .where(TrafficEvent.tenant_id == tenant.id)
         )
+        or 0
+    )
     operations = [
         _operation_row(o)
         for o in session.scalars(

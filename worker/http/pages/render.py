@@ -12,17 +12,20 @@ import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup, escape
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from registry.errors import FtdeployError
+from registry.views.splits import Share
 from registry.views.splits import text as split_text
 from registry.views.tenant import Interval
 from worker.http.pages.sessions import SignInNeeded
@@ -71,6 +74,40 @@ def colour(version: int) -> str:
     return f"v{version % PALETTE}"
 
 
+def bar(split: list[Share], label: str | None = None) -> Markup:
+    """A split as a bar (inline SVG: geometry in attributes, no style, so CSP allows it) with
+    its text beside it, for readers without colour and for screen readers."""
+    return _bar(tuple(split), label)
+
+
+@lru_cache(maxsize=4096)  # a fleet has few distinct splits
+def _bar(split: tuple[Share, ...], label: str | None) -> Markup:
+    words = split_text(list(split))
+    rects, x = [], 0
+    for share in split:
+        rects.append(
+            f'<rect x="{x}" y="0" width="{share.percent}" height="10" '
+            f'class="{colour(share.version)} {share.role}"><title>v{share.version} '
+            f"{share.percent}%</title></rect>"
+        )
+        x += share.percent
+    if not split:
+        rects.append('<rect x="0" y="0" width="100" height="10" class="none"></rect>')
+    return Markup(
+        '<span class="split"><svg class="bar" viewBox="0 0 100 10" preserveAspectRatio="none" '
+        f'role="img" aria-label="{escape(label or words)}">{"".join(rects)}</svg>'
+        f'<span class="split-text">{escape(words)}</span></span>'
+    )
+
+
+def when(moment: datetime | None) -> Markup:
+    """A `<time>` in UTC; the page script shows it in the viewer's zone (UTC stays on hover)."""
+    if moment is None:
+        return Markup("-")
+    shown = utc(moment)
+    return Markup(f'<time datetime="{iso(moment)}" title="{shown}">{shown}</time>')
+
+
 environment = Environment(
     loader=PackageLoader("worker.http.pages", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
@@ -79,7 +116,14 @@ environment = Environment(
     lstrip_blocks=True,
 )
 environment.filters.update(
-    utc=utc, iso=iso, seconds=seconds, ratio=ratio, colour=colour, split_text=split_text
+    utc=utc,
+    iso=iso,
+    seconds=seconds,
+    ratio=ratio,
+    colour=colour,
+    split_text=split_text,
+    bar=bar,
+    when=when,
 )
 
 
