@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     stream_poll_seconds: float = Field(default=1.0, gt=0)
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # The dashboard's session cookies are signed with this; unset, a random secret is generated
+    # once and kept in the data directory (`session_secret`, readable by its owner only).
+    session_secret: SecretStr | None = None
+    session_max_age_seconds: int = Field(default=12 * 3600, gt=0)
 
     openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key")

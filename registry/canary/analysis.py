@@ -153,6 +153,31 @@ def _measure(state: CanaryState, policy: CanaryPolicy) -> _Measure:
     return _Measure(n, value, upper, n - canary.score_sum, stable_value, compared, worse)
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What `decide` weighs, for people to read: the canary's metric with its one-sided 95%
+    bounds, and the one-sided 95% test against the stable versions."""
+
+    samples: int  # toward min_samples: requests, or scores
+    value: float | None  # None with no samples
+    lower: float  # 0.0 when unknown
+    upper: float  # 1.0 when unknown
+    stable_value: float | None
+    compared: bool  # whether the stable side had enough data for the test
+    worse: bool  # significantly worse than stable
+
+
+def evidence(state: CanaryState, policy: CanaryPolicy) -> Evidence:
+    """The same measure `decide` computes, with the lower bound too. Pure."""
+    m = _measure(state, policy)
+    if policy.metric == Metric.SUCCESS_RATE:
+        lower, _ = wilson_bounds(state.canary.successes, state.canary.requests)
+    else:
+        mean, se = _mean_se(state.canary)
+        lower = 0.0 if mean is None or se is None else max(0.0, min(mean, mean - Z_95 * se))
+    return Evidence(m.n, m.value, lower, m.upper, m.stable_value, m.compared, m.worse)
+
+
 def decide(state: CanaryState, policy: CanaryPolicy, now: datetime) -> Decision:
     """What the sweep should do with this canary now. Pure and deterministic.
 

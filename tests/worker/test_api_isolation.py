@@ -47,6 +47,10 @@ PUBLIC = {
     ("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
+    # The dashboard's sign-in and sign-out (the key is what they check) and its static files.
+    ("GET", "/sign-in"),
+    ("POST", "/sign-in"),
+    ("POST", "/sign-out"),
 }
 HIDDEN, LISTED, REFUSED, STREAM = "404 as if absent", "left out of the list", "403", "stream"
 BATCH = {"batch_id": "iso-1", "records": [{"version": 1, "success": True, "count": 3}]}
@@ -95,6 +99,27 @@ TABLE: dict[tuple[str, str], list[Case]] = {
         Case("/v1/jobs/ftjob-iso-new/finished", HIDDEN, {"tenant": "beta"}),
         Case("/v1/jobs/ftjob-iso-new/finished", REFUSED, {}),
     ],
+    # The dashboard's pages, with a key in the header as a script would send it.
+    ("GET", "/"): [Case("/", LISTED)],
+    ("GET", "/fragments/fleet"): [Case("/fragments/fleet", LISTED)],
+    ("GET", "/tenants/{tenant_ref}"): [Case("/tenants/beta", HIDDEN)],
+    ("GET", "/tenants/{tenant_ref}/fragments/live"): [Case("/tenants/beta/fragments/live", HIDDEN)],
+    ("GET", "/tenants/{tenant_ref}/preview"): [
+        Case("/tenants/beta/preview?action=rollback", HIDDEN)
+    ],
+    ("GET", "/tenants/{tenant_ref}/operations/{operation_id}"): [
+        Case("/tenants/beta/operations/{beta_operation}", HIDDEN)
+    ],
+    ("POST", "/tenants/{tenant_ref}/promote"): [
+        Case("/tenants/beta/promote", HIDDEN, {"version": 1, "percent": 100, "reason": "x"})
+    ],
+    ("POST", "/tenants/{tenant_ref}/rollback"): [
+        Case("/tenants/beta/rollback", HIDDEN, {"reason": "x"})
+    ],
+    ("POST", "/tenants/{tenant_ref}/switch"): [
+        Case("/tenants/beta/switch", HIDDEN, {"version": 1, "reason": "x"})
+    ],
+    ("GET", "/dashboard/stream"): [Case("/dashboard/stream", STREAM)],
     ("POST", "/v1/jobs/{job_id}/evaluation"): [
         Case(
             "/v1/jobs/{beta_job}/evaluation",
@@ -190,13 +215,13 @@ def _send(client: httpx2.Client, method: str, path: str, body: Any) -> httpx2.Re
     )
 
 
-def _stream_sees_nothing_of_beta(api: ApiStack, key: str) -> str:
+def _stream_sees_nothing_of_beta(api: ApiStack, key: str, path: str = "/v1/stream") -> str:
     lines: list[str] = []
     opened = threading.Event()
     deadline = time.monotonic() + 8
 
     def listen() -> None:
-        with api.client(key) as client, client.stream("GET", "/v1/stream") as response:
+        with api.client(key) as client, client.stream("GET", path) as response:
             lines.append(f"status {response.status_code}")
             opened.set()
             for line in response.iter_lines():
@@ -250,7 +275,7 @@ def test_scoped_keys_cannot_reach_another_tenant_through_any_route(api: ApiStack
                     if not keys.Principal(uuid.uuid4(), key, principal_role, None).allows(needed):
                         assert _send(client, method, path, case.json).status_code == 403, what
                     elif case.expect == STREAM:
-                        assert _stream_sees_nothing_of_beta(api, key) == "200", what
+                        assert _stream_sees_nothing_of_beta(api, key, path) == "200", what
                     elif case.expect == LISTED:
                         response = client.get(path)
                         assert response.status_code == 200, what

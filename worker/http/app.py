@@ -16,7 +16,7 @@ from registry.db import session_factory
 from registry.routing import default_router
 from registry.settings import Settings, get_settings
 from worker import web
-from worker.http import operators, outcomes, problems, serving
+from worker.http import operators, outcomes, pages, problems, serving
 from worker.http.auth import KeyCache
 from worker.http.changes import PollingFeed
 from worker.logs import event
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # route-walk tests read (authorization on each, a tenant-isolation case for each).
     for module in (serving, outcomes, operators):
         app.router.routes.extend(module.router.routes)
+    pages.install(app, settings)  # the dashboard at /
     webhook = webhook_configured(settings)
     for route in web.routes(settings, webhook=webhook):
         app.router.routes.append(route)

@@ -77,6 +77,26 @@ def _presented(bearer: HTTPAuthorizationCredentials | None, header: str | None) 
     return presented.strip()
 
 
+async def stored_key(request: Request, key_id: str) -> keys.StoredKey | None:
+    """The key row with this key id, from the process's cache (read when due)."""
+    cache: KeyCache = request.app.state.keys
+    hit, stored = cache.cached(key_id)
+    if not hit:
+        stored = await run_in_threadpool(cache.load, key_id)
+    return stored
+
+
+async def principal_of(request: Request, presented: str) -> keys.Principal:
+    """The verified principal of a presented key; Unauthorized when it is not a valid key."""
+    key_id = keys.split_key(presented)
+    if key_id is None:
+        raise Unauthorized("the API key is not an ftdeploy key (ftd_…)")
+    principal = keys.verify(presented, await stored_key(request, key_id))
+    if principal is None:
+        raise Unauthorized("the API key is unknown or revoked")
+    return principal
+
+
 def authorize(role: KeyRole) -> Any:
     """The dependency of a route that needs `role` (or a higher one); it yields the Principal."""
 
@@ -85,17 +105,7 @@ def authorize(role: KeyRole) -> Any:
         bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
         header: Annotated[str | None, Security(_api_key)],
     ) -> keys.Principal:
-        presented = _presented(bearer, header)
-        key_id = keys.split_key(presented)
-        if key_id is None:
-            raise Unauthorized("the API key is not an ftdeploy key (ftd_…)")
-        cache: KeyCache = request.app.state.keys
-        hit, stored = cache.cached(key_id)
-        if not hit:
-            stored = await run_in_threadpool(cache.load, key_id)
-        principal = keys.verify(presented, stored)
-        if principal is None:
-            raise Unauthorized("the API key is unknown or revoked")
+        principal = await principal_of(request, _presented(bearer, header))
         if not principal.allows(role):
             raise Forbidden(f"this endpoint needs a {role.value} key; this one is {principal.role}")
         return principal
