@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import string
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ from registry.tenants import find_tenant
 
 PREFIX = "ftd_"
 KEY_ID_HEX = 16
-SECRET_BYTES = 32
+# 43 characters of [A-Za-z0-9]: 256 bits, and no `_` or `-` that would blur the key's parts.
+SECRET_CHARS = 43
+_ALPHABET = string.ascii_letters + string.digits
 ROLE_ORDER: tuple[KeyRole, ...] = (KeyRole.SERVE, KeyRole.READ, KeyRole.OPERATE, KeyRole.ADMIN)
 _KEY_PATTERN = re.compile(rf"^{PREFIX}([0-9a-f]{{{KEY_ID_HEX}}})_([A-Za-z0-9_-]{{20,100}})$")
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,99}$")
@@ -97,7 +100,7 @@ def create_key(
     if session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
         raise KeyExists(name)
     key_id = secrets.token_hex(KEY_ID_HEX // 2)
-    clear = f"{PREFIX}{key_id}_{secrets.token_urlsafe(SECRET_BYTES)}"
+    clear = f"{PREFIX}{key_id}_{''.join(secrets.choice(_ALPHABET) for _ in range(SECRET_CHARS))}"
     row = ApiKey(
         name=name,
         key_id=key_id,
