@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry import messages
 from registry.errors import FtdeployError, InvalidInput, OperationNotFound
 from registry.models import Operation, OperationKind, OperationStatus, utcnow
 from registry.tenants import find_tenant
@@ -39,6 +40,30 @@ def queue_operation(
     )
     session.add(operation)
     session.flush()
+    return operation
+
+
+def submit_operation(
+    session: Session,
+    tenant_ref: str,
+    kind: str,
+    *,
+    version: object = None,
+    traffic_percent: object = None,
+    actor: str = "operator",
+) -> Operation:
+    """Queue an operation (`queue_operation`) and ask the worker to run it after the commit.
+    A message that is never sent leaves the operation queued (visible in `activity`)."""
+    operation = queue_operation(
+        session, tenant_ref, kind, version=version, traffic_percent=traffic_percent, actor=actor
+    )
+    arguments: dict[str, Any] = {"tenant": tenant_ref, "operation_id": str(operation.id)}
+    if kind == OperationKind.PROMOTE:
+        task = messages.PROMOTE
+        arguments.update(version=operation.version, traffic_percent=operation.traffic_percent)
+    else:
+        task = messages.ROLLBACK
+    messages.send_after_commit(session, task, kwargs=arguments)
     return operation
 
 
@@ -92,6 +117,23 @@ def run_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
     operation.finished_at = utcnow()
     session.flush()
     return operation
+
+
+def fail_operation(session: Session, operation_id: str | uuid.UUID, reason: str) -> bool:
+    """End an operation that cannot be run (its task gave up) as failed with `reason`. Returns
+    False when there is no such operation or it had already ended. Raises InvalidInput for a
+    malformed id."""
+    try:
+        operation = get_operation(session, operation_id)
+    except OperationNotFound:
+        return False
+    if operation.status in (OperationStatus.SUCCEEDED, OperationStatus.FAILED):
+        return False
+    operation.status = OperationStatus.FAILED
+    operation.error = reason[:2000]
+    operation.finished_at = utcnow()
+    session.flush()
+    return True
 
 
 def _describe(change: Any) -> dict[str, Any]:

@@ -11,9 +11,10 @@ Guarantees:
   next call re-reads the split. A change committed by another process is therefore seen within
   the bound (plus the duration of one read).
 - **Read your own writes.** When this process commits a change of a tenant's traffic
-  (`versions.commit_change` notes the tenant on the session), every Router in the process drops
-  that tenant's snapshot right after the commit: the next call sees the change. A read that was
-  already under way when the commit landed is used for its own call but not kept.
+  (`versions.check_and_audit` registers `forget_tenant` with `registry.db.after_commit`), every
+  Router in the process drops that tenant's snapshot right after the commit: the next call sees
+  the change. A read that was already under way when the commit landed is used for its own call
+  but not kept.
 - **A clear "no model".** A tenant with nothing in production resolves to None. An unknown tenant
   raises TenantNotFound (a malformed name InvalidInput); a broken split (not summing to 100)
   raises InvariantViolation rather than guessing as the seed did. Database errors propagate.
@@ -41,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
-from sqlalchemy import and_, event, select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.errors import InvariantViolation, TenantNotFound
@@ -56,8 +57,6 @@ STICKY_MEMO_LIMIT = 100_000
 # Unknown tenant names remembered (within the staleness bound) so a flood of them cannot turn
 # every request into a query; bounded the same way.
 MISSING_MEMO_LIMIT = 10_000
-# Where a unit of work notes the tenants whose traffic it changed (see `versions.commit_change`).
-CHANGED_TENANTS_KEY = "ftdeploy.changed_tenants"
 _PERSON = b"ftdeploy-route"  # domain separation: these hashes mean nothing elsewhere
 
 # (version id, version number, model id, traffic percent) of one production version.
@@ -335,24 +334,8 @@ def resolve(tenant: str, subject: str | None = None) -> str | None:
 # -- invalidation after this process's own commits -----------------------------------------------
 
 
-def _drop_changed_snapshots(session: Session) -> None:
-    # A savepoint's release also fires after_commit: the change is not visible to other
-    # connections until the outer transaction commits, so keep the note until then.
-    if session.in_nested_transaction():
-        return
-    changed = session.info.pop(CHANGED_TENANTS_KEY, None)
-    if changed:
-        for router in list(_ROUTERS):
-            router.invalidate(changed)
-
-
-def _forget_changes(session: Session) -> None:
-    # A savepoint's rollback undoes only part of the transaction: over-invalidating later is
-    # harmless, forgetting a change made before the savepoint is not.
-    if session.in_nested_transaction():
-        return
-    session.info.pop(CHANGED_TENANTS_KEY, None)
-
-
-event.listen(Session, "after_commit", _drop_changed_snapshots)
-event.listen(Session, "after_rollback", _forget_changes)
+def forget_tenant(tenant_id: uuid.UUID) -> None:
+    """Drop the tenant's snapshot from every Router of this process: the next call reads the
+    split afresh. `versions.check_and_audit` registers this to run after the change commits."""
+    for router in list(_ROUTERS):
+        router.invalidate({tenant_id})

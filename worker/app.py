@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery
 from celery.beat import PersistentScheduler
 
+from registry import messages
 from registry.settings import Settings, get_settings
 from worker import embedded_broker
 
@@ -113,3 +114,12 @@ class Scheduler(PersistentScheduler):
 
 
 app = make_app()
+
+
+def send_message(message: messages.Message) -> None:
+    """The sender of `registry.messages`: follow-up messages that units of work send after their
+    commits, published as the named task (JSON arguments, the default queue)."""
+    app.send_task(message.task, args=message.args, kwargs=dict(message.kwargs))
+
+
+messages.set_sender(send_message)

@@ -41,12 +41,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from registry import messages
 from registry.db import ping, unit_of_work
 from registry.errors import InvalidInput
 from registry.jobs import webhooks
 from registry.settings import Settings, get_settings
 from worker.logs import event
-from worker.tasks import send_job_finished
 
 log = logging.getLogger("ftdeploy.webhooks")
 
@@ -120,7 +120,7 @@ class Receiver:
             event(log, "webhook.refused", logging.WARNING, reason=refusal.reason)
             return JSONResponse({"error": refusal.reason}, status_code=400)
         try:
-            outcome = await run_in_threadpool(self._record, parsed)
+            outcome, held = await run_in_threadpool(self._record, parsed)
         except SQLAlchemyError as error:
             DELIVERIES.labels("unavailable").inc()
             event(
@@ -142,11 +142,11 @@ class Receiver:
         reply = {"status": str(outcome), "type": parsed.event_type, "job_id": parsed.job_id}
         if outcome != webhooks.DeliveryOutcome.RECORDED:
             return JSONResponse(reply)
-        assert parsed.job_id is not None
-        # Committed: answer now, then hand the job to the broker. If this process dies in
-        # between, or the broker is down, the event stays unenqueued and beat's reconciler
-        # re-sends it; a redelivery from OpenAI meanwhile is a duplicate.
-        return JSONResponse(reply, background=BackgroundTask(_enqueue, parsed.job_id))
+        # Committed: answer now, then hand the job to the broker (the unit of work held its
+        # message). If this process dies in between, or the broker is down, the event stays
+        # unenqueued and beat's reconciler re-sends it; a redelivery from OpenAI meanwhile is a
+        # duplicate.
+        return JSONResponse(reply, background=BackgroundTask(_enqueue, held))
 
     async def healthz(self, request: Request) -> JSONResponse:
         try:
@@ -200,9 +200,13 @@ class Receiver:
             raise Refused(f"not an event: {error}") from None
 
     @staticmethod
-    def _record(parsed: webhooks.WebhookEvent) -> webhooks.DeliveryOutcome:
+    def _record(
+        parsed: webhooks.WebhookEvent,
+    ) -> tuple[webhooks.DeliveryOutcome, list[messages.Message]]:
         with unit_of_work() as session:
-            return webhooks.record_delivery(session, parsed)
+            held = messages.hold_messages(session)
+            outcome = webhooks.record_delivery(session, parsed)
+        return outcome, held
 
 
 def _plain(unwrapped: object) -> Any:
@@ -223,20 +227,22 @@ def _ping_database() -> None:
         ping(session)
 
 
-def _enqueue(job_id: str) -> None:
-    try:
-        send_job_finished(job_id)
-    except Exception as error:
-        # Already answered 2xx and committed: the reconciler re-sends the stranded event.
-        event(
-            log,
-            "webhook.enqueue_deferred",
-            logging.WARNING,
-            job=job_id,
-            error=type(error).__name__,
-        )
-        return
-    event(log, "webhook.enqueued", job=job_id)
+def _enqueue(held: list[messages.Message]) -> None:
+    for message in held:
+        job_id = message.args[0] if message.args else None
+        try:
+            messages.deliver(message)
+        except Exception as error:
+            # Already answered 2xx and committed: the reconciler re-sends the stranded event.
+            event(
+                log,
+                "webhook.enqueue_deferred",
+                logging.WARNING,
+                job=job_id,
+                error=type(error).__name__,
+            )
+            continue
+        event(log, "webhook.enqueued", job=job_id)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -9,9 +9,9 @@ import time
 import pytest
 import redis
 
+from registry.jobs.pipeline import MAX_CRASHES
 from tests.faults.conftest import SETTINGS, FaultStack
 from worker import cli
-from worker.tasks import MAX_CRASHES
 
 pytestmark = pytest.mark.faults
 

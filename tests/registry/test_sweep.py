@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry import versions
 from registry.canary import sweep
-from registry.canary.sweep import auto_promote_sweep
-from registry.db import session_factory
+from registry.canary.canaries import Assessment
+from registry.db import session_factory, unit_of_work
 from registry.errors import NothingToRollBack
 from registry.models import DeploymentPolicy, OutcomeCounter, Tenant
 from registry.tenants import PolicyChanges, set_policy
@@ -33,6 +33,21 @@ from tests.registry.canary_support import (
     statuses,
     trail,
 )
+from worker.sweep import apply_one, run_sweep
+
+
+def auto_promote_sweep(sessions: sessionmaker[Session], now: Any) -> sweep.SweepReport:
+    """The worker's sweep (its door opens the units of work) on the test's database."""
+    return run_sweep(now, database=sessions)
+
+
+def plan(sessions: sessionmaker[Session], now: Any) -> list[Assessment]:
+    with unit_of_work(sessions) as session:
+        return sweep.plan(session, now)
+
+
+def apply(sessions: sessionmaker[Session], assessment: Assessment) -> sweep.SweepItem:
+    return apply_one(assessment, database=sessions)
 
 
 @pytest.fixture
@@ -132,11 +147,11 @@ def test_operator_rollback_between_read_and_apply_leaves_no_promotion(
 ) -> None:
     tenant_id, slug = canary_tenant(sessions)
     record(sessions, slug, 2, ok=100, failed=0, at=clock())
-    [planned] = sweep.plan(sessions, clock.advance(70))
+    [planned] = plan(sessions, clock.advance(70))
     assert planned.action == "step"
     with sessions() as session, session.begin():
         versions.rollback(session, tenant_id, actor="operator:alice")
-    item = sweep.apply(sessions, planned)
+    item = apply(sessions, planned)
     assert not item.applied and item.skipped == "the deployment is rolled_back now"
     assert split(sessions, tenant_id) == {1: 100}
     assert [e.action for e in trail(sessions, tenant_id)] == ["deploy", "deploy", "rollback"]
@@ -148,10 +163,10 @@ def test_operator_promotion_between_read_and_apply_is_not_overridden(
 ) -> None:
     tenant_id, slug = canary_tenant(sessions)
     record(sessions, slug, 2, ok=100, failed=0, at=clock())
-    [planned] = sweep.plan(sessions, clock.advance(70))
+    [planned] = plan(sessions, clock.advance(70))
     with sessions() as session, session.begin():
         versions.promote(session, tenant_id, 2, 30, actor="operator:bob")
-    item = sweep.apply(sessions, planned)
+    item = apply(sessions, planned)
     assert not item.applied and item.skipped == "v2 is production at 30% now, not at 10%"
     assert split(sessions, tenant_id) == {1: 70, 2: 30}
 
@@ -269,13 +284,13 @@ def test_the_read_does_not_grow_with_the_number_of_canaries(
     sessions: sessionmaker[Session], clock: Clock
 ) -> None:
     canary_tenant(sessions, "first")
-    one = _statements(sessions, lambda: sweep.plan(sessions, clock()))
+    one = _statements(sessions, lambda: plan(sessions, clock()))
     whole_one = _statements(sessions, lambda: auto_promote_sweep(sessions, clock()))
     for n in range(6):
         _, slug = canary_tenant(sessions, f"more-{n}")
         record(sessions, slug, 2, ok=10, failed=0, at=clock())
-    assert len(sweep.plan(sessions, clock())) == 7
-    assert _statements(sessions, lambda: sweep.plan(sessions, clock())) == one
+    assert len(plan(sessions, clock())) == 7
+    assert _statements(sessions, lambda: plan(sessions, clock())) == one
     # All of them hold: the whole sweep is as many statements for 7 canaries as for 1.
     assert _statements(sessions, lambda: auto_promote_sweep(sessions, clock())) == whole_one
 
@@ -296,9 +311,9 @@ def test_overlapping_sweeps_act_once(
     def one_sweep(_: int) -> list[sweep.SweepItem]:
         if not barrier:
             return auto_promote_sweep(sessions, now).items
-        planned = sweep.plan(sessions, now)
+        planned = plan(sessions, now)
         gate.wait(timeout=30)  # every sweep has read before any applies
-        return [sweep.apply(sessions, assessment) for assessment in planned]
+        return [apply(sessions, assessment) for assessment in planned]
 
     with ThreadPoolExecutor(threads) as pool:
         items = [item for result in pool.map(one_sweep, range(threads)) for item in result]

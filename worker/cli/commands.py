@@ -95,13 +95,11 @@ def cmd_tenant_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_job_finished(args: argparse.Namespace) -> int:
-    from worker.tasks import send_job_finished
-
     with unit_of_work() as session:
         if args.tenant:
             find_tenant(session, args.tenant)
-        events.accept_event(session, args.job_id, args.tenant, "cli")
-    send_job_finished(args.job_id, args.tenant)
+        # Sent to the worker after the commit, then marked enqueued (else the reconciler sends it).
+        events.publish_event(session, args.job_id, args.tenant, "cli")
     return views.emit(
         args, {"job_id": args.job_id, "queued": True}, lambda d: f"queued {args.job_id}"
     )
@@ -110,19 +108,15 @@ def cmd_job_finished(args: argparse.Namespace) -> int:
 def cmd_evaluation_record(args: argparse.Namespace) -> int:
     metrics = runs.parse_metrics(args.metric)
     with unit_of_work() as session:
-        evaluation = runs.record_evaluation(session, args.job_id, args.recommendation, metrics)
-        run_id = str(evaluation.run_id)
+        evaluation = runs.record_evaluation(
+            session, args.job_id, args.recommendation, metrics, resume=not args.no_resume
+        )
         data = {
             "evaluation_id": str(evaluation.id),
             "job_id": args.job_id,
             "recommendation": evaluation.recommendation,
             "metrics": evaluation.metrics,
         }
-    if not args.no_resume:
-        from worker.tasks import evaluation_recorded
-
-        # Sent after the commit: the worker must find the evaluation it is told about.
-        evaluation_recorded.apply_async(args=(run_id,))
     return views.emit(args, data, lambda d: f"recorded {d['recommendation']} for {d['job_id']}")
 
 
@@ -174,22 +168,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _queue(args: argparse.Namespace, kind: str, **arguments: Any) -> int:
-    from worker import tasks
-
     if "version" in arguments:
         arguments["version"] = versions.check_version_number(arguments["version"])
     with unit_of_work() as session:
-        operation = operations.queue_operation(
+        # The worker is asked to run it after the commit.
+        operation = operations.submit_operation(
             session, args.slug, kind, actor=args.actor, **arguments
         )
         operation_id = str(operation.id)
-    task = tasks.promote if kind == "promote" else tasks.rollback
-    extra = (
-        {"version": arguments["version"], "traffic_percent": arguments["traffic_percent"]}
-        if kind == "promote"
-        else {}
-    )
-    task.apply_async(kwargs={"tenant": args.slug, "operation_id": operation_id, **extra})
     if not args.wait:
         return views.emit(
             args, {"operation_id": operation_id, "status": "queued"}, lambda d: d["operation_id"]
