@@ -15,10 +15,10 @@ from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import versions
-from registry.canary import sweep
+from registry.canary import retention, sweep
 from registry.canary.canaries import Assessment
 from registry.db import session_factory, unit_of_work
-from registry.errors import NothingToRollBack
+from registry.errors import InvariantViolation, NothingToRollBack
 from registry.models import DeploymentPolicy, OutcomeCounter, Tenant
 from registry.tenants import PolicyChanges, set_policy
 from tests.factories import deploy_new, make_tenant
@@ -262,6 +262,36 @@ def test_retention_archives_beyond_keep_and_never_restores_archived(
     with sessions() as session, session.begin(), pytest.raises(NothingToRollBack):
         versions.rollback(session, tenant_id)
     assert statuses(sessions, tenant_id)[1] == "archived"
+
+
+def test_one_tenants_retention_failure_leaves_the_others_and_the_report_whole(
+    sessions: sessionmaker[Session], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant_ids = {}
+    for slug in ("first", "second"):
+        with sessions() as session, session.begin():
+            tenant = make_tenant(session, slug, keep_deprecated=0)
+            for _ in range(2):
+                deploy_new(session, tenant)
+            tenant_ids[slug] = tenant.id
+    _, moving = canary_tenant(sessions, "moving")
+    record(sessions, moving, 2, ok=80, failed=0, at=clock())
+    real = retention.archive_beyond_retention
+
+    def first_fails(session: Session, tenant_id: Any) -> list[int]:
+        numbers = real(session, tenant_id)
+        if tenant_id == tenant_ids["first"]:
+            raise InvariantViolation("first", {})  # after writing: its unit of work rolls back
+        return numbers
+
+    monkeypatch.setattr(retention, "archive_beyond_retention", first_fails)
+    report = auto_promote_sweep(sessions, clock.advance(70))
+    assert [item.tenant for item in report.applied()] == ["moving"]
+    assert report.archived == {"second": [1]}
+    assert list(report.retention_errors) == ["first"]
+    assert "InvariantViolation" in report.as_dict()["retention_errors"]["first"]
+    assert statuses(sessions, tenant_ids["first"]) == {1: "deprecated", 2: "production"}
+    assert statuses(sessions, tenant_ids["second"]) == {1: "archived", 2: "production"}
 
 
 def _statements(sessions: sessionmaker[Session], run: Any) -> int:
