@@ -141,3 +141,34 @@ def test_the_registrys_message_names_are_the_workers_tasks() -> None:
         messages.ROLLBACK,
     ):
         assert name in app.tasks, name
+
+
+def test_an_operations_transient_error_is_retried_then_ends_failed(
+    cli_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry import operations
+    from registry.db import unit_of_work
+    from registry.models import OperationKind, OperationStatus
+    from tests.factories import deploy_new, make_tenant
+    from worker import tasks
+
+    with unit_of_work(cli_db) as session:
+        tenant = make_tenant(session, "acme")
+        deploy_new(session, tenant)
+        operation_id = str(operations.queue_operation(session, "acme", "rollback").id)
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        raise UpstreamTransient("-", "the database of a dependency is away")
+
+    monkeypatch.setattr(operations, "rollback", flaky)
+    arguments = (OperationKind.ROLLBACK, "acme", operation_id)
+    with pytest.raises(Retried):
+        outcomes.run(FakeTask(), tasks.OPERATIONS, tasks._run_operation, *arguments)  # type: ignore[arg-type]
+    with unit_of_work(cli_db) as session:
+        assert operations.get_operation(session, operation_id).status == OperationStatus.QUEUED
+    result = outcomes.run(FakeTask(retries=10), tasks.OPERATIONS, tasks._run_operation, *arguments)  # type: ignore[arg-type]
+    assert result["status"] == "failed" and "gave up after 11 attempts" in result["error"]
+    with unit_of_work(cli_db) as session:
+        operation = operations.get_operation(session, operation_id)
+        assert operation.status == OperationStatus.FAILED
+        assert operation.error is not None and "gave up" in operation.error
