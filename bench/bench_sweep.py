@@ -28,7 +28,7 @@ from sqlalchemy import event, insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.common import BenchEnv, Row, fresh_database, run_alone
-from registry.canary.sweep import SweepReport, auto_promote_sweep
+from registry.canary.sweep import SweepReport
 from registry.db import session_factory
 from registry.models import (
     Deployment,
@@ -38,6 +38,7 @@ from registry.models import (
     OutcomeCounter,
     Tenant,
 )
+from worker.sweep import run_sweep
 
 BATCH = 2_000  # tenants per bulk insert
 
@@ -156,14 +157,14 @@ def _measure(url: str, now: datetime, sweeps: int) -> tuple[float, int, SweepRep
     def count(*_: object) -> None:
         counted[-1] += 1
 
-    auto_promote_sweep(sessions, now)  # warm-up: connections, caches
+    run_sweep(now, database=sessions)  # warm-up: connections, caches
     event.listen(engine, "before_cursor_execute", count)
     times, statements = [], set()
     try:
         for _ in range(sweeps):
             counted.append(0)
             started = time.perf_counter()
-            report = auto_promote_sweep(sessions, now)
+            report = run_sweep(now, database=sessions)
             times.append(time.perf_counter() - started)
             statements.add(counted[-1])
     finally:

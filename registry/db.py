@@ -7,21 +7,25 @@ there) and a read-then-write never meets a concurrent writer halfway.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, select, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from registry.models import Tenant
 
+log = logging.getLogger("ftdeploy.db")
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 LOCKED_TENANTS_KEY = "ftdeploy.locked_tenants"
+AFTER_COMMIT_KEY = "ftdeploy.after_commit"
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -73,18 +77,77 @@ def session_factory(url: str | None = None) -> sessionmaker[Session]:
 
 
 @contextmanager
-def unit_of_work(url: str | None = None) -> Iterator[Session]:
+def unit_of_work(database: str | sessionmaker[Session] | None = None) -> Iterator[Session]:
     """One transaction: committed when the block ends, rolled back if it raises.
 
-    Registry functions only flush; the door that opened the unit of work commits here, and sends
-    follow-up tasks only after this block has returned.
+    The doors (tasks, CLI commands, HTTP handlers) open one per logical step; registry functions
+    only flush. What registry code asked to happen after the commit (`after_commit`: follow-up
+    messages, routing invalidation) runs once the commit succeeded, before this block returns,
+    and is dropped on a rollback. `database`: a URL or a session factory (default: the
+    configured database).
     """
-    session = session_factory(url)()
+    sessions = database if isinstance(database, sessionmaker) else session_factory(database)
+    session = sessions()
     try:
         with session.begin():
             yield session
     finally:
         session.close()
+
+
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Run `callback` once the session's outermost transaction has committed, in the order the
+    callbacks were registered; never if that transaction (or the savepoint that was current when
+    it was registered) rolls back. A callback that raises is logged and the others still run:
+    the data is committed by then, so the commit itself does not fail.
+
+    The session may be committed by `unit_of_work` or directly; any Session gets this.
+    """
+    current = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(AFTER_COMMIT_KEY, []).append((current, callback))
+
+
+def _within(transaction: SessionTransaction | None, ended: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ended:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    # A savepoint's release also fires after_commit: nothing is visible to other connections
+    # until the outer transaction commits, so wait for that one.
+    if session.in_nested_transaction():
+        return
+    pending = session.info.pop(AFTER_COMMIT_KEY, None) or []
+    for _, callback in pending:
+        try:
+            callback()
+        except Exception:
+            log.exception("after_commit.failed", extra={"ftdeploy_fields": {"callback": callback}})
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    # A savepoint's rollback drops only what was registered inside it.
+    pending = session.info.get(AFTER_COMMIT_KEY)
+    if pending:
+        session.info[AFTER_COMMIT_KEY] = [
+            entry for entry in pending if not _within(entry[0], previous_transaction)
+        ]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _end_of_transaction(session: Session, transaction: SessionTransaction) -> None:
+    # Locks end with the transaction, and PostgreSQL also releases those taken inside a savepoint
+    # that is rolled back: forget them at the end of any transaction, nested or not.
+    session.info.pop(LOCKED_TENANTS_KEY, None)
+    if transaction.parent is None:
+        # Committed (and already run by now), rolled back or closed: nothing carries over to the
+        # session's next transaction.
+        session.info.pop(AFTER_COMMIT_KEY, None)
 
 
 def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
@@ -112,13 +175,6 @@ def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
         raise TenantNotFound(str(tenant_id))
     locked[tenant_id] = tenant
     return tenant
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _forget_locks(session: Session, transaction: Any) -> None:
-    # Locks end with the transaction, and PostgreSQL also releases those taken inside a savepoint
-    # that is rolled back: forget them at the end of any transaction, nested or not.
-    session.info.pop(LOCKED_TENANTS_KEY, None)
 
 
 def ping(session: Session) -> None:

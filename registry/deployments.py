@@ -22,7 +22,7 @@ from registry.models import (
 )
 from registry.notify import notices
 from registry.tenants import find_tenant, get_policy, initial_canary_percent
-from registry.versions import apply_split, commit_change, current_split, register_version
+from registry.versions import apply_split, check_and_audit, current_split, register_version
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def deploy(
     deployment.reason = reason
     deployment.step_started_at = now if share else None
     deployment.updated_at = now
-    commit_change(
+    check_and_audit(
         session,
         tenant,
         action="deploy",

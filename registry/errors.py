@@ -2,7 +2,7 @@
 
 One base class, one subclass per failure. Each keeps its ids as attributes and builds its own
 message, so the CLI and the tasks map them to exit codes and retry decisions in one place
-(`worker.outcomes`). Messages never contain secrets.
+(`worker.outcomes` for tasks). Messages never contain secrets.
 """
 
 from __future__ import annotations
@@ -173,6 +173,15 @@ class JobNotFinished(FtdeployError):
         self.job_id = job_id
         self.status = status
         super().__init__(f"job {job_id} is still {status}")
+
+
+class PoisonEvent(FtdeployError):
+    """The worker died too often while handling one event: it is given up, not tried again."""
+
+    def __init__(self, job_id: str, crashes: int) -> None:
+        self.job_id = job_id
+        self.crashes = crashes
+        super().__init__(f"the worker died {crashes} times while handling this event")
 
 
 class JobDeadlineExceeded(FtdeployError):

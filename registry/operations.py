@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry import clock, validation
+from registry import clock, messages, validation
 from registry.errors import FtdeployError, InvalidInput, OperationNotFound
 from registry.models import Operation, OperationKind, OperationStatus
 from registry.notify import notices
@@ -64,6 +64,37 @@ def check_reason(reason: object) -> str | None:
     return reason.strip() or None
 
 
+def submit_operation(
+    session: Session,
+    tenant_ref: str | uuid.UUID,
+    kind: str,
+    *,
+    version: object = None,
+    traffic_percent: object = None,
+    actor: str = "operator",
+    reason: str | None = None,
+) -> Operation:
+    """Queue an operation (`queue_operation`) and ask the worker to run it after the commit.
+    A message that is never sent leaves the operation queued (visible in `activity`)."""
+    operation = queue_operation(
+        session,
+        tenant_ref,
+        kind,
+        version=version,
+        traffic_percent=traffic_percent,
+        actor=actor,
+        reason=reason,
+    )
+    arguments: dict[str, Any] = {"tenant": str(tenant_ref), "operation_id": str(operation.id)}
+    if kind == OperationKind.PROMOTE:
+        task = messages.PROMOTE
+        arguments.update(version=operation.version, traffic_percent=operation.traffic_percent)
+    else:
+        task = messages.ROLLBACK
+    messages.send_after_commit(session, task, kwargs=arguments)
+    return operation
+
+
 def get_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
     # A number or a list from a message, say, is refused as not an id.
     key = validation.uuid_id(operation_id, "operation id")
@@ -116,6 +147,24 @@ def run_operation(session: Session, operation_id: str | uuid.UUID) -> Operation:
     session.flush()
     notices.operation_finished(session, operation)
     return operation
+
+
+def fail_operation(session: Session, operation_id: str | uuid.UUID, reason: str) -> bool:
+    """End an operation that cannot be run (its task gave up) as failed with `reason`. Returns
+    False when there is no such operation or it had already ended. Raises InvalidInput for a
+    malformed id."""
+    try:
+        operation = get_operation(session, operation_id)
+    except OperationNotFound:
+        return False
+    if operation.status in (OperationStatus.SUCCEEDED, OperationStatus.FAILED):
+        return False
+    operation.status = OperationStatus.FAILED
+    operation.error = reason[:2000]
+    operation.finished_at = clock.now()
+    session.flush()
+    notices.operation_finished(session, operation)
+    return True
 
 
 def _describe(change: Any) -> dict[str, Any]:

@@ -17,8 +17,9 @@ Guarantees:
   connection dropped, the database is slow), a snapshot older than `staleness` is re-read before
   it is served, as without a feed. After the feed reconnects, every snapshot is re-read once.
 - **Read your own writes.** When this process commits a change of a tenant's traffic
-  (`versions.commit_change` notes the tenant on the session), every Router in the process marks
-  that tenant's snapshot stale right after the commit: the next call sees the change. A read
+  (`versions.check_and_audit` registers `forget_tenant` with `registry.db.after_commit`), every
+  Router in the process marks that tenant's snapshot stale right after the commit: the next call
+  sees the change. A read
   that was under way when a change was learned is used for its own call but not kept.
 - **Never fails because the database does.** When a read fails (SQLAlchemyError), the tenant's
   last known split is served, for at most `max_stale` seconds since it was last known current
@@ -53,12 +54,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import and_, event, select
+from sqlalchemy import and_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import validation
-from registry.change_feed import CHANGED_TENANTS_KEY, ChangeBatch, ChangeFeed
+from registry.change_feed import ChangeBatch, ChangeFeed
 from registry.errors import RoutingUnavailable, TenantNotFound
 from registry.models import ModelVersion, RoutingGeneration, Tenant, VersionStatus
 from registry.routing_outage import Outage
@@ -74,13 +75,13 @@ from registry.snapshots import (
 )
 
 __all__ = [
-    "CHANGED_TENANTS_KEY",
     "PRIME",
     "Router",
     "Snapshot",
     "build_snapshot",
     "change_feed",
     "default_router",
+    "forget_tenant",
     "reset_default_router",
     "resolve",
     "subject_number",
@@ -448,24 +449,9 @@ def change_feed() -> ChangeFeed:
 # -- invalidation after this process's own commits -----------------------------------------------
 
 
-def _drop_changed_snapshots(session: Session) -> None:
-    # A savepoint's release also fires after_commit: the change is not visible to other
-    # connections until the outer transaction commits, so keep the note until then.
-    if session.in_nested_transaction():
-        return
-    changed = session.info.pop(CHANGED_TENANTS_KEY, None)
-    if changed:
-        for router in list(_ROUTERS):
-            router.invalidate(changed)
-
-
-def _forget_changes(session: Session) -> None:
-    # A savepoint's rollback undoes only part of the transaction: over-invalidating later is
-    # harmless, forgetting a change made before the savepoint is not.
-    if session.in_nested_transaction():
-        return
-    session.info.pop(CHANGED_TENANTS_KEY, None)
-
-
-event.listen(Session, "after_commit", _drop_changed_snapshots)
-event.listen(Session, "after_rollback", _forget_changes)
+def forget_tenant(tenant_id: uuid.UUID, generation: float = math.inf) -> None:
+    """Mark the tenant's snapshot stale in every Router of this process (one already read at
+    `generation` or later is spared): the next call reads the split afresh.
+    `versions.check_and_audit` registers this to run after the change commits."""
+    for router in list(_ROUTERS):
+        router.invalidate({tenant_id: generation})

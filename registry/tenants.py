@@ -52,8 +52,31 @@ def list_tenants(session: Session) -> list[Tenant]:
 
 
 def get_policy(session: Session, tenant_id: uuid.UUID) -> DeploymentPolicy:
+    """The tenant's policy. Read only: a tenant created by the host SaaS, not by us, has no row
+    yet, and gets the defaults as an object that is not added to the session (the row is created
+    by the first change, `set_policy`)."""
     policy = session.get(DeploymentPolicy, tenant_id)
-    if policy is None:  # a tenant created by the host SaaS, not by us: defaults apply
+    if policy is None:
+        policy = default_policy(tenant_id)
+    return policy
+
+
+def default_policy(tenant_id: uuid.UUID) -> DeploymentPolicy:
+    """A policy with every column at its default, not added to any session."""
+    values: dict[str, Any] = {}
+    for column in DeploymentPolicy.__table__.columns:
+        default = column.default
+        if default is not None and getattr(default, "is_scalar", False):
+            values[column.key] = default.arg
+        elif default is not None and getattr(default, "is_callable", False):
+            values[column.key] = default.arg(None)
+    return DeploymentPolicy(**{**values, "tenant_id": tenant_id})
+
+
+def _stored_policy(session: Session, tenant_id: uuid.UUID) -> DeploymentPolicy:
+    """The tenant's policy row, created with the defaults on the first change."""
+    policy = session.get(DeploymentPolicy, tenant_id)
+    if policy is None:
         policy = DeploymentPolicy(tenant_id=tenant_id)
         session.add(policy)
         session.flush()
@@ -116,7 +139,7 @@ def set_policy(session: Session, tenant_id: uuid.UUID, changes: PolicyChanges) -
     """Apply `changes` to the tenant's policy. Validates everything first (InvalidInput, nothing
     written). Idempotent. Deployments already made keep the settings they were made with."""
     validate_changes(changes)
-    policy = get_policy(session, tenant_id)
+    policy = _stored_policy(session, tenant_id)
     given = changes.given()
     # Checks that need the stored policy run before any field is set, so a refusal leaves the
     # session clean even for a caller that goes on and commits.

@@ -1,7 +1,7 @@
 """Model versions and their traffic: register, promote, roll back, list.
 
 Every change here runs inside the caller's transaction, after `lock_tenant`, and ends with
-`_commit_change`: the invariant is checked and exactly one audit event is written. The caller
+`check_and_audit`: the invariant is checked and exactly one audit event is written. The caller
 (a task, the CLI) commits.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry import clock, traffic, validation
+from registry import clock, routing, traffic, validation
 from registry.change_feed import note_change
-from registry.db import lock_tenant
+from registry.db import after_commit, lock_tenant
 from registry.errors import (
     InvariantViolation,
     NothingToRollBack,
@@ -199,7 +200,7 @@ def _deployment_of(session: Session, version: ModelVersion) -> Deployment | None
     ).one_or_none()
 
 
-def commit_change(
+def check_and_audit(
     session: Session,
     tenant: Tenant,
     *,
@@ -210,7 +211,9 @@ def commit_change(
     reason: str,
     now: datetime,
 ) -> Change:
-    """Check the invariant on what is now in the session and write the one audit event.
+    """Check the invariant on what is now in the session and write the one audit event (the
+    last step of every change; the caller's unit of work commits it). After that commit, this
+    process's routing snapshots of the tenant are dropped.
 
     Raises InvariantViolation (the transaction must then be rolled back) if production traffic
     does not sum to 100 with every share in 1..100, or if a non-production version has traffic.
@@ -240,8 +243,10 @@ def commit_change(
         )
     )
     session.flush()
-    # The change feed: routing caches everywhere learn of it when the transaction commits.
-    note_change(session, tenant.id)
+    # The change feed: routing caches everywhere learn of it when the transaction commits;
+    # this process's own Routers at once, after the commit (read your own writes).
+    generation = note_change(session, tenant.id)
+    after_commit(session, partial(routing.forget_tenant, tenant.id, generation))
     return Change(tenant.slug, action, version, before, after, reason)
 
 
@@ -274,7 +279,7 @@ def promote(
     target = traffic.after_promote(before, target_version.version, percent)
     apply_split(session, tenant, target, now=now, promoted=target_version)
     why = reason or f"v{number} to {target[number]}%"
-    return commit_change(
+    return check_and_audit(
         session,
         tenant,
         action=action,
@@ -336,7 +341,7 @@ def rollback(
         if restored is not None
         else f"v{leaving.version} rolled back; remaining versions rescaled"
     )
-    return commit_change(
+    return check_and_audit(
         session,
         tenant,
         action=action,

@@ -15,6 +15,7 @@ from celery import Celery
 from celery.beat import PersistentScheduler
 from kombu import Exchange, Queue
 
+from registry import messages
 from registry.settings import Settings, get_settings
 from worker import embedded_broker
 from worker.startup import settings_or_exit  # also: the worker's checks at worker_init
@@ -68,6 +69,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         result_backend_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_default_queue=QUEUE,
+        # Also for messages sent by name (`registry.messages`): deliveries keep their own queue.
+        task_routes={messages.DELIVER_NOTIFICATIONS: {"queue": NOTIFY_QUEUE}},
         # A worker started without -Q consumes both.
         task_queues=[
             Queue(name, Exchange(name), routing_key=name) for name in (QUEUE, NOTIFY_QUEUE)
@@ -130,3 +133,12 @@ class Scheduler(PersistentScheduler):
 # Unusable settings end the process here with one line per problem (`celery -A worker.app` would
 # otherwise print a traceback holding pydantic's message).
 app = make_app(settings_or_exit())
+
+
+def send_message(message: messages.Message) -> None:
+    """The sender of `registry.messages`: follow-up messages that units of work send after their
+    commits, published as the named task (JSON arguments, the default queue)."""
+    app.send_task(message.task, args=message.args, kwargs=dict(message.kwargs))
+
+
+messages.set_sender(send_message)

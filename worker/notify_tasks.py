@@ -1,4 +1,4 @@
-"""Delivering notifications: the `ftdeploy.deliver_notifications` task and the after-commit send.
+"""Delivering notifications: the `ftdeploy.deliver_notifications` task and its reconciler.
 
 Isolation (a slow or dead endpoint delays nothing else): the task runs on its own queue,
 `notifications` (every worker consumes it besides `ftdeploy`; run a worker with `-Q
@@ -20,14 +20,12 @@ from functools import lru_cache
 from typing import Any
 
 import httpx2 as httpx
-from sqlalchemy import event as sa_event
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 
 from registry import clock
 from registry.db import unit_of_work
 from registry.errors import FtdeployError
-from registry.notify import delivery, outbox, render, sender
+from registry.notify import delivery, render, sender
 from registry.settings import Settings, get_settings
 from worker import notify_metrics
 from worker.app import NOTIFY_QUEUE, app
@@ -197,10 +195,9 @@ def _schedule_next(endpoint_id: uuid.UUID) -> None:
 
 
 def send_deliveries(endpoint_ids: Any) -> None:
-    """Ask the worker to deliver to these endpoints: the one place a delivery task is sent.
-
-    Called after the commit that wrote their deliveries (`_after_commit`) and by the
-    reconciler. A send that fails is logged, not raised: the commit stands, and beat's
+    """Ask the worker to deliver to these endpoints, from the reconciler and from an endpoint's
+    loop with more due (a commit that wrote deliveries sends its own after the commit:
+    `registry.notify.outbox.send_pending`). A send that fails is logged, not raised: beat's
     reconciler delivers what was never sent."""
     for endpoint_id in endpoint_ids:
         try:
@@ -213,13 +210,3 @@ def send_deliveries(endpoint_ids: Any) -> None:
                 endpoint=str(endpoint_id),
                 error=type(error).__name__,
             )
-
-
-@sa_event.listens_for(Session, "after_commit")
-def _after_commit(session: Session) -> None:
-    # A savepoint's release fires this too; only the outermost commit makes rows visible.
-    if session.in_nested_transaction():
-        return
-    pending = outbox.take_pending(session)
-    if pending:
-        send_deliveries(sorted(pending, key=str))

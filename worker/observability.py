@@ -117,6 +117,8 @@ def log_sweep(report: SweepReport) -> None:
             event(log, "canary.error", logging.WARNING, **fields, error=item.error)
     for tenant, numbers in report.archived.items():
         event(log, "versions.archived", tenant=tenant, versions=numbers)
+    for tenant, error in report.retention_errors.items():
+        event(log, "retention.error", logging.WARNING, tenant=tenant, error=error)
     event(
         log,
         "sweep.done",

@@ -1,10 +1,11 @@
-"""Celery tasks: thin doors. Each validates its input, runs one registry call in a unit of work,
-and maps the outcome: done, retry later (with backoff and jitter), or failed for good (recorded)."""
+"""Celery tasks: thin doors. Each validates its input, runs its registry calls in units of work
+(one per logical step), and maps the outcome in one place (`worker.outcomes`): done, retry later
+(with backoff and jitter), or failed for good (recorded with its reason). Follow-up messages
+are sent by the units of work after their commits (`registry.messages`)."""
 
 from __future__ import annotations
 
 import logging
-import random
 import uuid
 from datetime import timedelta
 from functools import lru_cache
@@ -12,34 +13,26 @@ from typing import Any
 
 import openai
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
-from registry import clock, operations, validation
-from registry.canary import batches, outcomes, sweep
-from registry.db import session_factory, unit_of_work
-from registry.deployments import deploy
-from registry.errors import (
-    FtdeployError,
-    InvalidInput,
-    JobDeadlineExceeded,
-    JobNotFinished,
-    RunNotDeployable,
-)
+from registry import operations, validation
+from registry.canary import batches, outcomes
+from registry.db import unit_of_work
+from registry.errors import FtdeployError, InvalidInput, JobNotFinished, RunNotDeployable
 from registry.jobs import events, pipeline
 from registry.jobs.openai_jobs import fetch_job, fetch_result_metrics, make_client
-from registry.models import FinetuningRun, OperationKind
-from registry.settings import Settings, get_settings
+from registry.models import OperationKind
+from registry.settings import get_settings
 from worker import metrics, observability
+from worker import outcomes as task_outcomes
 from worker.app import app
 from worker.logs import event
+from worker.outcomes import TRANSIENT_ERRORS, Failure, Policy, retry_delay
+from worker.sweep import run_sweep
 
 log = logging.getLogger("ftdeploy.worker")
 
-# A process that dies this many times while handling one event makes it a poison event.
-MAX_CRASHES = 3
-# Database disconnects (a restart, a terminated backend) pass: retry the whole unit of work.
-TRANSIENT_DATABASE_ERRORS = (OperationalError, InterfaceError)
+__all__ = ["TRANSIENT_ERRORS", "retry_delay"]
 
 
 @lru_cache(maxsize=1)
@@ -53,112 +46,88 @@ def openai_client() -> openai.OpenAI:
     )
 
 
-def retry_delay(error: Exception, retries: int, settings: Settings) -> float:
-    """Seconds before the next attempt: growing, jittered, honouring Retry-After, and never past
-    `job_poll_max_seconds` (which the settings keep below the broker's visibility timeout)."""
-    if isinstance(error, JobNotFinished):
-        base = settings.job_poll_seconds * 1.5**retries
-    else:
-        base = min(2.0**retries, 60.0) * min(1.0, settings.job_poll_seconds)
-    delay = min(base, settings.job_poll_max_seconds) * random.uniform(0.8, 1.2)
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after:
-        delay = max(delay, float(retry_after))
-    return min(delay, settings.job_poll_max_seconds)
+def _job_fields(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"job": args[0] if args else kwargs.get("job_id")}
+
+
+def _job_released(failure: Failure) -> None:
+    job_id = _job_fields(failure.args, failure.kwargs)["job"]
+    try:
+        with unit_of_work() as session:
+            pipeline.release_job(session, job_id)
+    except TRANSIENT_ERRORS:
+        pass  # the mark is only a crash counter; the retry goes ahead without it
+
+
+def _job_failed(failure: Failure) -> dict[str, Any]:
+    job_id = _job_fields(failure.args, failure.kwargs)["job"]
+    if not validation.is_openai_id(job_id):
+        event(log, "job.refused", logging.WARNING, reason=failure.reason)
+        return {"status": "refused", "reason": failure.reason}
+    with unit_of_work() as session:
+        pipeline.fail_job(session, job_id, failure.reason)
+    event(log, "job.failed", logging.WARNING, job=job_id, reason=failure.reason)
+    return {"status": "failed", "reason": failure.reason}
+
+
+JOB_EVENTS = Policy(failed=_job_failed, before_retry=_job_released, name="job", fields=_job_fields)
 
 
 @app.task(name="ftdeploy.job_finished", bind=True, max_retries=None)
 def job_finished(self: Task, job_id: Any, tenant: Any = None) -> dict[str, Any]:
     """A fine-tuning job finished: poll it, record the run, deploy it by the tenant's policy."""
+    return task_outcomes.run(self, JOB_EVENTS, _handle_job, job_id, tenant)
+
+
+def _handle_job(job_id: Any, tenant: Any) -> dict[str, Any]:
+    task: Task = job_finished
     settings = get_settings()
-    try:
-        job_id = validation.job_id(job_id)
-        tenant = validation.optional_tenant_ref(tenant)
-        # Only a redelivered message can mean a crash; a duplicate of the event is none.
-        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-        with unit_of_work() as session:
-            attempt = events.start_attempt(session, job_id, tenant, redelivered=redelivered)
-            received_at, crashes = attempt.received_at, attempt.crashes
-            # A message re-sent by the reconciler carries no tenant: the accepted event has it.
-            tenant = tenant or attempt.tenant_hint
-        if crashes >= MAX_CRASHES:
-            return _fail(job_id, f"the worker died {crashes} times while handling this event")
-        waited = (clock.now() - received_at).total_seconds()
-        if waited > settings.job_deadline_seconds:
-            raise JobDeadlineExceeded(job_id, settings.job_deadline_seconds)
-        job = fetch_job(openai_client(), job_id)
-        if not job.terminal:
-            raise JobNotFinished(job_id, job.status)
-        metrics = fetch_result_metrics(openai_client(), job) if job.status == "succeeded" else None
-        with unit_of_work() as session:
-            outcome = pipeline.complete_job(session, job, tenant, metrics)
-    except (FtdeployError, SoftTimeLimitExceeded, *TRANSIENT_DATABASE_ERRORS) as error:
-        # An attempt that outran its soft time limit (a slow reply, a lock wait) is transient.
-        return _retry_or_fail(self, job_id, error, settings)
-    except Exception as error:
-        if isinstance(getattr(error, "orig", None), SoftTimeLimitExceeded):
-            # The same interruption, fired inside a statement (SQLAlchemy wraps it).
-            return _retry_or_fail(self, job_id, error, settings)
-        # A bug must not leave the event open and silent: record it, then let Celery log it.
-        _fail(job_id, f"internal error: {type(error).__name__}: {error}")
-        raise
+    job_id = validation.job_id(job_id)
+    tenant = validation.optional_tenant_ref(tenant)
+    # Only a redelivered message can mean a crash; a duplicate of the event is none.
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+    with unit_of_work() as session:
+        attempt = pipeline.begin_attempt(
+            session,
+            job_id,
+            tenant,
+            redelivered=redelivered,
+            deadline_seconds=settings.job_deadline_seconds,
+        )
+    if attempt.stop is not None:
+        raise attempt.stop  # the registry's verdict (poison event, deadline), committed above
+    job = fetch_job(openai_client(), job_id)
+    if not job.terminal:
+        raise JobNotFinished(job_id, job.status)
+    result_metrics = (
+        fetch_result_metrics(openai_client(), job) if job.status == "succeeded" else None
+    )
+    with unit_of_work() as session:
+        outcome = pipeline.complete_job(session, job, attempt.tenant, result_metrics)
     event(log, "job.handled", job=job_id, tenant=outcome.tenant, outcome=outcome.summary)
     return {"status": "done", "tenant": outcome.tenant, "outcome": outcome.summary}
 
 
-def _retry_or_fail(task: Task, job_id: Any, error: Exception, settings: Settings) -> dict[str, Any]:
-    metrics.openai_error(error)
-    retryable = not isinstance(error, FtdeployError) or error.retryable
-    if not validation.is_openai_id(job_id):
-        event(log, "job.refused", logging.WARNING, reason=str(error))
-        return {"status": "refused", "reason": str(error)}
-    if retryable and task.request.retries < settings.max_retries:
-        delay = retry_delay(error, task.request.retries, settings)
-        _release(job_id)
-        event(log, "job.retry", job=job_id, reason=str(error), in_seconds=round(delay, 2))
-        try:
-            raise task.retry(countdown=delay, exc=error) from error
-        except Reject as lost:
-            # Celery drops the message when the retry cannot be published (the broker gone, the
-            # soft time limit firing mid-publish), which would leave the event open forever.
-            raise Reject(lost.reason, requeue=True) from error
-    reason = str(error)
-    if retryable:
-        reason = f"gave up after {task.request.retries + 1} attempts: {reason}"
-    return _fail(job_id, reason)
+def _evaluation_failed(failure: Failure) -> dict[str, Any]:
+    if isinstance(failure.error, RunNotDeployable):
+        # The job has not succeeded (yet): its job_finished event deploys it when it does.
+        return {"status": "waiting", "reason": failure.reason}
+    event(log, "evaluation.refused", logging.WARNING, reason=failure.reason)
+    return {"status": "refused", "reason": failure.reason}
 
 
-def _release(job_id: str) -> None:
-    try:
-        with unit_of_work() as session:
-            pipeline.release_job(session, job_id)
-    except TRANSIENT_DATABASE_ERRORS:
-        pass  # the mark is only a crash counter; the retry goes ahead without it
-
-
-def _fail(job_id: str, reason: str) -> dict[str, Any]:
-    with unit_of_work() as session:
-        pipeline.fail_job(session, job_id, reason)
-    event(log, "job.failed", logging.WARNING, job=job_id, reason=reason)
-    return {"status": "failed", "reason": reason}
+EVALUATIONS = Policy(max_retries=10, failed=_evaluation_failed, name="evaluation")
 
 
 @app.task(name="ftdeploy.evaluation_recorded", bind=True, max_retries=10)
 def evaluation_recorded(self: Task, run_id: str) -> dict[str, Any]:
     """An evaluation was recorded: resume the run's deployment if it was waiting for one."""
-    try:
-        with unit_of_work() as session:
-            run = session.get(FinetuningRun, validation.as_uuid(run_id))
-            if run is None:
-                return {"status": "refused", "reason": f"no run {run_id}"}
-            result = deploy(session, run.tenant_id, run.id)
-    except RunNotDeployable as error:
-        # The job has not succeeded (yet): its job_finished event deploys it when it does.
-        return {"status": "waiting", "reason": str(error)}
-    except TRANSIENT_DATABASE_ERRORS as error:
-        raise self.retry(
-            countdown=retry_delay(error, self.request.retries, get_settings()), exc=error
-        ) from error
+    return task_outcomes.run(self, EVALUATIONS, _resume, run_id)
+
+
+def _resume(run_id: str) -> dict[str, Any]:
+    with unit_of_work() as session:
+        result = pipeline.resume_deployment(session, run_id)
     event(log, "evaluation.resumed", run=run_id, status=result.status, version=result.version)
     return {"status": str(result.status), "version": result.version}
 
@@ -172,8 +141,10 @@ def promote(
     operation_id: str | None = None,
 ) -> dict[str, Any]:
     """Promote a version (an operator's queued operation, or a direct call by another system)."""
-    return _run_operation(
+    return task_outcomes.run(
         self,
+        OPERATIONS,
+        _run_operation,
         OperationKind.PROMOTE,
         tenant,
         operation_id,
@@ -185,33 +156,48 @@ def promote(
 @app.task(name="ftdeploy.rollback", bind=True, max_retries=10)
 def rollback(self: Task, tenant: str, operation_id: str | None = None) -> dict[str, Any]:
     """Roll back the tenant's newest production version (queued operation or direct call)."""
-    return _run_operation(self, OperationKind.ROLLBACK, tenant, operation_id)
+    return task_outcomes.run(
+        self, OPERATIONS, _run_operation, OperationKind.ROLLBACK, tenant, operation_id
+    )
 
 
 def _run_operation(
-    task: Task, kind: OperationKind, tenant: str, operation_id: str | None, **arguments: Any
+    kind: OperationKind, tenant: str, operation_id: str | None, **arguments: Any
 ) -> dict[str, Any]:
-    try:
-        with unit_of_work() as session:
-            if operation_id is None:
-                operation_id = str(
-                    operations.queue_operation(
-                        session, tenant, kind, actor="celery", **arguments
-                    ).id
-                )
-            done = operations.run_operation(session, operation_id)
-            result = {"operation": str(done.id), "status": done.status, "error": done.error}
-    except TRANSIENT_DATABASE_ERRORS as error:
-        raise task.retry(
-            countdown=retry_delay(error, task.request.retries, get_settings()), exc=error
-        ) from error
-    except FtdeployError as error:
-        event(
-            log, "operation.refused", logging.WARNING, kind=kind, tenant=tenant, reason=str(error)
-        )
-        return {"operation": operation_id, "status": "refused", "error": str(error)}
+    with unit_of_work() as session:
+        if operation_id is None:
+            operation_id = str(
+                operations.queue_operation(session, tenant, kind, actor="celery", **arguments).id
+            )
+        done = operations.run_operation(session, operation_id)
+        result = {"operation": str(done.id), "status": done.status, "error": done.error}
     event(log, "operation.finished", kind=str(kind), tenant=tenant, result=result)
     return result
+
+
+def _operation_failed(failure: Failure) -> dict[str, Any]:
+    kind, tenant, operation_id = failure.args[:3]
+    status = "refused"
+    if failure.internal or not isinstance(failure.error, FtdeployError) or failure.error.retryable:
+        # A queued operation that cannot be run ends failed, with the reason, not queued forever.
+        try:
+            with unit_of_work() as session:
+                if operations.fail_operation(session, operation_id, failure.reason):
+                    status = "failed"
+        except (FtdeployError, SQLAlchemyError):
+            pass  # nothing to mark (no such operation) or the database is still away
+    event(
+        log,
+        f"operation.{status}",
+        logging.WARNING,
+        kind=str(kind),
+        tenant=tenant,
+        reason=failure.reason,
+    )
+    return {"operation": operation_id, "status": status, "error": failure.reason}
+
+
+OPERATIONS = Policy(max_retries=10, failed=_operation_failed, name="operation")
 
 
 @app.task(name="ftdeploy.reconcile_events")
@@ -220,17 +206,14 @@ def reconcile_events() -> int:
     and events whose message the broker lost (untouched for twice the visibility timeout)."""
     settings = get_settings()
     with unit_of_work() as session:
-        grace = timedelta(seconds=settings.reconcile_grace_seconds)
-        stranded = events.unenqueued_events(session, older_than=grace)
-        stalled_after = timedelta(seconds=2 * settings.visibility_timeout_seconds)
-        stalled = events.stalled_events(session, older_than=stalled_after)
-    for job_id in stranded:
-        send_job_finished(job_id)
-    for job_id in stalled:
-        job_finished.apply_async(args=(job_id,))
-    if stranded or stalled:
-        event(log, "events.reconciled", unsent=len(stranded), stalled=len(stalled))
-    return len(stranded) + len(stalled)
+        found = events.reconcile(
+            session,
+            grace=timedelta(seconds=settings.reconcile_grace_seconds),
+            stalled_after=timedelta(seconds=2 * settings.visibility_timeout_seconds),
+        )
+    if found.unsent or found.stalled:
+        event(log, "events.reconciled", unsent=len(found.unsent), stalled=len(found.stalled))
+    return len(found.unsent) + len(found.stalled)
 
 
 @app.task(name="ftdeploy.record_outcomes", bind=True, max_retries=10)
@@ -242,11 +225,15 @@ def record_outcomes(self: Task, batch: Any, batch_id: Any = None) -> dict[str, A
     Counted once: the batch is claimed under `batch_id` (default: this message's task id, which a
     redelivery keeps) in the same transaction, so a batch redelivered after its commit (a worker
     killed before the ack) or sent twice with the same id adds nothing the second time."""
+    return task_outcomes.run(self, OUTCOMES, _store_outcomes, batch, batch_id, self.request.id)
+
+
+def _store_outcomes(batch: Any, batch_id: Any, task_id: str | None) -> dict[str, Any]:
     try:
         records = outcomes.check_batch(batch)
         if batch_id is None:
             # A direct call (not a message) has no task id: nothing to deduplicate against.
-            batch_id = f"task:{self.request.id or uuid.uuid4()}"
+            batch_id = f"task:{task_id or uuid.uuid4()}"
         batch_id = batches.check_batch_id(batch_id)
     except InvalidInput as error:
         result = batches.BatchResult(
@@ -254,19 +241,14 @@ def record_outcomes(self: Task, batch: Any, batch_id: Any = None) -> dict[str, A
         )
     else:
         settings = get_settings()
-        try:
-            with unit_of_work() as session:
-                result = batches.store_batch(
-                    session,
-                    batch_id,
-                    records,
-                    bucket_seconds=settings.outcome_bucket_seconds,
-                    resolver=_outcome_resolver(settings.database_url_value),
-                )
-        except TRANSIENT_DATABASE_ERRORS as error:
-            raise self.retry(
-                countdown=retry_delay(error, self.request.retries, settings), exc=error
-            ) from error
+        with unit_of_work() as session:
+            result = batches.store_batch(
+                session,
+                batch_id,
+                records,
+                bucket_seconds=settings.outcome_bucket_seconds,
+                resolver=_outcome_resolver(settings.database_url_value),
+            )
     if not result.duplicate:
         metrics.outcomes_stored(outcomes.StoreResult(result.recorded, result.refused))
     if result.refused:
@@ -280,6 +262,9 @@ def record_outcomes(self: Task, batch: Any, batch_id: Any = None) -> dict[str, A
     }
 
 
+OUTCOMES = Policy(max_retries=10, name="outcomes")
+
+
 @lru_cache(maxsize=4)
 def _outcome_resolver(database_url: str) -> outcomes.VersionResolver:
     # Per database: the cached ids mean nothing in another one.
@@ -288,18 +273,10 @@ def _outcome_resolver(database_url: str) -> outcomes.VersionResolver:
 
 @app.task(name="ftdeploy.auto_promote_sweep")
 def auto_promote_sweep() -> dict[str, Any]:
-    """Beat's sweep over every live canary: hold, step, promote or roll back each (see
-    `registry.canary.sweep`). Safe to overlap with itself; a failed sweep is simply the next
-    one's."""
-    report = sweep.auto_promote_sweep(session_factory())
+    """Beat's sweep over every live canary: hold, step, promote or roll back each, then retention
+    (`worker.sweep.run_sweep`: one unit of work per action and per tenant, each isolated). Safe
+    to overlap with itself; a failed sweep is simply the next one's."""
+    report = run_sweep()
     metrics.sweep_report(report)
     observability.log_sweep(report)
     return report.as_dict()
-
-
-def send_job_finished(job_id: str, tenant: str | None = None) -> None:
-    """Hand an accepted event to the broker, then note that it was (after the send: a crash in
-    between leaves it for the reconciler, and the task is idempotent)."""
-    job_finished.apply_async(args=(job_id,), kwargs={"tenant": tenant})
-    with unit_of_work() as session:
-        events.mark_enqueued(session, job_id)

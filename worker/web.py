@@ -45,6 +45,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from registry import messages
 from registry.db import ping, unit_of_work
 from registry.errors import InvalidInput
 from registry.jobs import webhooks
@@ -53,7 +54,6 @@ from registry.settings import Settings, get_settings
 from worker.logs import event
 from worker.metrics import WEBHOOK_DELIVERIES
 from worker.receiver_server import SLOW_CLIENTS
-from worker.tasks import send_job_finished
 
 log = logging.getLogger("ftdeploy.webhooks")
 
@@ -140,7 +140,7 @@ class Receiver:
                 )
             return JSONResponse({"error": refusal.reason}, status_code=refusal.status)
         try:
-            outcome = await run_in_threadpool(self._record, parsed)
+            outcome, held = await run_in_threadpool(self._record, parsed)
         except SQLAlchemyError as error:
             DELIVERIES.labels("unavailable").inc()
             event(
@@ -162,11 +162,11 @@ class Receiver:
         reply = {"status": str(outcome), "type": parsed.event_type, "job_id": parsed.job_id}
         if outcome != webhooks.DeliveryOutcome.RECORDED:
             return JSONResponse(reply)
-        assert parsed.job_id is not None
-        # Committed: answer now, then hand the job to the broker. If this process dies in
-        # between, or the broker is down, the event stays unenqueued and beat's reconciler
-        # re-sends it; a redelivery from OpenAI meanwhile is a duplicate.
-        return JSONResponse(reply, background=BackgroundTask(_enqueue, parsed.job_id))
+        # Committed: answer now, then hand the job to the broker (the unit of work held its
+        # message). If this process dies in between, or the broker is down, the event stays
+        # unenqueued and beat's reconciler re-sends it; a redelivery from OpenAI meanwhile is a
+        # duplicate.
+        return JSONResponse(reply, background=BackgroundTask(_enqueue, held))
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self._max_body_bytes
@@ -218,9 +218,13 @@ class Receiver:
             raise Refused(f"not an event: {error}") from None
 
     @staticmethod
-    def _record(parsed: webhooks.WebhookEvent) -> webhooks.DeliveryOutcome:
+    def _record(
+        parsed: webhooks.WebhookEvent,
+    ) -> tuple[webhooks.DeliveryOutcome, list[messages.Message]]:
         with unit_of_work() as session:
-            return webhooks.record_delivery(session, parsed)
+            held = messages.hold_messages(session)
+            outcome = webhooks.record_delivery(session, parsed)
+        return outcome, held
 
 
 def _plain(unwrapped: object) -> Any:
@@ -250,20 +254,22 @@ def _ping_database() -> None:
         ping(session)
 
 
-def _enqueue(job_id: str) -> None:
-    try:
-        send_job_finished(job_id)
-    except Exception as error:
-        # Already answered 2xx and committed: the reconciler re-sends the stranded event.
-        event(
-            log,
-            "webhook.enqueue_deferred",
-            logging.WARNING,
-            job=job_id,
-            error=type(error).__name__,
-        )
-        return
-    event(log, "webhook.enqueued", job=job_id)
+def _enqueue(held: list[messages.Message]) -> None:
+    for message in held:
+        job_id = message.args[0] if message.args else None
+        try:
+            messages.deliver(message)
+        except Exception as error:
+            # Already answered 2xx and committed: the reconciler re-sends the stranded event.
+            event(
+                log,
+                "webhook.enqueue_deferred",
+                logging.WARNING,
+                job=job_id,
+                error=type(error).__name__,
+            )
+            continue
+        event(log, "webhook.enqueued", job=job_id)
 
 
 def routes(settings: Settings, *, webhook: bool = True) -> list[Route]:

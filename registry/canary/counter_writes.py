@@ -23,6 +23,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.canary.outcomes import Key, Sums, upsert_counters
+from registry.db import unit_of_work
 from registry.masking import mask
 
 # Refused for good: retrying the same row can only fail again.
@@ -90,7 +91,7 @@ def write_by_tenant(
     if not batch:
         return report
     try:
-        with sessions() as session, session.begin():
+        with unit_of_work(sessions) as session:
             upsert_counters(session, batch)
     except Exception as error:
         if _disconnected(error):
@@ -105,7 +106,7 @@ def write_by_tenant(
         tenants.setdefault(key[0], {})[key] = row
     for tenant_id, rows in tenants.items():
         try:
-            with sessions() as session, session.begin():
+            with unit_of_work(sessions) as session:
                 refused = store_isolated(session, rows)
         except Exception as error:
             report.failed_tenants.append(tenant_id)

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import Select, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from registry import clock, versions
 from registry.db import lock_tenant
@@ -48,15 +48,21 @@ def _beyond_retention(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, 
     )
 
 
-def tenants_to_archive(session: Session) -> list[uuid.UUID]:
-    """Tenants with deprecated versions beyond their retention (one statement, no lock)."""
-    return sorted({row.tenant_id for row in session.execute(_beyond_retention())})
+def tenants_to_archive(session: Session) -> list[tuple[uuid.UUID, str]]:
+    """(id, slug) of the tenants with deprecated versions beyond their retention (one statement,
+    no lock), in id order."""
+    ids = {row.tenant_id for row in session.execute(_beyond_retention())}
+    if not ids:
+        return []
+    rows = session.execute(select(Tenant.id, Tenant.slug).where(Tenant.id.in_(ids)))
+    return sorted((row.id, row.slug) for row in rows)
 
 
 def archive_beyond_retention(session: Session, tenant_id: uuid.UUID) -> list[int]:
     """Archive the tenant's deprecated versions beyond its retention; returns their numbers.
 
     Locks the tenant and decides under the lock (a concurrent sweep finds nothing left to do).
+    Run it in a unit of work per tenant, so that one tenant's failure leaves the others' done.
     Writes one audit event (action "archive", actor "auto") when it archives anything; the split
     does not change. Idempotent.
     """
@@ -77,7 +83,7 @@ def archive_beyond_retention(session: Session, tenant_id: uuid.UUID) -> list[int
         f"archived {listed}: only the newest {DEFAULT_KEEP if keep is None else keep} deprecated "
         "versions are kept (policy keep_deprecated)"
     )
-    versions.commit_change(
+    versions.check_and_audit(
         session,
         tenant,
         action="archive",
@@ -88,17 +94,3 @@ def archive_beyond_retention(session: Session, tenant_id: uuid.UUID) -> list[int
         now=clock.now(),
     )
     return numbers
-
-
-def enforce_retention(sessions: sessionmaker[Session]) -> dict[str, list[int]]:
-    """Archive beyond retention for every tenant that needs it, each in its own transaction.
-    Returns {tenant slug: archived version numbers}."""
-    with sessions() as session:
-        tenant_ids = tenants_to_archive(session)
-    archived: dict[str, list[int]] = {}
-    for tenant_id in tenant_ids:
-        with sessions() as session, session.begin():
-            numbers = archive_beyond_retention(session, tenant_id)
-            if numbers:
-                archived[session.get_one(Tenant, tenant_id).slug] = numbers
-    return archived

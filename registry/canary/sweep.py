@@ -1,11 +1,12 @@
 """The auto-promote sweep: read every live canary, decide each, apply what is not a hold.
 
-`auto_promote_sweep(sessions, now)` runs three phases:
+A sweep (run by the worker's door, `worker.sweep.run_sweep`, which opens the units of work) has
+three phases:
 
-1. Read: every live canary with its counts in two statements, however many canaries there are
-   (`canaries.read_live_canaries`), in a short read-only transaction that takes no lock.
-2. Decide: `analysis.decide` for each, as of `now` (`canaries.assess`); pure.
-3. Apply each step, promotion or rollback in its own transaction: lock the tenant, then re-check
+1. `plan`: read every live canary with its counts in two statements, however many canaries there
+   are (`canaries.read_live_canaries`), in a short read-only transaction that takes no lock;
+2. decide: `analysis.decide` for each, as of `now` (`canaries.assess`); pure;
+3. `apply` each step, promotion or rollback in its own unit of work: lock the tenant, re-check
    under the lock that the deployment is still active with auto-promote on, and that its version
    is still in production at the traffic and with the step start that were read. If anything
    moved (an operator's rollback or promotion, another sweep's step), the action is skipped: the
@@ -13,7 +14,9 @@
    beats, or a slow sweep overlapping the next one, act once: the first to take the lock changes
    the traffic or the status (and restarts the step), so the second finds its read stale.
 
-Then retention archives deprecated versions beyond each tenant's `keep_deprecated`.
+Then retention archives deprecated versions beyond each tenant's `keep_deprecated`, one unit of
+work per tenant (`registry.canary.retention`). One canary's or tenant's failure is reported in
+the sweep's report (`failed`, `SweepReport.retention_errors`); the others still proceed.
 
 Applying, through `registry.versions` (one audit event each, actor "auto", the decision's reason):
 - step → `promote(next step)`, action "auto_step"; the version's step restarts;
@@ -29,21 +32,17 @@ The deployment row keeps the reason of the last decision applied to it (`Deploym
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from registry import clock, versions
 from registry.canary.analysis import Action
 from registry.canary.canaries import Assessment, LiveCanary, assess, read_live_canaries
-from registry.canary.retention import enforce_retention
 from registry.db import lock_tenant
-from registry.errors import FtdeployError
 from registry.models import Deployment, DeploymentStatus, ModelVersion, VersionStatus
 from registry.notify import notices
 
@@ -75,6 +74,7 @@ class SweepReport:
     canaries: int = 0
     items: list[SweepItem] = field(default_factory=list)
     archived: dict[str, list[int]] = field(default_factory=dict)
+    retention_errors: dict[str, str] = field(default_factory=dict)  # tenant -> why it failed
     duration_seconds: float = 0.0
 
     def decisions(self) -> Counter[str]:
@@ -95,43 +95,56 @@ class SweepReport:
             "skipped": [asdict(item) for item in self.items if item.skipped],
             "errors": [asdict(item) for item in self.errors()],
             "archived": self.archived,
+            "retention_errors": self.retention_errors,
             "duration_seconds": round(self.duration_seconds, 4),
         }
 
 
-def plan(sessions: sessionmaker[Session], now: datetime) -> list[Assessment]:
-    """Phases 1 and 2: read every live canary (two statements) and decide each as of `now`."""
-    with sessions() as session:  # read only; closing it ends the snapshot
-        canaries = read_live_canaries(session)
-    return assess(canaries, now)
+def plan(session: Session, now: datetime) -> list[Assessment]:
+    """Phases 1 and 2: read every live canary (two statements, no lock) and decide each as of
+    `now`. Run it in a short unit of work of its own: the read holds no lock, and ending the
+    transaction ends its snapshot."""
+    return assess(read_live_canaries(session), now)
 
 
-def apply(sessions: sessionmaker[Session], assessment: Assessment) -> SweepItem:
-    """Phase 3 for one canary: apply its decision in its own transaction, under the tenant's
-    lock, if the state it was decided on still holds. A hold or an undecidable canary is only
-    reported. Errors of this canary are reported in the item, not raised."""
-    canary, decision = assessment.canary, assessment.decision
-    item = SweepItem(
+def item_of(assessment: Assessment) -> SweepItem:
+    """The report's line for a canary, before anything is applied."""
+    canary = assessment.canary
+    return SweepItem(
         canary.tenant,
         canary.version,
         canary.traffic_percent,
         assessment.action,
         assessment.reason,
     )
-    if decision is None or decision.action is Action.HOLD:
+
+
+def needs_applying(assessment: Assessment) -> bool:
+    """False for a hold or an undecidable canary: those are only reported."""
+    decision = assessment.decision
+    return decision is not None and decision.action is not Action.HOLD
+
+
+def apply(session: Session, assessment: Assessment) -> SweepItem:
+    """Phase 3 for one canary, in the caller's unit of work: lock the tenant and, if the state
+    the decision was made on still holds, apply it (one audit event, actor "auto"); otherwise
+    report it skipped with the reason. A hold is only reported. Raises what the change raises
+    (the caller rolls back and reports it with `failed`). Only flushes."""
+    item = item_of(assessment)
+    if not needs_applying(assessment):
         return item
-    try:
-        with sessions() as session, session.begin():
-            lock_tenant(session, canary.tenant_id)
-            moved = _moved(session, canary)
-            if moved is not None:
-                return _replace(item, skipped=moved)
-            _act(session, canary, assessment)
-    except (FtdeployError, SQLAlchemyError) as error:
-        # One tenant's failure (a bug caught by the invariant, a deadlock, a dropped connection)
-        # does not stop the others; it is reported, and the next sweep decides again.
-        return _replace(item, error=f"{type(error).__name__}: {error}"[:500])
+    canary = assessment.canary
+    lock_tenant(session, canary.tenant_id)
+    moved = _moved(session, canary)
+    if moved is not None:
+        return _replace(item, skipped=moved)
+    _act(session, canary, assessment)
     return _replace(item, applied=True)
+
+
+def failed(assessment: Assessment, error: BaseException) -> SweepItem:
+    """The report's line for a canary whose action failed (its unit of work rolled back)."""
+    return _replace(item_of(assessment), error=f"{type(error).__name__}: {error}"[:500])
 
 
 def _replace(item: SweepItem, **changes: Any) -> SweepItem:
@@ -193,19 +206,3 @@ def _act(session: Session, canary: LiveCanary, assessment: Assessment) -> versio
     session.flush()
     notices.canary_decided(session, assessment, change)
     return change
-
-
-def auto_promote_sweep(sessions: sessionmaker[Session], now: datetime | None = None) -> SweepReport:
-    """One sweep over all live canaries, then retention. Safe to run concurrently with itself
-    and with operators' changes (see the module's docstring); each applied action is one
-    transaction, so a crash midway leaves every canary either moved or not."""
-    started = time.perf_counter()
-    now = now or clock.now()
-    report = SweepReport(started_at=now)
-    assessments = plan(sessions, now)
-    report.canaries = len(assessments)
-    report.items = [apply(sessions, assessment) for assessment in assessments]
-    notices.canaries_holding(sessions, assessments, now)
-    report.archived = enforce_retention(sessions)
-    report.duration_seconds = time.perf_counter() - started
-    return report

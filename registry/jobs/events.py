@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from registry import clock, dialect, validation
+from registry import clock, dialect, messages, validation
 from registry.masking import mask
 from registry.models import EventState, JobEvent
 
@@ -48,6 +50,25 @@ def accept_event(session: Session, job_id: str, tenant: str | None, source: str)
         event.updated_at = now
     session.flush()
     return event
+
+
+def publish_event(session: Session, job_id: str, tenant: str | None, source: str) -> JobEvent:
+    """Accept the event (`accept_event`) and hand it to the worker after the commit; once the
+    broker has it, the event is marked enqueued. A crash or a failed send in between leaves the
+    event unenqueued, and the reconciler (`reconcile`) sends it again: the task is idempotent."""
+    event = accept_event(session, job_id, tenant, source)
+    _send(session, event.openai_job_id, tenant)
+    return event
+
+
+def _send(session: Session, job_id: str, tenant: str | None = None) -> None:
+    messages.send_after_commit(
+        session,
+        messages.JOB_FINISHED,
+        (job_id,),
+        {"tenant": tenant},
+        on_sent=partial(mark_enqueued, job_id=job_id),
+    )
 
 
 def find_event(session: Session, job_id: str) -> JobEvent | None:
@@ -162,3 +183,29 @@ def stalled_events(
             update(JobEvent).where(JobEvent.openai_job_id.in_(stalled)).values(updated_at=now)
         )
     return stalled
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    unsent: list[str]
+    stalled: list[str]
+
+
+def reconcile(
+    session: Session,
+    *,
+    grace: timedelta,
+    stalled_after: timedelta,
+    now: datetime | None = None,
+) -> Reconciled:
+    """Send again, after the commit, the events accepted but never handed to the broker (older
+    than `grace`: a crash or a failed send between commit and send) and those whose message the
+    broker lost (untouched for `stalled_after`, see `stalled_events`). Safe to repeat: the task
+    is idempotent."""
+    unsent = unenqueued_events(session, older_than=grace, now=now)
+    stalled = stalled_events(session, older_than=stalled_after, now=now)
+    for job_id in unsent:
+        _send(session, job_id)
+    for job_id in stalled:
+        messages.send_after_commit(session, messages.JOB_FINISHED, (job_id,))
+    return Reconciled(unsent, stalled)

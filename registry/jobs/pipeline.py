@@ -1,23 +1,68 @@
 """From a finished fine-tuning job to serving traffic: the event's domain steps.
 
-The worker polls OpenAI outside any transaction (`registry.jobs.openai_jobs`), then calls
-`complete_job` in one unit of work: resolve the tenant, record the run, and deploy through the
-evaluation gate. Failures for good end the event with their reason (`fail_job`).
+The worker's task runs three units of work around one OpenAI poll:
+1. `begin_attempt`: count the attempt and decide by the event's policy whether to go on (a poison
+   event that crashed the worker `MAX_CRASHES` times, or a job past its deadline, is given up);
+   committed before the poll, so that a crash during it is counted.
+2. the poll, outside any transaction (`registry.jobs.openai_jobs`);
+3. `complete_job`: resolve the tenant, record the run, deploy through the evaluation gate.
+Failures for good end the event with their reason (`fail_job`); a retry clears the attempt's
+in-flight mark (`release_job`). `resume_deployment` continues a run waiting for its evaluation.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from registry import clock
 from registry.db import lock_tenant
 from registry.deployments import DeployResult, deploy
-from registry.jobs.events import end_attempt, finish_event
+from registry.errors import FtdeployError, JobDeadlineExceeded, PoisonEvent, RunNotFound
+from registry.jobs.events import end_attempt, finish_event, start_attempt
 from registry.jobs.openai_jobs import JobSnapshot
 from registry.jobs.runs import record_run, tenant_for_job
-from registry.models import EventState
+from registry.models import EventState, FinetuningRun
 from registry.notify import notices
+
+# A process that dies this many times while handling one event makes it a poison event.
+MAX_CRASHES = 3
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt at an event: the tenant it names, and why to stop now (None: go on)."""
+
+    tenant: str | None
+    stop: FtdeployError | None
+
+
+def begin_attempt(
+    session: Session,
+    job_id: str,
+    tenant_hint: str | None,
+    *,
+    redelivered: bool,
+    deadline_seconds: float,
+    now: datetime | None = None,
+) -> Attempt:
+    """Count one more attempt at the event (creating it if it came straight from the broker) and
+    apply the event's policy: `stop` is PoisonEvent once the worker died `MAX_CRASHES` times
+    handling it, JobDeadlineExceeded once it waited longer than `deadline_seconds`. Both are
+    failures for good (the caller ends the event with `fail_job`). Only flushes: commit before
+    polling OpenAI, so that a crash meanwhile is counted."""
+    event = start_attempt(session, job_id, tenant_hint, redelivered=redelivered)
+    # A message re-sent by the reconciler carries no tenant: the accepted event has it.
+    tenant = tenant_hint or event.tenant_hint
+    stop: FtdeployError | None = None
+    if event.crashes >= MAX_CRASHES:
+        stop = PoisonEvent(job_id, event.crashes)
+    elif ((now or clock.now()) - event.received_at).total_seconds() > deadline_seconds:
+        stop = JobDeadlineExceeded(job_id, deadline_seconds)
+    return Attempt(tenant, stop)
 
 
 @dataclass(frozen=True)
@@ -67,3 +112,17 @@ def fail_job(session: Session, job_id: str, reason: str) -> None:
 def release_job(session: Session, job_id: str) -> None:
     """The attempt ends without an outcome (a retry is scheduled): clear its in-flight mark."""
     end_attempt(session, job_id)
+
+
+def resume_deployment(session: Session, run_id: object) -> DeployResult:
+    """An evaluation was recorded for the run: deploy it if it was waiting for one (`deploy`,
+    idempotent). Raises RunNotFound (also for a malformed id), RunNotDeployable while its job has
+    not succeeded (its job_finished event deploys it when it does), and what `deploy` raises."""
+    try:
+        key = uuid.UUID(str(run_id))
+    except ValueError:
+        raise RunNotFound(str(run_id)) from None
+    run = session.get(FinetuningRun, key)
+    if run is None:
+        raise RunNotFound(str(run_id))
+    return deploy(session, run.tenant_id, run.id)

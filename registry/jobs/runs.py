@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry import messages
 from registry.errors import InvalidInput, RunNotFound, TenantMismatch, TenantUnknownForJob
 from registry.jobs.openai_jobs import JobSnapshot
 from registry.models import Evaluation, FinetuningRun, Recommendation, Tenant
@@ -114,9 +115,13 @@ def record_evaluation(
     job_id: str,
     recommendation: str,
     metrics: dict[str, float] | None = None,
+    *,
+    resume: bool = False,
 ) -> Evaluation:
     """Record an evaluation of the job's run. Raises InvalidInput, RunNotFound (nothing written).
-    Not idempotent: each call adds an evaluation, and the newest one counts."""
+    Not idempotent: each call adds an evaluation, and the newest one counts. With `resume`, the
+    worker is asked after the commit to resume the run's deployment if it waits for one
+    (`ftdeploy.evaluation_recorded`)."""
     if recommendation not in set(Recommendation):
         allowed = ", ".join(r.value for r in Recommendation)
         raise InvalidInput("recommendation", f"{recommendation!r} is not one of {allowed}")
@@ -124,6 +129,8 @@ def record_evaluation(
     evaluation = Evaluation(run_id=run.id, recommendation=recommendation, metrics=metrics or {})
     session.add(evaluation)
     session.flush()
+    if resume:
+        messages.send_after_commit(session, messages.EVALUATION_RECORDED, (str(run.id),))
     return evaluation
 
 

@@ -82,9 +82,9 @@ def record_delivery(session: Session, event: WebhookEvent) -> DeliveryOutcome:
     Idempotent and safe under concurrency: the delivery row is inserted with
     INSERT … ON CONFLICT (webhook_id) DO NOTHING, so of two concurrent deliveries with one id
     exactly one is RECORDED and the other waits for it, then is a DUPLICATE. Only flushes: the
-    caller commits, and enqueues the job after the commit (a crash in between leaves the job
-    event with `enqueued_at` NULL, which the reconciler re-sends). Event types ftdeploy does not
-    act on write nothing.
+    caller commits, and the job is sent after the commit (`events.publish_event`; a crash in
+    between leaves the job event with `enqueued_at` NULL, which the reconciler re-sends).
+    Event types ftdeploy does not act on write nothing.
     """
     if not event.is_job_finished:
         return DeliveryOutcome.IGNORED
@@ -102,5 +102,5 @@ def record_delivery(session: Session, event: WebhookEvent) -> DeliveryOutcome:
     ).scalar_one_or_none()
     if inserted is None:
         return DeliveryOutcome.DUPLICATE
-    events.accept_event(session, event.job_id, None, SOURCE)
+    events.publish_event(session, event.job_id, None, SOURCE)
     return DeliveryOutcome.RECORDED

@@ -5,7 +5,7 @@ Hooks (one call each):
 - `registry.deployments.deploy` and `_decided` → `deployment_decided` (applied, staged,
   rejected, awaiting evaluation);
 - `registry.canary.sweep._act` → `canary_decided` (stepped, promoted, rolled back), and
-  `auto_promote_sweep` → `canaries_holding` (held past a share of the progress deadline, told
+  `worker.sweep.run_sweep` → `canaries_holding` (held past a share of the progress deadline, told
   once per step);
 - `registry.operations.run_operation` → `operation_finished` (`operation.<final status>`);
 - `registry.jobs.pipeline.fail_job` → `job_failed`;
@@ -23,8 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from registry import clock, traffic
 from registry.canary.analysis import Z_95, Action, Counts, Metric, wilson_bounds
@@ -123,47 +122,47 @@ def canary_decided(session: Session, assessment: Assessment, change: Any) -> Non
     emit(session, canary.tenant_id, _CANARY_TYPES[decision.action], data)
 
 
-def canaries_holding(
-    sessions: sessionmaker[Session], assessments: list[Assessment], now: datetime
-) -> int:
+def held_past_share(assessments: list[Assessment], now: datetime) -> list[Assessment]:
     """The canaries a sweep (as of `now`) held past FTDEPLOY_NOTIFY_HOLD_SHARE of their progress
-    deadline: each told once per step, in a short transaction of its own (only then: a sweep
-    whose canaries are all early runs no statement here). Never raises for the database: a
-    missed notice is the next sweep's. Returns how many were written."""
+    deadline: those `canaries_holding` tells of. Pure: a sweep whose canaries are all early needs
+    no unit of work for them."""
     share = get_settings().notify_hold_share
-    return sum(
-        _holding(sessions, assessment, now)
+    return [
+        assessment
         for assessment in assessments
         if assessment.decision is not None
         and assessment.decision.action is Action.HOLD
         and assessment.canary.policy is not None
         and (now - assessment.canary.step_started_at).total_seconds()
         >= share * assessment.canary.policy.deadline_seconds
+    ]
+
+
+def canaries_holding(session: Session, assessments: list[Assessment], now: datetime) -> int:
+    """Tell of each canary `held_past_share` returns, once per step (deduplicated by the
+    deployment and its step start), in the caller's unit of work. Only flushes; raises what the
+    database raises (a missed notice is the next sweep's). Returns how many were written."""
+    return sum(
+        _holding(session, assessment, now) for assessment in held_past_share(assessments, now)
     )
 
 
-def _holding(sessions: sessionmaker[Session], assessment: Assessment, now: datetime) -> bool:
+def _holding(session: Session, assessment: Assessment, now: datetime) -> bool:
     canary = assessment.canary
     assert assessment.decision is not None
     key = f"canary:{canary.deployment_id}:{canary.step_started_at.isoformat()}:holding"
-    try:
-        with sessions() as session, session.begin():
-            split = traffic.as_json(_split(session, canary.tenant_id))
-            data = {
-                "tenant": tenant_data(session, canary.tenant_id),
-                "deployment": {"id": str(canary.deployment_id)},
-                "version": canary.version,
-                "split_before": split,
-                "split_after": split,
-                "actor": "auto",
-                "reason": assessment.decision.reason,
-                "decision": decision_data(assessment, now),
-            }
-            written = emit(
-                session, canary.tenant_id, EventType.CANARY_HOLDING, data, dedupe_key=key
-            )
-    except SQLAlchemyError:
-        return False
+    split = traffic.as_json(_split(session, canary.tenant_id))
+    data = {
+        "tenant": tenant_data(session, canary.tenant_id),
+        "deployment": {"id": str(canary.deployment_id)},
+        "version": canary.version,
+        "split_before": split,
+        "split_after": split,
+        "actor": "auto",
+        "reason": assessment.decision.reason,
+        "decision": decision_data(assessment, now),
+    }
+    written = emit(session, canary.tenant_id, EventType.CANARY_HOLDING, data, dedupe_key=key)
     return written is not None
 
 

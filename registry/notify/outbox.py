@@ -3,9 +3,10 @@
 `emit` numbers the event in its stream (the tenant, or "global" for an event without one) with
 no gaps, and makes one pending delivery per enabled endpoint that wants it, all in the caller's
 transaction: if the change rolls back, no notification exists; if it commits, every delivery
-exists and will be attempted (at least once). What is delivered after the commit is left in
-`session.info` for the sender the worker installs (`take_pending`); if that send never happens
-(a crash right after the commit), beat's reconciler finds the pending deliveries.
+exists and will be attempted (at least once). The endpoints that got deliveries are noted in
+`session.info`; after the commit (`registry.db.after_commit`) one delivery task per endpoint is
+sent (`send_pending`, through `registry.messages`); if that send never happens (a crash right
+after the commit), beat's reconciler finds the pending deliveries.
 
 Numbers are taken under the stream row's lock (`SELECT … FOR UPDATE`; SQLite serializes writers),
 held until the commit: two transactions of one tenant commit their events in number order, so a
@@ -14,7 +15,9 @@ reader never sees n+1 committed while n is still to come.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from functools import partial
 from typing import Any
 
 from sqlalchemy import ColumnElement, event, or_, select, update
@@ -22,7 +25,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry import clock
+from registry import clock, messages
+from registry.db import after_commit
 from registry.notify.models import (
     NotificationDelivery,
     NotificationEndpoint,
@@ -30,6 +34,8 @@ from registry.notify.models import (
     OutboxEvent,
 )
 from registry.notify.types import DeliveryStatus, EventType
+
+log = logging.getLogger("ftdeploy.notify")
 
 PENDING_KEY = "ftdeploy.notify.pending_endpoints"
 GLOBAL_STREAM = "global"
@@ -95,6 +101,9 @@ def emit(
     session.flush()
     if endpoints:
         session.info.setdefault(PENDING_KEY, set()).update(e.id for e in endpoints)
+        # The first of these callbacks to run takes every endpoint noted: one task per endpoint
+        # per commit, however many events it wrote.
+        after_commit(session, partial(send_pending, session))
     return row
 
 
@@ -137,9 +146,29 @@ def take_pending(session: Session) -> set[uuid.UUID]:
     return pending
 
 
+def send_pending(session: Session) -> None:
+    """After the commit: ask the worker to deliver to each endpoint that got deliveries. A send
+    that fails is logged, not raised: the commit stands, and beat's reconciler delivers what was
+    never sent."""
+    for endpoint_id in sorted(take_pending(session), key=str):
+        try:
+            messages.deliver(
+                messages.Message(
+                    messages.DELIVER_NOTIFICATIONS, kwargs={"endpoint_id": str(endpoint_id)}
+                )
+            )
+        except Exception as error:
+            log.warning(
+                "notify.send_failed",
+                extra={
+                    "ftdeploy_fields": {"endpoint": str(endpoint_id), "error": type(error).__name__}
+                },
+            )
+
+
 @event.listens_for(Session, "after_transaction_end")
 def _forget_pending(session: Session, transaction: Any) -> None:
-    # Runs after `after_commit` (where the sender took them): nothing carries over to the
+    # Runs after `after_commit` (where `send_pending` took them): nothing carries over to the
     # session's next transaction, and a rolled-back one leaves nothing to send.
     if transaction.parent is None:
         session.info.pop(PENDING_KEY, None)

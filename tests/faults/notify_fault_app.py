@@ -67,16 +67,17 @@ def _wrap_record_attempt(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _install() -> None:
-    # The sender looks these up through their modules at call time; fail loudly if a
+    # The senders look these up through their modules at call time; fail loudly if a
     # refactoring moved them (a fault test that cannot inject its fault must not pass).
     for module, name in (
         (registry.notify.outbox, "take_pending"),
+        (registry.notify.outbox, "send_pending"),
         (registry.notify.delivery, "record_attempt"),
     ):
         if not callable(getattr(module, name, None)):
             raise RuntimeError(f"notify fault app: {module.__name__}.{name} is gone")
-    if worker.notify_tasks.outbox is not registry.notify.outbox:
-        raise RuntimeError("notify fault app: worker.notify_tasks no longer uses the outbox")
+    if worker.notify_tasks.delivery is not registry.notify.delivery:
+        raise RuntimeError("notify fault app: worker.notify_tasks no longer uses the delivery")
     registry.notify.outbox.take_pending = _wrap_take_pending(registry.notify.outbox.take_pending)
     registry.notify.delivery.record_attempt = _wrap_record_attempt(
         registry.notify.delivery.record_attempt

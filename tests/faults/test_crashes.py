@@ -17,11 +17,11 @@ import time
 import pytest
 import redis
 
+from registry.jobs.pipeline import MAX_CRASHES
 from registry.models import Deployment, ModelVersion
 from tests.faults.conftest import SETTINGS, FaultStack
 from tests.worker.e2e_stack import EventView
 from worker import cli
-from worker.tasks import MAX_CRASHES
 
 pytestmark = pytest.mark.faults
 

@@ -16,10 +16,10 @@ from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import versions
-from registry.canary import sweep
-from registry.canary.sweep import auto_promote_sweep
-from registry.db import session_factory
-from registry.errors import NothingToRollBack
+from registry.canary import retention, sweep
+from registry.canary.canaries import Assessment
+from registry.db import session_factory, unit_of_work
+from registry.errors import InvariantViolation, NothingToRollBack
 from registry.models import DeploymentPolicy, OutcomeCounter, Tenant
 from registry.tenants import PolicyChanges, set_policy
 from tests.factories import deploy_new, make_tenant
@@ -34,6 +34,21 @@ from tests.registry.canary_support import (
     statuses,
     trail,
 )
+from worker.sweep import apply_one, run_sweep
+
+
+def auto_promote_sweep(sessions: sessionmaker[Session], now: Any) -> sweep.SweepReport:
+    """The worker's sweep (its door opens the units of work) on the test's database."""
+    return run_sweep(now, database=sessions)
+
+
+def plan(sessions: sessionmaker[Session], now: Any) -> list[Assessment]:
+    with unit_of_work(sessions) as session:
+        return sweep.plan(session, now)
+
+
+def apply(sessions: sessionmaker[Session], assessment: Assessment) -> sweep.SweepItem:
+    return apply_one(assessment, database=sessions)
 
 
 @pytest.fixture
@@ -134,11 +149,11 @@ def test_operator_rollback_between_read_and_apply_leaves_no_promotion(
 ) -> None:
     tenant_id, slug = canary_tenant(sessions)
     record(sessions, slug, 2, ok=100, failed=0, at=clock())
-    [planned] = sweep.plan(sessions, clock.advance(70))
+    [planned] = plan(sessions, clock.advance(70))
     assert planned.action == "step"
     with sessions() as session, session.begin():
         versions.rollback(session, tenant_id, actor="operator:alice")
-    item = sweep.apply(sessions, planned)
+    item = apply(sessions, planned)
     assert not item.applied and item.skipped == "the deployment is rolled_back now"
     assert split(sessions, tenant_id) == {1: 100}
     assert [e.action for e in trail(sessions, tenant_id)] == ["deploy", "deploy", "rollback"]
@@ -150,10 +165,10 @@ def test_operator_promotion_between_read_and_apply_is_not_overridden(
 ) -> None:
     tenant_id, slug = canary_tenant(sessions)
     record(sessions, slug, 2, ok=100, failed=0, at=clock())
-    [planned] = sweep.plan(sessions, clock.advance(70))
+    [planned] = plan(sessions, clock.advance(70))
     with sessions() as session, session.begin():
         versions.promote(session, tenant_id, 2, 30, actor="operator:bob")
-    item = sweep.apply(sessions, planned)
+    item = apply(sessions, planned)
     assert not item.applied and item.skipped == "v2 is production at 30% now, not at 10%"
     assert split(sessions, tenant_id) == {1: 70, 2: 30}
 
@@ -251,6 +266,36 @@ def test_retention_archives_beyond_keep_and_never_restores_archived(
     assert statuses(sessions, tenant_id)[1] == "archived"
 
 
+def test_one_tenants_retention_failure_leaves_the_others_and_the_report_whole(
+    sessions: sessionmaker[Session], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant_ids = {}
+    for slug in ("first", "second"):
+        with sessions() as session, session.begin():
+            tenant = make_tenant(session, slug, keep_deprecated=0)
+            for _ in range(2):
+                deploy_new(session, tenant)
+            tenant_ids[slug] = tenant.id
+    _, moving = canary_tenant(sessions, "moving")
+    record(sessions, moving, 2, ok=80, failed=0, at=clock())
+    real = retention.archive_beyond_retention
+
+    def first_fails(session: Session, tenant_id: Any) -> list[int]:
+        numbers = real(session, tenant_id)
+        if tenant_id == tenant_ids["first"]:
+            raise InvariantViolation("first", {})  # after writing: its unit of work rolls back
+        return numbers
+
+    monkeypatch.setattr(retention, "archive_beyond_retention", first_fails)
+    report = auto_promote_sweep(sessions, clock.advance(70))
+    assert [item.tenant for item in report.applied()] == ["moving"]
+    assert report.archived == {"second": [1]}
+    assert list(report.retention_errors) == ["first"]
+    assert "InvariantViolation" in report.as_dict()["retention_errors"]["first"]
+    assert statuses(sessions, tenant_ids["first"]) == {1: "deprecated", 2: "production"}
+    assert statuses(sessions, tenant_ids["second"]) == {1: "archived", 2: "production"}
+
+
 def _statements(sessions: sessionmaker[Session], run: Any) -> int:
     engine = sessions.kw["bind"]
     count = 0
@@ -271,13 +316,13 @@ def test_the_read_does_not_grow_with_the_number_of_canaries(
     sessions: sessionmaker[Session], clock: Clock
 ) -> None:
     canary_tenant(sessions, "first")
-    one = _statements(sessions, lambda: sweep.plan(sessions, clock()))
+    one = _statements(sessions, lambda: plan(sessions, clock()))
     whole_one = _statements(sessions, lambda: auto_promote_sweep(sessions, clock()))
     for n in range(6):
         _, slug = canary_tenant(sessions, f"more-{n}")
         record(sessions, slug, 2, ok=10, failed=0, at=clock())
-    assert len(sweep.plan(sessions, clock())) == 7
-    assert _statements(sessions, lambda: sweep.plan(sessions, clock())) == one
+    assert len(plan(sessions, clock())) == 7
+    assert _statements(sessions, lambda: plan(sessions, clock())) == one
     # All of them hold: the whole sweep is as many statements for 7 canaries as for 1.
     assert _statements(sessions, lambda: auto_promote_sweep(sessions, clock())) == whole_one
 
@@ -295,9 +340,9 @@ def test_overlapping_sweeps_act_once(pg_url: str, clock: Clock, barrier: bool) -
     def one_sweep(_: int) -> list[sweep.SweepItem]:
         if not barrier:
             return auto_promote_sweep(sessions, now).items
-        planned = sweep.plan(sessions, now)
+        planned = plan(sessions, now)
         gate.wait(timeout=30)  # every sweep has read before any applies
-        return [sweep.apply(sessions, assessment) for assessment in planned]
+        return [apply(sessions, assessment) for assessment in planned]
 
     with ThreadPoolExecutor(threads) as pool:
         items = [item for result in pool.map(one_sweep, range(threads)) for item in result]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from registry import clock
 from registry.canary.canaries import Assessment, assess, read_live_canaries, samples
 from registry.canary.outcomes import VersionResolver, store_outcomes, validate_outcome
-from registry.db import session_factory, unit_of_work
+from registry.db import unit_of_work
 from registry.models import ModelVersion
 from registry.settings import get_settings
 from registry.tenants import find_tenant
@@ -87,7 +87,7 @@ def _outcome_text(data: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     now = clock.now()
-    with session_factory()() as session:  # read only
+    with unit_of_work() as session:  # read only: a short transaction, no lock
         tenant_id = find_tenant(session, args.slug).id if args.slug else None
         canaries = read_live_canaries(session, tenant_id)
     rows = [status_row(assessment, now) for assessment in assess(canaries, now)]

@@ -43,13 +43,11 @@ def add_commands(commands: Commands) -> None:
 
 
 def cmd_job_finished(args: argparse.Namespace) -> int:
-    from worker.tasks import send_job_finished
-
     with unit_of_work() as session:
         if args.tenant:
             find_tenant(session, args.tenant)
-        events.accept_event(session, args.job_id, args.tenant, "cli")
-    send_job_finished(args.job_id, args.tenant)
+        # Sent to the worker after the commit, then marked enqueued (else the reconciler sends it).
+        events.publish_event(session, args.job_id, args.tenant, "cli")
     return output.emit(
         args, {"job_id": args.job_id, "queued": True}, lambda d: f"queued {args.job_id}"
     )
@@ -58,19 +56,15 @@ def cmd_job_finished(args: argparse.Namespace) -> int:
 def cmd_evaluation_record(args: argparse.Namespace) -> int:
     metrics = runs.parse_metrics(args.metric)
     with unit_of_work() as session:
-        evaluation = runs.record_evaluation(session, args.job_id, args.recommendation, metrics)
-        run_id = str(evaluation.run_id)
+        evaluation = runs.record_evaluation(
+            session, args.job_id, args.recommendation, metrics, resume=not args.no_resume
+        )
         data = {
             "evaluation_id": str(evaluation.id),
             "job_id": args.job_id,
             "recommendation": evaluation.recommendation,
             "metrics": evaluation.metrics,
         }
-    if not args.no_resume:
-        from worker.tasks import evaluation_recorded
-
-        # Sent after the commit: the worker must find the evaluation it is told about.
-        evaluation_recorded.apply_async(args=(run_id,))
     return output.emit(args, data, lambda d: f"recorded {d['recommendation']} for {d['job_id']}")
 
 

@@ -40,22 +40,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _queue(args: argparse.Namespace, kind: OperationKind, **arguments: Any) -> int:
-    from worker import tasks
-
     if "version" in arguments:
         arguments["version"] = validation.version_number(arguments["version"])
     with unit_of_work() as session:
-        operation = operations.queue_operation(
+        # The worker is asked to run it after the commit.
+        operation = operations.submit_operation(
             session, args.slug, kind, actor=args.actor, **arguments
         )
         operation_id = str(operation.id)
-    task = tasks.promote if kind == OperationKind.PROMOTE else tasks.rollback
-    extra = (
-        {"version": arguments["version"], "traffic_percent": arguments["traffic_percent"]}
-        if kind == OperationKind.PROMOTE
-        else {}
-    )
-    task.apply_async(kwargs={"tenant": args.slug, "operation_id": operation_id, **extra})
     if not args.wait:
         return output.emit(
             args, {"operation_id": operation_id, "status": "queued"}, lambda d: d["operation_id"]

@@ -22,7 +22,6 @@ from registry.tenants import PolicyChanges, create_tenant, get_policy, list_tena
 from worker.cli.canary import status_row
 from worker.http import problems, schemas
 from worker.http.auth import authorize, visible_tenant
-from worker.http.messages import unit_of_work_then_send
 
 ReadKey = Annotated[keys.Principal, authorize(KeyRole.READ)]
 OperateKey = Annotated[keys.Principal, authorize(KeyRole.OPERATE)]
@@ -160,19 +159,13 @@ def _operation(operation: Operation, slug: str) -> dict[str, Any]:
 def _queue(
     principal: keys.Principal, tenant: str, kind: OperationKind, response: Response, **args: Any
 ) -> dict[str, Any]:
-    from worker import tasks
-
-    with unit_of_work_then_send() as (session, after_commit):
+    with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
-        operation = operations.queue_operation(
+        # The worker is asked to run it after the commit.
+        operation = operations.submit_operation(
             session, found.id, kind, actor=principal.name, **args
         )
         data = _operation(operation, found.slug)
-        message: dict[str, Any] = {"tenant": str(found.id), "operation_id": str(operation.id)}
-        if kind == OperationKind.PROMOTE:
-            message |= {"version": operation.version, "traffic_percent": operation.traffic_percent}
-        task = tasks.promote if kind == OperationKind.PROMOTE else tasks.rollback
-        after_commit.append(lambda: task.apply_async(kwargs=message))
     response.headers["Location"] = f"/v1/operations/{data['operation_id']}"
     return data
 
@@ -243,17 +236,15 @@ def _slug(session: Session, operation: Operation) -> str:
 def job_finished(
     job_id: schemas.JobId, principal: OperateKey, body: schemas.JobFinishedIn | None = None
 ) -> dict[str, Any]:
-    from worker.tasks import send_job_finished
-
     tenant = body.tenant if body is not None else None
     job_id = validation.job_id(job_id)
     if tenant is None and principal.tenant_ids is not None:
         # Otherwise a scoped key could deploy a job of a tenant it cannot see.
         raise problems.Forbidden("a key scoped to tenants must name the job's tenant")
-    with unit_of_work_then_send() as (session, after_commit):
+    with unit_of_work() as session:
         slug = visible_tenant(session, principal, tenant).slug if tenant else None
-        events.accept_event(session, job_id, slug, "api")
-        after_commit.append(lambda: send_job_finished(job_id, slug))
+        # Sent to the worker after the commit, then marked enqueued (else the reconciler sends it).
+        events.publish_event(session, job_id, slug, "api")
     return {"job_id": job_id, "tenant": slug, "queued": True}
 
 
@@ -267,17 +258,14 @@ def job_finished(
 def evaluation(
     job_id: schemas.JobId, body: schemas.EvaluationIn, principal: OperateKey
 ) -> dict[str, Any]:
-    from worker.tasks import evaluation_recorded
-
     metrics = runs.parse_metrics(body.metrics)
-    with unit_of_work_then_send() as (session, after_commit):
+    with unit_of_work() as session:
         run = runs.find_run(session, job_id)
         if not principal.sees(run.tenant_id):
             raise RunNotFound(job_id)
-        recorded = runs.record_evaluation(session, job_id, body.recommendation, metrics)
-        run_id = str(recorded.run_id)
-        if body.resume:
-            after_commit.append(lambda: evaluation_recorded.apply_async(args=(run_id,)))
+        recorded = runs.record_evaluation(
+            session, job_id, body.recommendation, metrics, resume=body.resume
+        )
         return {
             "evaluation_id": str(recorded.id),
             "job_id": job_id,
