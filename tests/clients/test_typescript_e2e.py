@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,16 +27,14 @@ from sqlalchemy import select
 from registry import versions
 from registry.db import unit_of_work
 from registry.models import Tenant, TrafficEvent
+from tests.clients.node import CLIENT, NODE, built_client
 from tests.factories import deploy_new, make_tenant
-from tests.harness import REPO
 from tests.worker.api_stack import FTDEPLOY, ApiServer, ApiStack, add_tenant
 from tests.worker.e2e_stack import e2e_stack
 
 pytestmark = pytest.mark.e2e
 
-CLIENT = REPO / "clients" / "typescript"
 SCRIPT = CLIENT / "test-e2e" / "client_e2e.mjs"
-NODE = shutil.which("node")
 CANARY_POLICY: dict[str, Any] = dict(
     strategy="canary",
     canary_steps=(10, 50, 100),
@@ -48,19 +44,6 @@ CANARY_POLICY: dict[str, Any] = dict(
     bake_seconds=1,
     progress_deadline_seconds=120,
 )
-
-
-def built_client() -> Path:
-    """The client's dist/, built now if missing or older than its sources."""
-    dist = CLIENT / "dist" / "index.js"
-    sources = max(p.stat().st_mtime for p in (CLIENT / "src").glob("*.ts"))
-    if not dist.exists() or dist.stat().st_mtime < sources:
-        npm = shutil.which("npm")
-        assert npm, "npm is needed to build clients/typescript (dist/ is missing or stale)"
-        if not (CLIENT / "node_modules").exists():
-            subprocess.run([npm, "ci"], cwd=CLIENT, check=True, capture_output=True)
-        subprocess.run([npm, "run", "build"], cwd=CLIENT, check=True, capture_output=True)
-    return dist
 
 
 @pytest.fixture(scope="module")
