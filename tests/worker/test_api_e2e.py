@@ -357,3 +357,40 @@ def test_stream_announces_a_cli_promote_within_the_propagation_bound(api: ApiSta
     print(f"\nstream propagation, audit event written -> SSE event received: {propagation:.3f} s")
     assert 0 <= propagation < 1.0, propagation
     thread.join(5)
+
+
+def test_stream_says_resync_when_the_servers_feed_reconnects(api: ApiStack) -> None:
+    """The server's change feed loses its connection: changes may have been missed while it
+    reconnects, so every stream is told to revalidate (`event: resync`)."""
+    from sqlalchemy import text
+
+    from registry.change_feed import APPLICATION_NAME
+    from registry.db import unit_of_work
+
+    events: list[str] = []
+    connected = threading.Event()
+
+    def listen() -> None:
+        with api.client("serve-acme") as client, client.stream("GET", "/v1/stream") as response:
+            for line in response.iter_lines():
+                if line.startswith(":"):
+                    connected.set()
+                elif line.startswith("event:"):
+                    events.append(line.split(":", 1)[1].strip())
+                    if events[-1] == "resync":
+                        return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert connected.wait(10), "the stream did not open"
+    with unit_of_work() as session:  # every listening feed (the server's among them) is cut
+        cut = session.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = :name"
+            ),
+            {"name": APPLICATION_NAME},
+        ).all()
+    assert cut, "no routing feed was listening"
+    api.stack.wait(lambda: "resync" in events, 15, "the resync event")
+    thread.join(5)
