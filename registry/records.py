@@ -8,6 +8,7 @@ from typing import Any
 
 from registry.audit import Activity
 from registry.models import (
+    AuditEvent,
     DeploymentPolicy,
     JobEvent,
     ModelVersion,
@@ -33,11 +34,15 @@ def version(v: ModelVersion) -> dict[str, Any]:
         "metrics": v.metrics,
         "created_at": when(v.created_at),
         "deployed_at": when(v.deployed_at),
+        # A rolled-back version is never restored by a later rollback (registry.versions).
+        "rolled_back": v.rolled_back_at is not None,
+        "rolled_back_at": when(v.rolled_back_at),
     }
 
 
 def traffic_event(e: TrafficEvent) -> dict[str, Any]:
     return {
+        "kind": "traffic",
         "at": when(e.created_at),
         "action": e.action,
         "version": e.version,
@@ -45,6 +50,27 @@ def traffic_event(e: TrafficEvent) -> dict[str, Any]:
         "reason": e.reason,
         "before": e.split_before,
         "after": e.split_after,
+    }
+
+
+def audit_event(e: AuditEvent) -> dict[str, Any]:
+    """A policy change, pause, resume or refused claim, in the shape of a traffic change (with
+    `kind`): `before`/`after` hold the fields that changed (a policy's) instead of a split."""
+    changes = e.changes or {}
+    if e.action == "policy":
+        before = {name: change["before"] for name, change in changes.items()}
+        after = {name: change["after"] for name, change in changes.items()}
+    else:
+        before, after = changes.get("before", {}), changes.get("after", {})
+    return {
+        "kind": "audit",
+        "at": when(e.created_at),
+        "action": e.action,
+        "version": None,
+        "actor": e.actor,
+        "reason": e.reason,
+        "before": before,
+        "after": after,
     }
 
 
@@ -77,6 +103,8 @@ def operation(o: Operation) -> dict[str, Any]:
         "kind": o.kind,
         "version": o.version,
         "traffic_percent": o.traffic_percent,
+        "actor": o.actor,
+        "reason": o.reason,
         "status": o.status,
         "result": o.result,
         "error": o.error,
@@ -101,4 +129,6 @@ def policy(tenant: Tenant, p: DeploymentPolicy) -> dict[str, Any]:
         "auto_rollback": p.auto_rollback,
         "require_evaluation": p.require_evaluation,
         "keep_deprecated": p.keep_deprecated,
+        "paused": p.paused,
+        "paused_reason": p.paused_reason,
     }

@@ -133,3 +133,27 @@ def one_of(field: str, value: object, enum: type[_E]) -> _E:
         return enum(value)
     allowed = ", ".join(member.value for member in enum)
     raise InvalidInput(field, f"{value!r} is not one of {allowed}")
+
+
+MAX_REASON = 500  # as `registry.operations.MAX_REASON`
+
+
+def reason(value: object) -> str | None:
+    """An operator's reason (a pause, a policy change): at most 500 characters, no NUL; blank
+    means none given."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_REASON:
+        raise InvalidInput("reason", f"must be text of at most {MAX_REASON} characters")
+    if "\x00" in value:
+        raise InvalidInput("reason", "contains a NUL character")
+    return value.strip() or None
+
+
+def actor(value: object) -> str:
+    """Who asks (kept in the audit trail): 1..200 printable characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise InvalidInput("actor", "must be text of 1 to 200 characters")
+    if not value.isprintable():
+        raise InvalidInput("actor", "contains a control character")
+    return value.strip()

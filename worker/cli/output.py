@@ -4,6 +4,7 @@ status, one set of formatting helpers and one list of exit codes for every comma
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,3 +40,24 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def split_text(split: dict[str, int]) -> str:
     """A traffic split as `v1:80% v2:20%`, `-` when nothing serves."""
     return " ".join(f"v{k}:{v}%" for k, v in split.items()) or "-"
+
+
+def add_actor(parser: argparse.ArgumentParser) -> None:
+    """`--actor NAME`: who asks, kept in the audit trail (default: the operating-system user)."""
+    parser.add_argument(
+        "--actor", help="who asks, kept in the audit trail (default: your user name)"
+    )
+
+
+def actor(args: argparse.Namespace) -> str:
+    """The actor of a command: `--actor`, else the operating-system user, else "operator"."""
+    from registry import validation
+
+    given = getattr(args, "actor", None)
+    if given is not None:
+        return validation.actor(given)
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment and no passwd entry
+        name = ""
+    return name.strip()[:200] or "operator"

@@ -67,8 +67,9 @@ def add_tenant(body: schemas.TenantIn, principal: AdminKey) -> dict[str, Any]:
         # A scoped key could not see the tenant it made; only unscoped admins add tenants.
         raise problems.Forbidden("a key scoped to tenants cannot add tenants")
     with unit_of_work() as session:
-        tenant = create_tenant(session, body.slug)
-        return records.policy(tenant, set_policy(session, tenant.id, _changes(body)))
+        tenant = create_tenant(session, body.slug, actor=principal.name)
+        changes = _changes(body)
+        return records.policy(tenant, set_policy(session, tenant.id, changes, actor=principal.name))
 
 
 @router.get("/v1/tenants/{tenant}/policy", response_model=schemas.Policy, responses=NOT_FOUND)
@@ -84,7 +85,8 @@ def change_policy(
 ) -> dict[str, Any]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
-        return records.policy(found, set_policy(session, found.id, _changes(body)))
+        changes = _changes(body)
+        return records.policy(found, set_policy(session, found.id, changes, actor=principal.name))
 
 
 @router.get(
