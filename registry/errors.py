@@ -97,6 +97,21 @@ class TenantUnknownForJob(FtdeployError):
         )
 
 
+class EventClaimRefused(FtdeployError):
+    """A door named a tenant for a job event that is finished or already belongs to another
+    tenant: the event keeps its tenant (an event is never reassigned), the refusal is recorded."""
+
+    def __init__(self, job_id: str, state: str, kept: str, claimed: str) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.kept = kept
+        self.claimed = claimed
+        super().__init__(
+            f"job {job_id} ({state}) belongs to tenant {kept!r}: not reassigned to {claimed!r}; "
+            f"the refusal is recorded (ftdeploy history {kept})"
+        )
+
+
 class OperationNotFound(FtdeployError):
     exit_code = 3
 

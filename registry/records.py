@@ -3,6 +3,7 @@ function per record, so every door shows a record the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -84,7 +85,9 @@ def activity(a: Activity) -> dict[str, Any]:
     }
 
 
-def job_event(e: JobEvent) -> dict[str, Any]:
+def job_event(e: JobEvent, refusals: Sequence[AuditEvent] = ()) -> dict[str, Any]:
+    """A job event; `refusals` are the refused claims of another tenant on it (the event kept
+    its own), from `registry.audit_events.refusals_of`."""
     return {
         "job_id": e.openai_job_id,
         "tenant": e.tenant_hint,
@@ -94,6 +97,9 @@ def job_event(e: JobEvent) -> dict[str, Any]:
         "attempts": e.attempts,
         "received_at": when(e.received_at),
         "updated_at": when(e.updated_at),
+        "refused_claims": [
+            {"at": when(r.created_at), **(r.changes or {}).get("refused", {})} for r in refusals
+        ],
     }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from registry import audit, records
+from registry import audit, audit_events, records
 from registry.db import unit_of_work
 from registry.jobs import events, runs
 from registry.models import EventState, Recommendation
@@ -48,7 +48,9 @@ def cmd_job_finished(args: argparse.Namespace) -> int:
     with unit_of_work() as session:
         if args.tenant:
             find_tenant(session, args.tenant)
-        events.accept_event(session, args.job_id, args.tenant, "cli")
+        _, refusal = events.claim_event(session, args.job_id, args.tenant, "cli")
+    if refusal is not None:
+        raise refusal  # committed first: the refusal stays in the audit trail
     send_job_finished(args.job_id, args.tenant)
     return output.emit(
         args, {"job_id": args.job_id, "queued": True}, lambda d: f"queued {args.job_id}"
@@ -76,7 +78,9 @@ def cmd_evaluation_record(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     with unit_of_work() as session:
-        data = [records.job_event(e) for e in audit.job_events(session, args.state, args.limit)]
+        rows = audit.job_events(session, args.state, args.limit)
+        refused = audit_events.refusals_of(session, [f"job {e.openai_job_id}" for e in rows])
+        data = [records.job_event(e, refused.get(f"job {e.openai_job_id}", ())) for e in rows]
     return output.emit(args, data, events_text)
 
 
@@ -92,8 +96,15 @@ def events_text(rows: list[dict[str, Any]]) -> str:
                 r["state"],
                 r["attempts"],
                 r["updated_at"][:19],
-                r["outcome"] or "",
+                (r["outcome"] or "") + _refused_text(r["refused_claims"]),
             ]
             for r in rows
         ],
     )
+
+
+def _refused_text(claims: list[dict[str, Any]]) -> str:
+    if not claims:
+        return ""
+    last = claims[-1]
+    return f" [refused {len(claims)}x: {last.get('tenant')} via {last.get('source')}]"

@@ -254,8 +254,11 @@ def job_finished(
         raise problems.Forbidden("a key scoped to tenants must name the job's tenant")
     with unit_of_work_then_send() as (session, after_commit):
         slug = visible_tenant(session, principal, tenant).slug if tenant else None
-        events.accept_event(session, job_id, slug, "api")
-        after_commit.append(lambda: send_job_finished(job_id, slug))
+        _, refusal = events.claim_event(session, job_id, slug, "api")
+        if refusal is None:
+            after_commit.append(lambda: send_job_finished(job_id, slug))
+    if refusal is not None:
+        raise refusal  # after the commit: the refusal stays in the audit trail (409)
     return {"job_id": job_id, "tenant": slug, "queued": True}
 
 
