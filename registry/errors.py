@@ -93,7 +93,9 @@ class TenantUnknownForJob(FtdeployError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(
-            f"job {job_id}: no tenant in the event, no run row and no metadata['tenant'] on the job"
+            f"job {job_id}: no tenant in the event, no run row and no metadata['tenant'] on the "
+            "job (a webhook names only the job); create jobs with metadata={'tenant': SLUG}, "
+            f"or name it: ftdeploy job-finished {job_id} --tenant SLUG"
         )
 
 

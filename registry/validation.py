@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
 
@@ -157,3 +158,25 @@ def actor(value: object) -> str:
     if not value.isprintable():
         raise InvalidInput("actor", "contains a control character")
     return value.strip()
+
+
+_DURATION = re.compile(r"^(\d{1,6})([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since(value: object, now: datetime) -> datetime:
+    """A point in time from the past: an ISO 8601 timestamp (UTC when it names no zone) or a
+    duration back from `now` (`30m`, `2h`, `1d`)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("since", "expected a duration (30m, 2h, 1d) or an ISO 8601 time")
+    text = value.strip()
+    match = _DURATION.match(text)
+    if match:
+        return now - timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(
+            "since", f"{text!r} is neither a duration (30m, 2h, 1d) nor an ISO 8601 time"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -123,3 +123,80 @@ def test_item5_unattributed_failed_event_takes_the_tenant_named(
     assert (code, err) == (0, "")
     event = _event(cli_db, "ftjob-nometa")
     assert (event.tenant_hint, event.state) == ("acme", EventState.RECEIVED)
+
+
+def _failed(url: str, job_id: str, tenant: str | None, source: str = "cli") -> None:
+    with unit_of_work(url) as session:
+        events.accept_event(session, job_id, tenant, source)
+        events.finish_event(session, job_id, EventState.FAILED, "OpenAI said 401")
+
+
+def test_item3_events_retry_resends_failed_events_in_bulk(
+    cli_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with unit_of_work(cli_db) as session:
+        make_tenant(session, "acme")
+        make_tenant(session, "other")
+    _failed(cli_db, "ftjob-a1", "acme")
+    _failed(cli_db, "ftjob-a2", "acme")
+    _failed(cli_db, "ftjob-o1", "other")
+    done = _done_job_of(cli_db, "acme")
+
+    result = ok_json(capsys, "events", "retry", "--tenant", "acme")
+    assert isinstance(result, dict)
+    assert result["resent"] == 2
+    assert sorted(e["job_id"] for e in result["events"]) == ["ftjob-a1", "ftjob-a2"]
+    for job_id in ("ftjob-a1", "ftjob-a2"):
+        event = _event(cli_db, job_id)
+        # Re-opened in the registry, then handed to the broker by the job-finished send path.
+        assert (event.state, event.attempts) == (EventState.RECEIVED, 0)
+        assert event.enqueued_at is not None
+    assert _event(cli_db, "ftjob-o1").state == EventState.FAILED
+    assert _event(cli_db, done).state == EventState.DONE
+
+    code, out, err = run(capsys, "events", "retry")
+    assert (code, err) == (0, "")
+    assert out.startswith("re-sent 1 failed event(s):") and "ftjob-o1 (other)" in out
+    assert run(capsys, "events", "retry")[1] == "no failed events to retry\n"
+
+
+def test_item3_events_retry_since(cli_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import UTC, datetime
+
+    from registry import clock
+
+    with clock.use(lambda: datetime(2020, 1, 1, tzinfo=UTC)):
+        _failed(cli_db, "ftjob-old", None)
+    _failed(cli_db, "ftjob-new", None)
+    result = ok_json(capsys, "events", "retry", "--since", "1h")
+    assert isinstance(result, dict)
+    assert [e["job_id"] for e in result["events"]] == ["ftjob-new"]
+    assert run(capsys, "events", "retry", "--since", "yesterday")[0] == 2
+    assert run(capsys, "events", "retry", "--state", "done")[0] == 2
+
+
+def _done_job_of(url: str, slug: str) -> str:
+    with unit_of_work(url) as session:
+        from registry.tenants import find_tenant
+
+        job_id = make_run(session, find_tenant(session, slug)).openai_job_id
+        events.accept_event(session, job_id, None, "webhook")
+        events.finish_event(session, job_id, EventState.DONE, "deployment active")
+    return job_id
+
+
+def test_item5_event_without_tenant_says_what_to_do(
+    cli_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from registry.errors import TenantUnknownForJob
+    from registry.jobs import pipeline, runs
+
+    with unit_of_work(cli_db) as session:
+        events.accept_event(session, "ftjob-webhook", None, "webhook")
+        with pytest.raises(TenantUnknownForJob) as refused:
+            runs.tenant_for_job(session, "ftjob-webhook", from_event=None, from_job=None)
+        pipeline.fail_job(session, "ftjob-webhook", str(refused.value))
+
+    [listed] = ok_json(capsys, "events", "--state", "failed")  # type: ignore[misc]
+    assert "metadata={'tenant': SLUG}" in listed["outcome"]
+    assert "ftdeploy job-finished ftjob-webhook --tenant SLUG" in listed["outcome"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,8 +15,52 @@ from typing import Any
 OK = 0
 FAILED = 1  # the operation ran and failed, or the database refused or was away
 BAD_INPUT = 2
+NOT_FOUND = 3
 NO_MODEL = 4  # `resolve`: the tenant has no version in production
 STILL_RUNNING = 5  # `--wait` gave up before the operation ended
+INTERNAL = 70  # a broken invariant or an unexpected error: a bug
+
+# The one table of exit statuses: `ftdeploy --help` prints it, the README repeats it (a test
+# keeps the two equal).
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (OK, "success"),
+    (
+        FAILED,
+        "failed: the operation ran and failed, the current state refused it (tenant exists, "
+        "nothing to roll back, a job that belongs to another tenant), or the database refused "
+        "the change or was unavailable",
+    ),
+    (
+        BAD_INPUT,
+        "bad input: an argument or a setting is invalid, or the database schema is not current "
+        "(run `ftdeploy db upgrade`)",
+    ),
+    (NOT_FOUND, "not found: tenant, version, run, operation or key"),
+    (NO_MODEL, "`resolve`: the tenant has no version in production"),
+    (STILL_RUNNING, "`--wait` gave up before the operation ended"),
+    (INTERNAL, "internal error: a broken traffic invariant or an unexpected error (a bug)"),
+)
+
+
+def exit_codes_text() -> str:
+    """The exit-status table as `ftdeploy --help` shows it."""
+    lines = ["exit status:"]
+    lines += [f"  {code:<3} {meaning}" for code, meaning in EXIT_CODES]
+    lines.append(
+        "with --json, data goes to stdout and an error to stderr as one line of JSON: "
+        '{"error": {"type": ..., "message": ..., "exit_code": ...}}'
+    )
+    return "\n".join(lines)
+
+
+def error(args: argparse.Namespace | None, kind: str, message: str, code: int) -> int:
+    """Report a failure on stderr (one line of JSON with --json) and return its exit status."""
+    if args is not None and getattr(args, "json", False):
+        body = {"error": {"type": kind, "message": message, "exit_code": code}}
+        print(json.dumps(body), file=sys.stderr)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> int:

@@ -65,16 +65,36 @@ def cmd_activity(args: argparse.Namespace) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
+    """The model id; with --json the same shape as the HTTP API's resolve (`model` null and
+    `reason` "no_model" when nothing serves, exit status 4)."""
     router = Router(session_factory(), staleness=0)
-    model = router.resolve(args.slug, args.subject)
+    snapshot = router.snapshot(args.slug)
+    model = snapshot.pick(args.subject)
     if model is None:
-        print(f"no model: tenant {args.slug!r} has no version in production", file=sys.stderr)
+        reason = "no_model"
+    elif snapshot.only is not None:
+        reason = "single_version"
+    else:
+        reason = "sticky_split" if args.subject is not None else "weighted_random"
+    data = {
+        "tenant": args.slug,
+        "subject": args.subject,
+        "model": model,
+        "model_id": model,  # the key `resolve --json` always had
+        "version": (
+            snapshot.versions[snapshot.model_ids.index(model)]
+            if model in snapshot.model_ids
+            else None
+        ),
+        "reason": reason,
+    }
+    if model is None:
+        if args.json:
+            output.emit(args, data, str)
+        else:
+            print(f"no model: tenant {args.slug!r} has no version in production", file=sys.stderr)
         return output.NO_MODEL
-    return output.emit(
-        args,
-        {"tenant": args.slug, "subject": args.subject, "model_id": model},
-        lambda d: d["model_id"],
-    )
+    return output.emit(args, data, lambda d: d["model_id"])
 
 
 def versions_text(rows: list[dict[str, Any]]) -> str:
