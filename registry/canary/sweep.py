@@ -102,7 +102,7 @@ class SweepReport:
 def plan(sessions: sessionmaker[Session], now: datetime) -> list[Assessment]:
     """Phases 1 and 2: read every live canary (two statements) and decide each as of `now`."""
     with sessions() as session:  # read only; closing it ends the snapshot
-        canaries = read_live_canaries(session)
+        canaries = [c for c in read_live_canaries(session) if not c.paused]
     return assess(canaries, now)
 
 

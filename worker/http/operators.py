@@ -67,8 +67,9 @@ def add_tenant(body: schemas.TenantIn, principal: AdminKey) -> dict[str, Any]:
         # A scoped key could not see the tenant it made; only unscoped admins add tenants.
         raise problems.Forbidden("a key scoped to tenants cannot add tenants")
     with unit_of_work() as session:
-        tenant = create_tenant(session, body.slug)
-        return records.policy(tenant, set_policy(session, tenant.id, _changes(body)))
+        tenant = create_tenant(session, body.slug, actor=principal.name)
+        changes = _changes(body)
+        return records.policy(tenant, set_policy(session, tenant.id, changes, actor=principal.name))
 
 
 @router.get("/v1/tenants/{tenant}/policy", response_model=schemas.Policy, responses=NOT_FOUND)
@@ -84,7 +85,8 @@ def change_policy(
 ) -> dict[str, Any]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
-        return records.policy(found, set_policy(session, found.id, _changes(body)))
+        changes = _changes(body)
+        return records.policy(found, set_policy(session, found.id, changes, actor=principal.name))
 
 
 @router.get(
@@ -252,8 +254,11 @@ def job_finished(
         raise problems.Forbidden("a key scoped to tenants must name the job's tenant")
     with unit_of_work_then_send() as (session, after_commit):
         slug = visible_tenant(session, principal, tenant).slug if tenant else None
-        events.accept_event(session, job_id, slug, "api")
-        after_commit.append(lambda: send_job_finished(job_id, slug))
+        _, refusal = events.claim_event(session, job_id, slug, "api")
+        if refusal is None:
+            after_commit.append(lambda: send_job_finished(job_id, slug))
+    if refusal is not None:
+        raise refusal  # after the commit: the refusal stays in the audit trail (409)
     return {"job_id": job_id, "tenant": slug, "queued": True}
 
 
