@@ -129,15 +129,19 @@ def job_events(
     state: str | None = None,
     limit: int = 50,
     tenants: Sequence[Tenant] | None = None,
+    since: datetime | None = None,
 ) -> list[JobEvent]:
     """Job events of every tenant (also those whose tenant is unknown), newest first; with
-    `tenants`, only theirs (named by the event, or of one of their runs: as in `activity`)."""
+    `tenants`, only theirs (named by the event, or of one of their runs: as in `activity`);
+    with `since`, only those updated at or after it."""
     if state is not None and state not in set(EventState):
         allowed = ", ".join(s.value for s in EventState)
         raise InvalidInput("state", f"{state!r} is not one of {allowed}")
     query = select(JobEvent).order_by(JobEvent.updated_at.desc()).limit(limit)
     if state is not None:
         query = query.where(JobEvent.state == state)
+    if since is not None:
+        query = query.where(JobEvent.updated_at >= since)
     if tenants is not None:
         names = [t.slug for t in tenants] + [str(t.id) for t in tenants]
         own_jobs = select(FinetuningRun.openai_job_id).where(

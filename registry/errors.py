@@ -93,7 +93,24 @@ class TenantUnknownForJob(FtdeployError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(
-            f"job {job_id}: no tenant in the event, no run row and no metadata['tenant'] on the job"
+            f"job {job_id}: no tenant in the event, no run row and no metadata['tenant'] on the "
+            "job (a webhook names only the job); create jobs with metadata={'tenant': SLUG}, "
+            f"or name it: ftdeploy job-finished {job_id} --tenant SLUG"
+        )
+
+
+class EventClaimRefused(FtdeployError):
+    """A door named a tenant for a job event that is finished or already belongs to another
+    tenant: the event keeps its tenant (an event is never reassigned), the refusal is recorded."""
+
+    def __init__(self, job_id: str, state: str, kept: str, claimed: str) -> None:
+        self.job_id = job_id
+        self.state = state
+        self.kept = kept
+        self.claimed = claimed
+        super().__init__(
+            f"job {job_id} ({state}) belongs to tenant {kept!r}: not reassigned to {claimed!r}; "
+            f"the refusal is recorded (ftdeploy history {kept})"
         )
 
 

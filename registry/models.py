@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -177,6 +178,11 @@ class DeploymentPolicy(Base):
     auto_rollback: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     require_evaluation: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     keep_deprecated: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
+    # Held by an operator: the sweep leaves the tenant's canaries where they are (migration 0006).
+    paused: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    paused_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 
@@ -304,6 +310,28 @@ class TrafficEvent(Base):
     # {"<version>": percent} of the production versions, before and after.
     split_before: Mapped[dict[str, int]] = mapped_column(JSONType, nullable=False)
     split_after: Mapped[dict[str, int]] = mapped_column(JSONType, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
+
+
+class AuditEvent(Base):
+    """The audit trail of what is not a traffic change: policy changes (before -> after of the
+    changed fields), pauses and resumes, refused claims on job events. Written in the same
+    transaction as the change it records."""
+
+    __tablename__ = "ai_audit_events"
+    __table_args__ = (Index("ix_ai_audit_events_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # NULL for a refusal about a job whose tenant is not known.
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True
+    )
+    action: Mapped[str] = mapped_column(String(32), nullable=False)
+    subject: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    actor: Mapped[str] = mapped_column(String(200), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # {"field": {"before": …, "after": …}} for a policy change; what was refused for a refusal.
+    changes: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
 
 

@@ -3,11 +3,13 @@ function per record, so every door shows a record the same way."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from registry.audit import Activity
 from registry.models import (
+    AuditEvent,
     DeploymentPolicy,
     JobEvent,
     ModelVersion,
@@ -33,11 +35,15 @@ def version(v: ModelVersion) -> dict[str, Any]:
         "metrics": v.metrics,
         "created_at": when(v.created_at),
         "deployed_at": when(v.deployed_at),
+        # A rolled-back version is never restored by a later rollback (registry.versions).
+        "rolled_back": v.rolled_back_at is not None,
+        "rolled_back_at": when(v.rolled_back_at),
     }
 
 
 def traffic_event(e: TrafficEvent) -> dict[str, Any]:
     return {
+        "kind": "traffic",
         "at": when(e.created_at),
         "action": e.action,
         "version": e.version,
@@ -45,6 +51,27 @@ def traffic_event(e: TrafficEvent) -> dict[str, Any]:
         "reason": e.reason,
         "before": e.split_before,
         "after": e.split_after,
+    }
+
+
+def audit_event(e: AuditEvent) -> dict[str, Any]:
+    """A policy change, pause, resume or refused claim, in the shape of a traffic change (with
+    `kind`): `before`/`after` hold the fields that changed (a policy's) instead of a split."""
+    changes = e.changes or {}
+    if e.action == "policy":
+        before = {name: change["before"] for name, change in changes.items()}
+        after = {name: change["after"] for name, change in changes.items()}
+    else:
+        before, after = changes.get("before", {}), changes.get("after", {})
+    return {
+        "kind": "audit",
+        "at": when(e.created_at),
+        "action": e.action,
+        "version": None,
+        "actor": e.actor,
+        "reason": e.reason,
+        "before": before,
+        "after": after,
     }
 
 
@@ -58,7 +85,9 @@ def activity(a: Activity) -> dict[str, Any]:
     }
 
 
-def job_event(e: JobEvent) -> dict[str, Any]:
+def job_event(e: JobEvent, refusals: Sequence[AuditEvent] = ()) -> dict[str, Any]:
+    """A job event; `refusals` are the refused claims of another tenant on it (the event kept
+    its own), from `registry.audit_events.refusals_of`."""
     return {
         "job_id": e.openai_job_id,
         "tenant": e.tenant_hint,
@@ -68,6 +97,9 @@ def job_event(e: JobEvent) -> dict[str, Any]:
         "attempts": e.attempts,
         "received_at": when(e.received_at),
         "updated_at": when(e.updated_at),
+        "refused_claims": [
+            {"at": when(r.created_at), **(r.changes or {}).get("refused", {})} for r in refusals
+        ],
     }
 
 
@@ -77,6 +109,8 @@ def operation(o: Operation) -> dict[str, Any]:
         "kind": o.kind,
         "version": o.version,
         "traffic_percent": o.traffic_percent,
+        "actor": o.actor,
+        "reason": o.reason,
         "status": o.status,
         "result": o.result,
         "error": o.error,
@@ -101,4 +135,6 @@ def policy(tenant: Tenant, p: DeploymentPolicy) -> dict[str, Any]:
         "auto_rollback": p.auto_rollback,
         "require_evaluation": p.require_evaluation,
         "keep_deprecated": p.keep_deprecated,
+        "paused": p.paused,
+        "paused_reason": p.paused_reason,
     }

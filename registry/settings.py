@@ -90,9 +90,8 @@ class Settings(BaseSettings):
     reconcile_grace_seconds: float = Field(default=30.0, ge=0)
     log_json: bool = False
     # HTTP API: a verified key is trusted this long before its row is read again (so a revoked
-    # key stops working within it); the change stream's poll and heartbeat; the body limit.
+    # key stops working within it); the change stream's heartbeat; the body limit.
     api_key_cache_seconds: float = Field(default=1.0, ge=0)
-    stream_poll_seconds: float = Field(default=1.0, gt=0)
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     # The dashboard's session cookies are signed with this; unset, a random secret is generated

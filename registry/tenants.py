@@ -9,16 +9,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry import clock, validation
+from registry import audit_events, clock, validation
+from registry.db import lock_tenant
 from registry.errors import InvalidInput, TenantExists, TenantNotFound
 from registry.models import DeploymentPolicy, Metric, Strategy, Tenant
 
 DEFAULT_THRESHOLD = 0.95
 
 
-def create_tenant(session: Session, slug: str) -> Tenant:
-    """Create a tenant with the default policy. Raises InvalidInput, TenantExists. Not idempotent:
-    a second call with the same slug raises TenantExists and changes nothing."""
+def create_tenant(session: Session, slug: str, *, actor: str = "operator") -> Tenant:
+    """Create a tenant with the default policy, recorded in the audit trail. Raises InvalidInput,
+    TenantExists. Not idempotent: a second call with the same slug raises TenantExists and
+    changes nothing."""
     validation.tenant_slug(slug)
     if session.scalar(select(Tenant.id).where(Tenant.slug == slug)) is not None:
         raise TenantExists(slug)
@@ -27,6 +29,7 @@ def create_tenant(session: Session, slug: str) -> Tenant:
     session.flush()
     session.add(DeploymentPolicy(tenant_id=tenant.id))
     session.flush()
+    audit_events.record_audit_event(session, tenant.id, audit_events.TENANT_ADDED, actor=actor)
     return tenant
 
 
@@ -135,11 +138,28 @@ def validate_changes(changes: PolicyChanges) -> None:
         validation.whole_number("keep deprecated", changes.keep_deprecated, 0)
 
 
-def set_policy(session: Session, tenant_id: uuid.UUID, changes: PolicyChanges) -> DeploymentPolicy:
+# The policy's fields an operator changes (what the audit trail compares before and after).
+AUDITED_FIELDS = tuple(f.name for f in fields(PolicyChanges))
+
+
+def set_policy(
+    session: Session,
+    tenant_id: uuid.UUID,
+    changes: PolicyChanges,
+    *,
+    actor: str = "operator",
+    reason: str | None = None,
+) -> DeploymentPolicy:
     """Apply `changes` to the tenant's policy. Validates everything first (InvalidInput, nothing
-    written). Idempotent. Deployments already made keep the settings they were made with."""
+    written). Idempotent. Deployments already made keep the settings they were made with.
+
+    The fields that changed (also those that follow from others, such as the canary percent
+    from the steps) are written to the audit trail with their values before and after, in the
+    caller's transaction, with `actor` and `reason`; a call that changes nothing writes nothing."""
     validate_changes(changes)
+    reason = validation.reason(reason)
     policy = _stored_policy(session, tenant_id)
+    before = {name: _plain(getattr(policy, name)) for name in AUDITED_FIELDS}
     given = changes.given()
     # Checks that need the stored policy run before any field is set, so a refusal leaves the
     # session clean even for a caller that goes on and commits.
@@ -168,9 +188,85 @@ def set_policy(session: Session, tenant_id: uuid.UUID, changes: PolicyChanges) -
     if policy.canary_steps:
         # The first step is where a canary starts: keep the two in agreement.
         policy.canary_percent = min(policy.canary_steps[0], 99)
-    policy.updated_at = clock.now()
+    changed = {
+        name: {"before": before[name], "after": _plain(getattr(policy, name))}
+        for name in AUDITED_FIELDS
+        if _plain(getattr(policy, name)) != before[name]
+    }
+    if changed:
+        policy.updated_at = clock.now()
+        audit_events.record_audit_event(
+            session,
+            tenant_id,
+            audit_events.POLICY_CHANGED,
+            actor=actor,
+            reason=reason,
+            changes=changed,
+        )
     session.flush()
     return policy
+
+
+def _plain(value: Any) -> Any:
+    """A policy value as JSON keeps it (steps as a list, enums as their strings)."""
+    if isinstance(value, list | tuple):
+        return [int(step) for step in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def pause_tenant(
+    session: Session, tenant_ref: str | uuid.UUID, *, actor: str, reason: str | None
+) -> tuple[Tenant, DeploymentPolicy]:
+    """Hold the tenant's auto-promotion: the sweep leaves its canaries where they are (no step,
+    no promotion, no automatic rollback) until `resume_tenant`. Traffic does not change.
+
+    Locks the tenant. Idempotent: pausing a paused tenant keeps the first pause (and its reason)
+    and writes nothing. Raises TenantNotFound, InvalidInput (reason)."""
+    reason = validation.reason(reason)
+    tenant = find_tenant(session, tenant_ref)
+    lock_tenant(session, tenant.id)
+    policy = _stored_policy(session, tenant.id)
+    session.refresh(policy)  # read under the lock
+    if not policy.paused:
+        policy.paused = True
+        policy.paused_reason = reason
+        policy.updated_at = clock.now()
+        audit_events.record_audit_event(
+            session, tenant.id, audit_events.PAUSED, actor=actor, reason=reason
+        )
+        session.flush()
+        from registry.notify import notices  # notices reads versions, which reads tenants
+
+        notices.tenant_paused(session, tenant.id, actor, reason or "")
+    return tenant, policy
+
+
+def resume_tenant(
+    session: Session, tenant_ref: str | uuid.UUID, *, actor: str, reason: str | None = None
+) -> tuple[Tenant, DeploymentPolicy]:
+    """Let the sweep act on the tenant's canaries again. Locks the tenant. Idempotent: resuming
+    a tenant that is not paused writes nothing. Raises TenantNotFound, InvalidInput (reason)."""
+    reason = validation.reason(reason)
+    tenant = find_tenant(session, tenant_ref)
+    lock_tenant(session, tenant.id)
+    # Read under the lock; a tenant without a policy row was never paused.
+    policy = session.get(DeploymentPolicy, tenant.id, populate_existing=True)
+    if policy is None:
+        return tenant, default_policy(tenant.id)
+    if policy.paused:
+        policy.paused = False
+        policy.paused_reason = None
+        policy.updated_at = clock.now()
+        audit_events.record_audit_event(
+            session, tenant.id, audit_events.RESUMED, actor=actor, reason=reason
+        )
+        session.flush()
+        from registry.notify import notices  # notices reads versions, which reads tenants
+
+        notices.tenant_resumed(session, tenant.id, actor, reason or "")
+    return tenant, policy
 
 
 def initial_canary_percent(policy: DeploymentPolicy) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TypeVar
 
@@ -133,3 +134,49 @@ def one_of(field: str, value: object, enum: type[_E]) -> _E:
         return enum(value)
     allowed = ", ".join(member.value for member in enum)
     raise InvalidInput(field, f"{value!r} is not one of {allowed}")
+
+
+MAX_REASON = 500  # as `registry.operations.MAX_REASON`
+
+
+def reason(value: object) -> str | None:
+    """An operator's reason (a pause, a policy change): at most 500 characters, no NUL; blank
+    means none given."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_REASON:
+        raise InvalidInput("reason", f"must be text of at most {MAX_REASON} characters")
+    if "\x00" in value:
+        raise InvalidInput("reason", "contains a NUL character")
+    return value.strip() or None
+
+
+def actor(value: object) -> str:
+    """Who asks (kept in the audit trail): 1..200 printable characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise InvalidInput("actor", "must be text of 1 to 200 characters")
+    if not value.isprintable():
+        raise InvalidInput("actor", "contains a control character")
+    return value.strip()
+
+
+_DURATION = re.compile(r"^(\d{1,6})([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def since(value: object, now: datetime) -> datetime:
+    """A point in time from the past: an ISO 8601 timestamp (UTC when it names no zone) or a
+    duration back from `now` (`30m`, `2h`, `1d`)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("since", "expected a duration (30m, 2h, 1d) or an ISO 8601 time")
+    text = value.strip()
+    match = _DURATION.match(text)
+    if match:
+        return now - timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(
+            "since", f"{text!r} is neither a duration (30m, 2h, 1d) nor an ISO 8601 time"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

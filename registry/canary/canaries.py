@@ -75,6 +75,7 @@ class LiveCanary:
     stable: Counts
     policy: CanaryPolicy | None  # None when the tenant's stored policy is not usable
     policy_error: str | None
+    paused: bool = False  # the tenant is paused: the sweep leaves this canary alone
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ def canaries_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...
             policy.canary_steps,
             policy.progress_deadline_seconds,
             policy.auto_rollback,
+            policy.paused,
         )
         .select_from(Deployment)
         .join(ModelVersion, ModelVersion.id == Deployment.version_id)
@@ -241,6 +243,7 @@ def _canary(row: Any, sums: Any) -> LiveCanary:
         stable=_side(sums, "s"),
         policy=policy,
         policy_error=error,
+        paused=bool(row["paused"]),
     )
 
 

@@ -101,10 +101,10 @@ class SweepReport:
 
 
 def plan(session: Session, now: datetime) -> list[Assessment]:
-    """Phases 1 and 2: read every live canary (two statements, no lock) and decide each as of
-    `now`. Run it in a short unit of work of its own: the read holds no lock, and ending the
-    transaction ends its snapshot."""
-    return assess(read_live_canaries(session), now)
+    """Phases 1 and 2: read every live canary of a tenant not paused (two statements, no lock)
+    and decide each as of `now`. Run it in a short unit of work of its own: the read holds no
+    lock, and ending the transaction ends its snapshot."""
+    return assess([c for c in read_live_canaries(session) if not c.paused], now)
 
 
 def item_of(assessment: Assessment) -> SweepItem:

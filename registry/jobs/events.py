@@ -10,15 +10,33 @@ from functools import partial
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from registry import clock, dialect, messages, validation
+from registry import audit_events, clock, dialect, messages, validation
+from registry.errors import EventClaimRefused, FtdeployError
 from registry.masking import mask
-from registry.models import EventState, JobEvent
+from registry.models import EventState, FinetuningRun, JobEvent, Tenant
+from registry.tenants import find_tenant
 
 
 def accept_event(session: Session, job_id: str, tenant: str | None, source: str) -> JobEvent:
     """Record that an event for `job_id` arrived. Idempotent (one row per job, whatever the
     number of deliveries); safe under concurrency (INSERT … ON CONFLICT DO NOTHING). An event
-    that had failed is reopened, so a redelivery after a fix (say, the tenant now exists) runs."""
+    that had failed is reopened, so a redelivery after a fix (say, the tenant now exists) runs.
+    A finished or attributed event is never given another tenant (see `claim_event`)."""
+    return claim_event(session, job_id, tenant, source)[0]
+
+
+def claim_event(
+    session: Session, job_id: str, tenant: str | None, source: str
+) -> tuple[JobEvent, EventClaimRefused | None]:
+    """`accept_event`, telling the door whether the tenant it named was refused.
+
+    An event belongs to a tenant once its job has a run row or it names an existing tenant.
+    Naming another tenant for such an event (or for one that is done) changes nothing on it:
+    the refusal is written to the audit trail of the tenant the event keeps, in the caller's
+    transaction, and returned (not raised) so the door can commit it and then report it. An
+    event without a tenant (say, a webhook whose job had no `metadata["tenant"]`) takes the one
+    named, and is reopened if it had failed: that is how such an event is fixed.
+    """
     job_id = validation.job_id(job_id)
     tenant = validation.optional_tenant_ref(tenant)
     now = clock.now()
@@ -42,22 +60,73 @@ def accept_event(session: Session, job_id: str, tenant: str | None, source: str)
         .where(JobEvent.openai_job_id == job_id)
         .execution_options(populate_existing=True)
     ).one()
-    if event.tenant_hint is None and tenant is not None:
+    owner = _owner(session, event)
+    if tenant is not None and owner is not None and not _names(owner, tenant):
+        refusal = EventClaimRefused(job_id, event.state, owner.slug, tenant)
+        audit_events.record_audit_event(
+            session,
+            owner.id,
+            audit_events.EVENT_CLAIM_REFUSED,
+            actor=source,
+            reason=str(refusal),
+            subject=f"job {job_id}",
+            changes={
+                "before": {"tenant": owner.slug},
+                "after": {"tenant": owner.slug},
+                "refused": {"tenant": tenant, "source": source},
+            },
+        )
+        return event, refusal
+    if event.state == EventState.DONE:
+        return event, None  # finished: nothing on it changes
+    if tenant is not None and owner is None:
         event.tenant_hint = tenant
     if event.state == EventState.FAILED:
         event.state = EventState.RECEIVED
         event.attempts = 0
         event.updated_at = now
     session.flush()
-    return event
+    return event, None
 
 
-def publish_event(session: Session, job_id: str, tenant: str | None, source: str) -> JobEvent:
-    """Accept the event (`accept_event`) and hand it to the worker after the commit; once the
+def _owner(session: Session, event: JobEvent) -> Tenant | None:
+    """The tenant the event belongs to: its run's, else the existing tenant it names."""
+    tenant_id = session.scalar(
+        select(FinetuningRun.tenant_id).where(FinetuningRun.openai_job_id == event.openai_job_id)
+    )
+    if tenant_id is not None:
+        return session.get(Tenant, tenant_id)
+    if event.tenant_hint is None:
+        return None
+    try:
+        return find_tenant(session, event.tenant_hint)
+    except FtdeployError:  # names no tenant (or not a valid one): the event is not attributed
+        return None
+
+
+def _names(tenant: Tenant, ref: str) -> bool:
+    return ref in (tenant.slug, str(tenant.id))
+
+
+def publish_event(
+    session: Session, job_id: str, tenant: str | None, source: str
+) -> EventClaimRefused | None:
+    """Claim the event (`claim_event`) and hand it to the worker after the commit; once the
     broker has it, the event is marked enqueued. A crash or a failed send in between leaves the
-    event unenqueued, and the reconciler (`reconcile`) sends it again: the task is idempotent."""
-    event = accept_event(session, job_id, tenant, source)
-    _send(session, event.openai_job_id, tenant)
+    event unenqueued, and the reconciler (`reconcile`) sends it again: the task is idempotent.
+    A refused claim sends nothing; the refusal is returned for the door to raise after it has
+    committed the audit event."""
+    event, refusal = claim_event(session, job_id, tenant, source)
+    if refusal is None:
+        _send(session, event.openai_job_id, tenant)
+    return refusal
+
+
+def republish_event(session: Session, job_id: str) -> JobEvent:
+    """Re-open a failed event (as a redelivery does) and send it to the worker again after the
+    commit, with the tenant it already names."""
+    event = accept_event(session, job_id, None, "retry")
+    _send(session, event.openai_job_id, event.tenant_hint)
     return event
 
 

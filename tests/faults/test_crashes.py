@@ -42,6 +42,15 @@ def test_pool_process_killed_before_and_after_the_commit(stack: FaultStack) -> N
 
     ended = stack.wait_ended(jobs, 60)
     assert {job: view.state for job, view in ended.items()} == dict.fromkeys(jobs, "done")
+    # The attempt killed after its commit ended the event before it died: its redelivery comes
+    # once the worker has noticed the lost process. Wait for it, then check everything below.
+    again = [before, after]
+    stack.wait(
+        lambda: all((v := stack.event(j)) and v.attempts >= 2 and not v.in_flight for j in again),
+        60,
+        "both killed events to be attempted again",
+    )
+    ended = stack.wait_ended(jobs, 60)
     data = stack.tmp / "data"
     # Both crashes happened (the markers), and each killed attempt was run again.
     assert (data / f"crashed-before_commit-{before}").exists()

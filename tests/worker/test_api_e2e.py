@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx2
 import pytest
@@ -22,9 +24,7 @@ def api(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiStack]:
     tmp = tmp_path_factory.mktemp("api")
-    with api_stack(
-        request, tmp, stream_poll_seconds=0.2, stream_heartbeat_seconds=1, api_key_cache_seconds=0.2
-    ) as stack:
+    with api_stack(request, tmp, stream_heartbeat_seconds=1, api_key_cache_seconds=0.2) as stack:
         add_tenant("acme", versions=2)
         add_tenant("beta")
         stack.key("admin", "admin")
@@ -291,5 +291,106 @@ def test_stream_shows_a_cli_promote_of_a_visible_tenant_only(api: ApiStack) -> N
     api.stack.wait(lambda: any(e.get("etag") == etag for e in seen), 15, "the routing event")
     stop.set()
     api.stack.wait(lambda: any("heartbeat" in c for c in comments), 5, "a heartbeat")
-    assert {e["tenant"] for e in seen} == {"live"}
+    assert {e["tenant"] for e in seen} == {_tenant_id("live")}
     thread.join(10)
+
+
+def _tenant_id(slug: str) -> str:
+    from sqlalchemy import select
+
+    from registry.db import unit_of_work
+    from registry.models import Tenant
+
+    with unit_of_work() as session:
+        return str(session.scalars(select(Tenant.id).where(Tenant.slug == slug)).one())
+
+
+def _promoted_at(slug: str) -> datetime:
+    """When the tenant's newest traffic change was written (in its transaction, before the
+    commit): a propagation measured from it includes the commit."""
+    from sqlalchemy import select
+
+    from registry.db import unit_of_work
+    from registry.models import Tenant, TrafficEvent
+
+    with unit_of_work() as session:
+        return session.scalars(
+            select(TrafficEvent.created_at)
+            .join(Tenant, Tenant.id == TrafficEvent.tenant_id)
+            .where(Tenant.slug == slug)
+            .order_by(TrafficEvent.id.desc())
+            .limit(1)
+        ).one()
+
+
+def test_stream_announces_a_cli_promote_within_the_propagation_bound(api: ApiStack) -> None:
+    """Commit (by the worker, for `ftdeploy promote --wait`) to the event on an open stream,
+    measured with the wall clock the worker wrote the audit event with: under 1 s."""
+    add_tenant("swift", versions=2)
+    api.key("serve-swift", "serve", "swift")
+    swift = _tenant_id("swift")
+    arrivals: list[tuple[float, dict[str, str]]] = []
+    connected = threading.Event()
+
+    def listen() -> None:
+        with api.client("serve-swift") as client, client.stream("GET", "/v1/stream") as response:
+            kind = None
+            for line in response.iter_lines():
+                if line.startswith(":"):
+                    connected.set()
+                elif line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and kind == "routing":
+                    arrivals.append((time.time(), json.loads(line.split(":", 1)[1])))
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert connected.wait(10), "the stream did not open"
+    assert cli.main(["promote", "swift", "1", "--traffic", "25", "--wait", "--timeout", "30"]) == 0
+    api.stack.wait(lambda: arrivals, 5, "the routing event")
+    arrived, data = arrivals[0]
+    with api.client("serve-swift") as client:
+        etag = client.get("/v1/tenants/swift/routing").headers["etag"]
+    assert data == {"tenant": swift, "etag": etag}
+    propagation = arrived - _promoted_at("swift").timestamp()
+    print(f"\nstream propagation, audit event written -> SSE event received: {propagation:.3f} s")
+    assert 0 <= propagation < 1.0, propagation
+    thread.join(5)
+
+
+def test_stream_says_resync_when_the_servers_feed_reconnects(api: ApiStack) -> None:
+    """The server's change feed loses its connection: changes may have been missed while it
+    reconnects, so every stream is told to revalidate (`event: resync`)."""
+    from sqlalchemy import text
+
+    from registry.change_feed import APPLICATION_NAME
+    from registry.db import unit_of_work
+
+    events: list[str] = []
+    connected = threading.Event()
+
+    def listen() -> None:
+        with api.client("serve-acme") as client, client.stream("GET", "/v1/stream") as response:
+            for line in response.iter_lines():
+                if line.startswith(":"):
+                    connected.set()
+                elif line.startswith("event:"):
+                    events.append(line.split(":", 1)[1].strip())
+                    if events[-1] == "resync":
+                        return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert connected.wait(10), "the stream did not open"
+    with unit_of_work() as session:  # every listening feed (the server's among them) is cut
+        cut = session.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = :name"
+            ),
+            {"name": APPLICATION_NAME},
+        ).all()
+    assert cut, "no routing feed was listening"
+    api.stack.wait(lambda: "resync" in events, 15, "the resync event")
+    thread.join(5)

@@ -35,6 +35,8 @@ VERSION_KEYS = {
     "metrics",
     "created_at",
     "deployed_at",
+    "rolled_back",
+    "rolled_back_at",
 }
 
 
@@ -130,7 +132,15 @@ def test_versions_json_and_table(cli_db: str, capsys: pytest.CaptureFixture[str]
     code, out, err = run(capsys, "versions", "acme")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["VERSION", "STATUS", "TRAFFIC", "MODEL", "DEPLOYED"]
+    assert lines[0].split() == [
+        "VERSION",
+        "STATUS",
+        "TRAFFIC",
+        "MODEL",
+        "DEPLOYED",
+        "ROLLED",
+        "BACK",
+    ]
     assert lines[2].split()[:3] == ["v2", "production", "20%"]
     assert lines[3].split()[:3] == ["v1", "production", "80%"]
 
@@ -148,15 +158,17 @@ def test_history(cli_db: str, capsys: pytest.CaptureFixture[str]) -> None:
         deploy_new(session, tenant)
         versions.promote(session, tenant.slug, 2, 100, actor="alice", reason="looks good")
 
-    events = ok_json(capsys, "history", "acme")
-    assert isinstance(events, list)
+    trail = ok_json(capsys, "history", "acme")
+    assert isinstance(trail, list)
+    events = [e for e in trail if e["kind"] == "traffic"]
     assert [(e["action"], e["version"], e["before"], e["after"]) for e in events] == [
         ("promote", 2, {"1": 80, "2": 20}, {"2": 100}),
         ("deploy", 2, {"1": 100}, {"1": 80, "2": 20}),
         ("deploy", 1, {}, {"1": 100}),
     ]
     assert (events[0]["actor"], events[0]["reason"]) == ("alice", "looks good")
-    assert set(events[0]) == {"at", "action", "version", "actor", "reason", "before", "after"}
+    keys = {"kind", "at", "action", "version", "actor", "reason", "before", "after"}
+    assert all(set(e) == keys for e in trail)
 
     assert len(ok_json(capsys, "history", "acme", "--limit", "1")) == 1  # type: ignore[arg-type]
     code, out, err = run(capsys, "history", "acme")

@@ -102,7 +102,6 @@ def api(
         request,
         tmp,
         outcome_bucket_seconds=1,
-        stream_poll_seconds=0.2,
         stream_heartbeat_seconds=2,
         api_key_cache_seconds=0.2,
     ) as stack:

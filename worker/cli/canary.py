@@ -113,9 +113,15 @@ def status_row(assessment: Assessment, now: datetime) -> dict[str, Any]:
         "value": decision.metric_value if decision else None,
         "threshold": policy.threshold if policy else None,
         "stable_requests": canary.stable.requests,
-        "next": assessment.action,
-        "next_percent": decision.next_percent if decision else None,
-        "reason": assessment.reason,
+        "next": "paused" if canary.paused else assessment.action,
+        "next_percent": None if canary.paused or not decision else decision.next_percent,
+        "reason": (
+            f"the tenant is paused (`ftdeploy tenant resume {canary.tenant}`); "
+            f"unpaused it would {assessment.action}: {assessment.reason}"
+            if canary.paused
+            else assessment.reason
+        ),
+        "paused": canary.paused,
     }
 
 

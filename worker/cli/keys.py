@@ -98,6 +98,7 @@ def add_commands(commands: Commands) -> None:
         cmd_serve,
         "serve the HTTP API (and the webhook receiver when FTDEPLOY_WEBHOOK_SECRET is set)",
         json_out=False,
+        database=False,
     )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)

@@ -28,7 +28,8 @@ def add_commands(commands: Commands) -> None:
             sub.add_argument("--traffic", type=int, default=100, metavar="N", help="1..100")
         sub.add_argument("--wait", action="store_true", help="wait for the result")
         sub.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
-        sub.add_argument("--actor", default="cli", help="who asks (kept in the audit trail)")
+        sub.add_argument("--reason", help="why (kept on the operation and in the audit trail)")
+        output.add_actor(sub)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -45,7 +46,12 @@ def _queue(args: argparse.Namespace, kind: OperationKind, **arguments: Any) -> i
     with unit_of_work() as session:
         # The worker is asked to run it after the commit.
         operation = operations.submit_operation(
-            session, args.slug, kind, actor=args.actor, **arguments
+            session,
+            args.slug,
+            kind,
+            actor=output.actor(args),
+            reason=args.reason,
+            **arguments,
         )
         operation_id = str(operation.id)
     if not args.wait:

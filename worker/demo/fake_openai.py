@@ -14,8 +14,9 @@ Guarantees:
   or stored; only a masked form appears in a 401 body, as OpenAI does.
 - Thread-safe; binds 127.0.0.1 by default (port 0 picks a free port); `stop()` returns promptly
   even while a slow reply is pending, and closes kept-alive connections.
-- Stdlib only, so it runs anywhere the tests do. `python -m worker.demo.fake_openai --port N`
-  runs it in the foreground; the `/_fake/…` admin API scripts it from another process.
+- Stdlib only, so it runs anywhere the tests do. `ftdeploy fake-openai --port N` (or
+  `python -m worker.demo.fake_openai --port N`) runs it in the foreground; the `/_fake/…` admin
+  API scripts it from another process.
 """
 
 from __future__ import annotations
@@ -223,19 +224,41 @@ class FakeOpenAI:
             return self._files.get(file_id)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the fake in the foreground until SIGINT/SIGTERM; prints its base URL first."""
-    parser = argparse.ArgumentParser(prog="python -m worker.demo.fake_openai", description=__doc__)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m worker.demo.fake_openai") -> int:
+    """Runs the fake in the foreground until SIGINT/SIGTERM; prints its base URL first, then
+    what to set to point ftdeploy at it. `--job ID[:TENANT]` adds a job that has succeeded."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--job",
+        action="append",
+        default=[],
+        metavar="ID[:TENANT]",
+        help="a succeeded job to serve (repeatable); TENANT goes in its metadata",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with FakeOpenAI(args.host, args.port) as fake:
+        for spec in args.job:
+            job_id, _, tenant = spec.partition(":")
+            fake.add_job(job_id, tenant=tenant or None)
         # The line a parent process waits for: the server is accepting once it is printed.
         print(f"fake OpenAI listening on {fake.base_url}", flush=True)
+        root = fake.base_url.removesuffix("/v1")
+        print(
+            "point ftdeploy (the CLI, the worker) at it with:\n"
+            f"  export OPENAI_BASE_URL={fake.base_url}\n"
+            "  export OPENAI_API_KEY=sk-fake  (any value: the fake only wants one)\n"
+            "add a succeeded job (its tenant in metadata, as a webhook needs):\n"
+            f"  curl -X POST {root}/_fake/jobs -d "
+            """'{"job_id": "ftjob-1", "tenant": "acme"}'\n"""
+            "stop with Ctrl-C",
+            flush=True,
+        )
         while not stop.wait(0.5):
             pass
     return 0

@@ -13,12 +13,12 @@ import logging
 from fastapi import FastAPI
 
 from registry.db import session_factory
-from registry.routing import default_router
+from registry.routing import change_feed, default_router
 from registry.settings import Settings, get_settings
 from worker import web
 from worker.http import operators, outcomes, pages, problems, serving
 from worker.http.auth import KeyCache
-from worker.http.changes import PollingFeed
+from worker.http.changes import Announcer
 from worker.logs import event
 
 log = logging.getLogger("ftdeploy.http")
@@ -47,10 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     sessions = session_factory()
     app.state.settings = settings
     app.state.keys = KeyCache(sessions, settings.api_key_cache_seconds)
-    app.state.serving = serving.Serving(default_router(), sessions)
-    app.state.feed = PollingFeed(
-        sessions, settings.stream_poll_seconds, on_change=app.state.serving.invalidate
-    )
+    router = default_router()  # subscribes to the change feed: it hears of changes first
+    app.state.serving = serving.Serving(router, sessions)
+    # The change stream, from the same feed (the Router's; without one, the process's).
+    app.state.announcer = Announcer(router, lambda: router.feed or change_feed())
     # The routes themselves, not included routers: `app.routes` lists every APIRoute, which the
     # route-walk tests read (authorization on each, a tenant-isolation case for each).
     for module in (serving, outcomes, operators):

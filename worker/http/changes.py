@@ -1,15 +1,17 @@
-"""Which tenants' splits changed: the change stream's source, behind a small interface.
+"""The change stream's source: the process's routing change feed, fanned out to the open streams.
 
-`ChangeFeed.subscribe()` registers a subscriber and returns once it is registered: every change
-committed after that is delivered to it, as a set of tenant ids, by `Subscription.next()`. The
-feed here polls the audit trail (`ai_traffic_events`, written in the same transaction as every
-traffic change) every `FTDEPLOY_STREAM_POLL_SECONDS`, one small query per process however many
-subscribers there are, only while there is at least one. It is meant to be replaced by the
-process's change feed (PostgreSQL LISTEN/NOTIFY) behind the same two methods.
+One `Announcer` per app subscribes to the change feed (`registry.routing.change_feed()`: the one
+feed per process and database that also keeps the Router fresh) while at least one stream is
+open. For each batch of changed tenants it computes, once for the process, each tenant's new
+routing document ETag from the Router's current snapshot, then hands `(tenant id, etag)` to
+every open stream, which keeps what its key may see. So a change costs one read per process
+(the Router's re-read of that tenant, which the next request would have made anyway), however
+many streams are open. A resync batch ("changes may have been missed") is passed on as such: the
+streams tell their clients to revalidate every document they hold.
 
-Event ids are assigned when a transaction writes them, not when it commits, so a change may
-appear below one already seen: the poll re-reads a window of the last few polls' ids and
-remembers which it has delivered.
+The feed's thread only hands batches to the event loop; the reads run in the loop's thread pool,
+never on the loop or on the feed's thread. Guarantee, for a stream: every change committed after
+`Announcer.open()` returned is announced on it (or covered by a resync), in commit order.
 """
 
 from __future__ import annotations
@@ -18,120 +20,161 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from registry.models import TrafficEvent
+from registry.change_feed import ChangeBatch, ChangeFeed
+from registry.errors import FtdeployError
+from registry.routing import Router
+from worker.http import documents
 from worker.logs import event
 
 log = logging.getLogger("ftdeploy.http")
-WINDOW_POLLS = 10  # how far back (in polls) a late-committing change is still found
-QUEUE_LIMIT = 1000
+# Tenants waiting to be sent on one stream before it is told to resync instead.
+PENDING_LIMIT = 10_000
 
 
-class Subscription(Protocol):
-    async def next(self, timeout: float) -> frozenset[uuid.UUID] | None:
-        """The tenants changed since the last call, or None after `timeout` seconds."""
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Tenants whose document changed (id -> the new document's ETag), or a resync."""
 
-    def close(self) -> None: ...
-
-
-class ChangeFeed(Protocol):
-    async def subscribe(self) -> Subscription: ...
+    etags: Mapping[uuid.UUID, str] = field(default_factory=dict)
+    resync: bool = False
 
 
-class _Queue:
-    def __init__(self, feed: PollingFeed) -> None:
-        self._feed = feed
-        self.queue: asyncio.Queue[frozenset[uuid.UUID]] = asyncio.Queue(QUEUE_LIMIT)
+class Stream:
+    """One open stream's pending changes, merged (a tenant changed twice is sent once, with its
+    newest tag) and bounded (past `PENDING_LIMIT` tenants, one resync). Lives on the loop."""
 
-    async def next(self, timeout: float) -> frozenset[uuid.UUID] | None:
+    def __init__(self, announcer: Announcer, sees: Callable[[uuid.UUID], bool]) -> None:
+        self._announcer = announcer
+        self._sees = sees
+        self._etags: dict[uuid.UUID, str] = {}
+        self._resync = False
+        self._ready = asyncio.Event()
+
+    def put(self, changes: Changes) -> None:
+        if changes.resync:
+            self._resync, self._etags = True, {}
+        elif not self._resync:
+            self._etags.update((t, e) for t, e in changes.etags.items() if self._sees(t))
+            if len(self._etags) > PENDING_LIMIT:  # a stalled client: it revalidates instead
+                self._resync, self._etags = True, {}
+        if self._resync or self._etags:
+            self._ready.set()
+
+    async def next(self, timeout: float) -> Changes | None:
+        """What changed since the last call, or None when nothing did within `timeout` s."""
         try:
-            first = await asyncio.wait_for(self.queue.get(), timeout)
+            await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
             return None
-        merged = set(first)
-        while not self.queue.empty():
-            merged |= self.queue.get_nowait()
-        return frozenset(merged)
-
-    def put(self, changed: frozenset[uuid.UUID]) -> None:
-        with contextlib.suppress(asyncio.QueueFull):  # a stalled client: it gets a later change
-            self.queue.put_nowait(changed)
+        changes = Changes(self._etags, self._resync)
+        self._etags, self._resync = {}, False
+        self._ready.clear()
+        return changes
 
     def close(self) -> None:
-        self._feed.unsubscribe(self)
+        self._announcer.closed(self)
 
 
-class PollingFeed:
-    """A ChangeFeed that polls the audit trail. One per process (per event loop)."""
+class Announcer:
+    """The app's fan-out of the change feed to its streams (see the module docstring)."""
 
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        interval: float,
-        on_change: Callable[[frozenset[uuid.UUID]], None] | None = None,
-    ) -> None:
-        self._sessions = sessions
-        self._interval = interval
-        self._on_change = on_change
-        self._subscribers: set[_Queue] = set()
+    def __init__(self, router: Router, feed: Callable[[], ChangeFeed]) -> None:
+        self._router = router
+        self._feed = feed
+        self._streams: set[Stream] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._pending: dict[uuid.UUID, int] = {}  # tenant id -> generation, not yet announced
+        self._resync = False
+        self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._floors: deque[int] = deque(maxlen=WINDOW_POLLS)
-        self._seen: set[int] = set()
-        self.polls = 0
+        self.computed = 0  # tenants whose tag was computed, for tests
 
-    async def subscribe(self) -> Subscription:
-        subscription = _Queue(self)
+    async def open(self, sees: Callable[[uuid.UUID], bool]) -> Stream:
+        """A stream of the changes of the tenants `sees` admits, from now on."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first stream, or an app reused on another loop
+            self._stop()
+            self._loop, self._wake = loop, asyncio.Event()
+        stream = Stream(self, sees)
+        self._streams.add(stream)
+        if self._unsubscribe is None:
+            feed = await run_in_threadpool(self._feed)
+            if self._unsubscribe is None and stream in self._streams:  # no other open won
+                self._unsubscribe = feed.subscribe(self._on_batch)
         if self._task is None or self._task.done():
-            # The baseline is read before the subscriber counts as registered.
-            top = await run_in_threadpool(self._top)
-            self._floors.clear()
-            self._floors.append(top)
-            self._seen.clear()
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        self._subscribers.add(subscription)
-        return subscription
+            self._task = loop.create_task(self._pump())
+        return stream
 
-    def unsubscribe(self, subscription: _Queue) -> None:
-        self._subscribers.discard(subscription)
+    def closed(self, stream: Stream) -> None:
+        self._streams.discard(stream)
+        if not self._streams:
+            self._stop()
 
-    async def _run(self) -> None:
-        while self._subscribers:
-            await asyncio.sleep(self._interval)
+    def _stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        self._pending, self._resync = {}, False
+        if self._wake is not None:
+            self._wake.set()  # the pump sees no stream and ends
+
+    # -- the feed's thread hands over; the loop merges ------------------------------------------
+
+    def _on_batch(self, batch: ChangeBatch) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the app is gone
+            loop.call_soon_threadsafe(self._merge, batch)
+
+    def _merge(self, batch: ChangeBatch) -> None:
+        if not self._streams or self._wake is None:
+            return
+        if batch.resync:
+            self._resync, self._pending = True, {}
+        elif not self._resync:
+            for tenant, generation in batch.tenants.items():
+                self._pending[tenant] = max(generation, self._pending.get(tenant, 0))
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while self._streams:
+            await wake.wait()
+            wake.clear()
+            pending, resync = self._pending, self._resync
+            self._pending, self._resync = {}, False
+            if resync:
+                changes = Changes(resync=True)
+            elif pending:
+                changes = Changes(await run_in_threadpool(self._etags, pending))
+            else:
+                continue
+            for stream in list(self._streams):
+                stream.put(changes)
+
+    def _etags(self, tenants: Mapping[uuid.UUID, int]) -> dict[uuid.UUID, str]:
+        """Each tenant's current document tag, from the Router (in a worker thread)."""
+        etags: dict[uuid.UUID, str] = {}
+        for tenant_id, generation in sorted(tenants.items()):
+            name = str(tenant_id)
             try:
-                changed = await run_in_threadpool(self._poll)
-            except SQLAlchemyError as error:
-                event(log, "stream.poll_failed", logging.WARNING, error=type(error).__name__)
-                continue
-            if not changed:
-                continue
-            if self._on_change is not None:
-                self._on_change(changed)
-            for subscriber in list(self._subscribers):
-                subscriber.put(changed)
-        self._task = None
-
-    def _top(self) -> int:
-        with self._sessions() as session:
-            return int(session.scalar(select(func.max(TrafficEvent.id))) or 0)
-
-    def _poll(self) -> frozenset[uuid.UUID]:
-        floor = self._floors[0]
-        with self._sessions() as session:
-            rows = session.execute(
-                select(TrafficEvent.id, TrafficEvent.tenant_id).where(TrafficEvent.id > floor)
-            ).all()
-        self.polls += 1
-        fresh = [(i, t) for i, t in rows if i not in self._seen]
-        self._seen = {i for i, _ in rows}
-        self._floors.append(max([floor, *(i for i, _ in rows)]))
-        # Forget ids that fell out of the window.
-        self._seen = {i for i in self._seen if i > self._floors[0]}
-        return frozenset(t for _, t in fresh)
+                snapshot = self._router.snapshot(name)
+                if snapshot.generation < generation:
+                    # The Router has not heard of this change yet (it hears first, as the
+                    # earlier subscriber, unless it lost its feed): make it re-read.
+                    self._router.invalidate({tenant_id: generation})
+                    snapshot = self._router.snapshot(name)
+                etags[tenant_id] = str(documents.for_snapshot(snapshot, snapshot.slug)["etag"])
+            except FtdeployError as error:  # gone, or unreadable now: the feed resyncs later
+                event(log, "stream.tenant_skipped", logging.INFO, tenant=name,
+                      error=type(error).__name__)  # fmt: skip
+        self.computed += len(tenants)
+        return etags

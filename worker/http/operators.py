@@ -66,8 +66,9 @@ def add_tenant(body: schemas.TenantIn, principal: AdminKey) -> dict[str, Any]:
         # A scoped key could not see the tenant it made; only unscoped admins add tenants.
         raise problems.Forbidden("a key scoped to tenants cannot add tenants")
     with unit_of_work() as session:
-        tenant = create_tenant(session, body.slug)
-        return records.policy(tenant, set_policy(session, tenant.id, _changes(body)))
+        tenant = create_tenant(session, body.slug, actor=principal.name)
+        changes = _changes(body)
+        return records.policy(tenant, set_policy(session, tenant.id, changes, actor=principal.name))
 
 
 @router.get("/v1/tenants/{tenant}/policy", response_model=schemas.Policy, responses=NOT_FOUND)
@@ -83,7 +84,8 @@ def change_policy(
 ) -> dict[str, Any]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
-        return records.policy(found, set_policy(session, found.id, _changes(body)))
+        changes = _changes(body)
+        return records.policy(found, set_policy(session, found.id, changes, actor=principal.name))
 
 
 @router.get(
@@ -244,7 +246,9 @@ def job_finished(
     with unit_of_work() as session:
         slug = visible_tenant(session, principal, tenant).slug if tenant else None
         # Sent to the worker after the commit, then marked enqueued (else the reconciler sends it).
-        events.publish_event(session, job_id, slug, "api")
+        refusal = events.publish_event(session, job_id, slug, "api")
+    if refusal is not None:
+        raise refusal  # after the commit: the refusal stays in the audit trail (409)
     return {"job_id": job_id, "tenant": slug, "queued": True}
 
 

@@ -186,6 +186,8 @@ class Policy(BaseModel):
     auto_rollback: bool
     require_evaluation: bool
     keep_deprecated: int
+    paused: bool = False
+    paused_reason: str | None = None
 
 
 class Version(BaseModel):
@@ -198,6 +200,8 @@ class Version(BaseModel):
     metrics: dict[str, Any]
     created_at: str | None
     deployed_at: str | None
+    rolled_back: bool = Field(default=False, description="rolled back: never restored again")
+    rolled_back_at: str | None = None
 
 
 class TrafficChange(BaseModel):
@@ -247,6 +251,7 @@ class CanaryStatus(BaseModel):
     next: str
     next_percent: int | None
     reason: str
+    paused: bool = False
 
 
 class PromoteIn(Strict):

@@ -22,13 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from registry import keys
-from registry.errors import FtdeployError, InvalidInput, TenantNotFound
+from registry.errors import InvalidInput, TenantNotFound
 from registry.models import KeyRole, Tenant
 from registry.routing import Router, Snapshot
 from registry.validation import as_uuid
 from worker.http import documents, problems, schemas
 from worker.http.auth import authorize
-from worker.http.changes import ChangeFeed
+from worker.http.changes import Announcer
 from worker.http.schemas import (
     OfrepFailure,
     OfrepNotFound,
@@ -86,13 +86,6 @@ class Serving:
                 self._slugs.clear()
             self._slugs[tenant_id] = slug
         return slug
-
-    def invalidate(self, tenant_ids: frozenset[uuid.UUID]) -> None:
-        """Changes seen by the change feed: the next answer for these tenants is re-read."""
-        self.router.invalidate(set(tenant_ids))
-        with self._lock:
-            for name in [n for n, s in self._last.items() if s.tenant_id in tenant_ids]:
-                self._last.pop(name, None)
 
 
 def _serving(request: Request) -> Serving:
@@ -165,31 +158,27 @@ async def routing(request: Request, tenant: schemas.TenantRef, principal: ServeK
     "/v1/stream",
     response_class=EventSourceResponse,
     responses=problems.common(),
-    summary="Server-sent events: a `routing` event each time a visible tenant's split changes",
+    summary="Server-sent events: `routing` when a visible tenant's split changes, `resync` when "
+    "changes may have been missed",
 )
 async def stream(request: Request, principal: ServeKey) -> AsyncIterable[ServerSentEvent]:
-    serving = _serving(request)
-    feed: ChangeFeed = request.app.state.feed
+    announcer: Announcer = request.app.state.announcer
     heartbeat: float = request.app.state.settings.stream_heartbeat_seconds
-    subscription = await feed.subscribe()
+    changes = await announcer.open(principal.sees)
     try:
         yield ServerSentEvent(comment="connected")
         while True:
-            changed = await subscription.next(heartbeat)
+            changed = await changes.next(heartbeat)
             if changed is None:
                 yield ServerSentEvent(comment="heartbeat")
-                continue
-            for tenant_id in sorted(t for t in changed if principal.sees(t)):
-                name = str(tenant_id)
-                try:
-                    snapshot = await serving.snapshot(principal, name)
-                    slug = await serving.slug(name, tenant_id)
-                except FtdeployError:
-                    continue  # the tenant is gone, or its split is unreadable right now
-                etag = documents.for_snapshot(snapshot, slug)["etag"]
-                yield ServerSentEvent(event="routing", data={"tenant": slug, "etag": etag})
+            elif changed.resync:
+                yield ServerSentEvent(event="resync", data={})
+            else:
+                for tenant_id, etag in sorted(changed.etags.items()):
+                    data = {"tenant": str(tenant_id), "etag": etag}
+                    yield ServerSentEvent(event="routing", data=data)
     finally:
-        subscription.close()
+        changes.close()
 
 
 def _ofrep(status: int, body: dict[str, Any]) -> JSONResponse:

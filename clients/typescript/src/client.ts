@@ -5,7 +5,8 @@
  * Freshness: one Server-Sent Events stream (`GET /v1/stream`) announces `routing` events
  * `{tenant, etag}`; a tenant whose etag differs from ours is refetched
  * (`GET /v1/tenants/{tenant}/routing`, with `If-None-Match`). Each time the stream (re)opens,
- * every tenant is revalidated, so nothing announced while it was down is missed. While the stream
+ * every tenant is revalidated, so nothing announced while it was down is missed, and so on a
+ * `resync` event (the server may have missed changes). While the stream
  * is down the client polls every tenant instead, and reconnects with exponential backoff and
  * full jitter. Whatever fails, the last document each tenant had keeps serving.
  */
@@ -459,6 +460,11 @@ export class Ftdeploy {
   // -- the change stream's events and the fallback polling -----------------------------------
 
   #onEvent(event: SseEvent): void {
+    if (event.type === "resync") {
+      // The server may have missed changes: revalidate everything, as when the stream opens.
+      for (const entry of this.#entries) void this.#refresh(entry);
+      return;
+    }
     if (event.type !== "routing") return;
     let tenant: unknown;
     let etag: unknown;

@@ -56,6 +56,11 @@ export class FakeServer {
     for (const res of this.streams) res.write(`event: routing\ndata: ${JSON.stringify({ tenant, etag })}\n\n`);
   }
 
+  /** Tells every open stream that changes may have been missed. */
+  resync() {
+    for (const res of this.streams) res.write("event: resync\ndata: {}\n\n");
+  }
+
   /** Ends every open stream (the connection drops, the server stays up). */
   dropStreams() {
     for (const res of this.streams) {

@@ -88,6 +88,20 @@ test("an announced change is fetched; an announcement of the etag we have is not
   assert.equal(last.headers["if-none-match"], canary10.document.etag);
 });
 
+test("a resync event revalidates every document, announced or not", async (t) => {
+  const { server, client } = await setup(t, { pollIntervalMs: 60_000 });
+  await client.ready();
+  await until(() => server.streams.size === 1, 2000, "the stream");
+  await until(() => server.count("GET", `/v1/tenants/${SLUG}/routing`) >= 2, 2000, "the first loads");
+  server.setDocument(canary25.document); // changed, never announced
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(client.document(SLUG).etag, canary10.document.etag);
+  server.resync();
+  await until(() => client.document(SLUG).etag === canary25.document.etag, 2000, "revalidation");
+  agrees(client, SLUG, canary25);
+  assert.equal(server.streamConnections, 1); // on the same connection
+});
+
 test("the same document again keeps its memo (304)", async (t) => {
   const { server, client } = await setup(t, { stream: false, pollIntervalMs: 20 });
   await client.ready();

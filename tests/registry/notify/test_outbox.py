@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import operations
+from registry import operations, tenants
 from registry.jobs import events, pipeline
 from registry.notify import outbox as outbox_module
 from registry.notify.models import NotificationDelivery
@@ -130,3 +130,19 @@ def test_emit_refuses_an_unknown_type(sessions: sessionmaker[Session]) -> None:
             outbox_module.emit(session, None, EventType.TENANT_PAUSED, {}, dedupe_key="k") is None
         )
     assert [r.seq for r in outbox(sessions)] == [1, 2]
+
+
+def test_pause_and_resume_are_told_once_each(sessions: sessionmaker[Session]) -> None:
+    add(sessions, "all")
+    with sessions() as session, session.begin():
+        make_tenant(session, "held")
+    for _ in range(2):  # the second pause and resume change nothing, so tell nothing
+        with sessions() as session, session.begin():
+            tenants.pause_tenant(session, "held", actor="ops", reason="incident 42")
+    with sessions() as session, session.begin():
+        tenants.resume_tenant(session, "held", actor="ops")
+    with sessions() as session, session.begin():
+        tenants.resume_tenant(session, "held", actor="ops")
+    told = [e for e in outbox(sessions) if e.type.startswith("tenant.")]
+    assert [e.type for e in told] == [EventType.TENANT_PAUSED, EventType.TENANT_RESUMED]
+    assert told[0].data["reason"] == "incident 42" and told[0].data["actor"] == "ops"

@@ -30,7 +30,7 @@ from registry.views import fleet, preview, tenant
 from registry.views.splits import shares
 from worker.http import schemas
 from worker.http.auth import visible_tenant
-from worker.http.changes import ChangeFeed
+from worker.http.changes import Announcer
 from worker.http.operators import _queue as queue_operation  # the API's own door
 from worker.http.pages import render
 from worker.http.pages.sessions import Viewer, viewer
@@ -238,22 +238,25 @@ async def stream(request: Request, who: Reader) -> AsyncIterable[ServerSentEvent
     """A `change` event naming each visible tenant whose split changed: the page re-reads its
     fragments. The session's cookie is enough (EventSource sends no headers of its own)."""
     serving: Serving = request.app.state.serving
-    feed: ChangeFeed = request.app.state.feed
+    announcer: Announcer = request.app.state.announcer
     heartbeat: float = request.app.state.settings.stream_heartbeat_seconds
-    subscription = await feed.subscribe()
+    changes = await announcer.open(who.principal.sees)
     try:
         # Subscribed: every change from now on has its event; the page re-reads what it shows.
         yield ServerSentEvent(event="ready", data={}, retry=2000)
         while True:
-            changed = await subscription.next(heartbeat)
+            changed = await changes.next(heartbeat)
             if changed is None:
                 yield ServerSentEvent(comment="heartbeat")
                 continue
-            for tenant_id in sorted(t for t in changed if who.principal.sees(t)):
+            if changed.resync:  # changes may have been missed: the page re-reads everything
+                yield ServerSentEvent(event="ready", data={})
+                continue
+            for tenant_id in sorted(changed.etags):
                 try:
                     slug = await serving.slug(str(tenant_id), tenant_id)
                 except FtdeployError:
                     continue  # the tenant is gone
                 yield ServerSentEvent(event="change", data={"tenant": slug})
     finally:
-        subscription.close()
+        changes.close()

@@ -98,7 +98,9 @@
       var slot = form.querySelector(".preview-slot");
       if (!slot) return;
       var pending = null;
+      var latest = 0;  // answers can arrive out of order: only the newest request's is shown
       var update = function () {
+        var ticket = ++latest;
         var params = new URLSearchParams();
         params.set("action", form.dataset.action);
         ["version", "percent"].forEach(function (name) {
@@ -107,7 +109,7 @@
         });
         fetch(form.dataset.preview + "?" + params.toString(), { credentials: "same-origin" })
           .then(function (response) { return response.ok ? response.text() : null; })
-          .then(function (html) { if (html !== null) slot.innerHTML = html; })
+          .then(function (html) { if (html !== null && ticket === latest) slot.innerHTML = html; })
           .catch(function () {});
       };
       form.addEventListener("input", function (event) {
