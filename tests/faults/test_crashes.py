@@ -32,11 +32,21 @@ def _tenant_with_jobs(stack: FaultStack, slug: str, jobs: list[str], **job: obje
         stack.fake.add_job(job_id, statuses=("succeeded",), tenant=slug, **job)  # type: ignore[arg-type]
 
 
+# A pool process that kills itself is noticed by its worker through the process's sentinel, or at
+# the latest by the pool's maintenance every 5 s. On a loaded machine the second can come after
+# conftest's 4 s hard time limit, which then acks the message as timed out instead of having it
+# redelivered: workers whose processes kill themselves get a time limit above that interval.
+SELF_KILLING = {
+    "FTDEPLOY_TASK_TIME_LIMIT_SECONDS": "8",
+    "FTDEPLOY_VISIBILITY_TIMEOUT_SECONDS": "10",
+}
+
+
 def test_pool_process_killed_before_and_after_the_commit(stack: FaultStack) -> None:
     before, after, plain = "ftjob-kill-before", "ftjob-kill-after", "ftjob-kill-none"
     jobs = [before, after, plain]
     _tenant_with_jobs(stack, "killed", jobs)
-    worker = stack.worker(crash={before: "before_commit", after: "after_commit"})
+    worker = stack.worker(crash={before: "before_commit", after: "after_commit"}, env=SELF_KILLING)
     for job in jobs:
         assert cli.main(["job-finished", job]) == 0
 
@@ -132,7 +142,7 @@ def test_poison_event_is_failed_after_bounded_crashes_and_the_queue_moves_on(
 ) -> None:
     poison, others = "ftjob-poison", ["ftjob-after-poison-1", "ftjob-after-poison-2"]
     _tenant_with_jobs(stack, "poisoned", [poison, *others])
-    worker = stack.worker(crash={poison: "poison"})
+    worker = stack.worker(crash={poison: "poison"}, env=SELF_KILLING)
     assert cli.main(["job-finished", poison]) == 0
     for job in others:
         assert cli.main(["job-finished", job]) == 0
