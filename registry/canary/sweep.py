@@ -8,8 +8,9 @@ three phases:
 2. decide: `analysis.decide` for each, as of `now` (`canaries.assess`); pure;
 3. `apply` each step, promotion or rollback in its own unit of work: lock the tenant, re-check
    under the lock that the deployment is still active with auto-promote on, and that its version
-   is still in production at the traffic and with the step start that were read. If anything
-   moved (an operator's rollback or promotion, another sweep's step), the action is skipped: the
+   is still in production at the traffic and with the step start that were read, and that the
+   tenant was not paused since. If anything moved (an operator's rollback, promotion or pause,
+   another sweep's step), the action is skipped: the
    state it was decided on is gone, and the next sweep decides afresh. This is what makes two
    beats, or a slow sweep overlapping the next one, act once: the first to take the lock changes
    the traffic or the status (and restarts the step), so the second finds its read stale.
@@ -43,7 +44,13 @@ from registry import clock, versions
 from registry.canary.analysis import Action
 from registry.canary.canaries import Assessment, LiveCanary, assess, read_live_canaries
 from registry.db import lock_tenant
-from registry.models import Deployment, DeploymentStatus, ModelVersion, VersionStatus
+from registry.models import (
+    Deployment,
+    DeploymentPolicy,
+    DeploymentStatus,
+    ModelVersion,
+    VersionStatus,
+)
 from registry.notify import notices
 
 ACTOR = "auto"
@@ -172,6 +179,12 @@ def _moved(session: Session, canary: LiveCanary) -> str | None:
         )
     if deployment.step_started_at != canary.step_started_at:
         return "its step restarted since it was read"
+    policy = session.get(DeploymentPolicy, canary.tenant_id, populate_existing=True)
+    if policy is not None and policy.paused:
+        # Paused after the plan was read: an operator's pause wins over a decision made before it.
+        return (
+            f"auto-promotion was paused since it was read ({policy.paused_reason or 'no reason'})"
+        )
     return None
 
 

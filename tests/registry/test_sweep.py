@@ -21,7 +21,7 @@ from registry.canary.canaries import Assessment
 from registry.db import session_factory, unit_of_work
 from registry.errors import InvariantViolation, NothingToRollBack
 from registry.models import DeploymentPolicy, OutcomeCounter, Tenant
-from registry.tenants import PolicyChanges, set_policy
+from registry.tenants import PolicyChanges, pause_tenant, set_policy
 from tests.factories import deploy_new, make_tenant
 from tests.registry.canary_support import (
     POLICY,
@@ -171,6 +171,21 @@ def test_operator_promotion_between_read_and_apply_is_not_overridden(
     item = apply(sessions, planned)
     assert not item.applied and item.skipped == "v2 is production at 30% now, not at 10%"
     assert split(sessions, tenant_id) == {1: 70, 2: 30}
+
+
+def test_pause_between_read_and_apply_holds_the_canary(
+    sessions: sessionmaker[Session], clock: Clock
+) -> None:
+    tenant_id, slug = canary_tenant(sessions)
+    record(sessions, slug, 2, ok=100, failed=0, at=clock())
+    [planned] = plan(sessions, clock.advance(70))
+    assert planned.action == "step"
+    with sessions() as session, session.begin():
+        pause_tenant(session, slug, actor="operator:carol", reason="incident 7")
+    item = apply(sessions, planned)
+    assert not item.applied
+    assert item.skipped == "auto-promotion was paused since it was read (incident 7)"
+    assert split(sessions, tenant_id) == {1: 90, 2: 10}
 
 
 def test_rolling_back_an_older_canary_takes_only_it_out(
