@@ -197,7 +197,7 @@ def list_operations(
         query = query.where(Operation.status == wanted)
     limit = validation.whole_number("limit", limit, 1, 1000)
     query = query.order_by(Operation.created_at.desc(), Operation.id).limit(limit)
-    return [(operation, slug) for operation, slug in session.execute(query).tuples()]
+    return [(operation, slug) for operation, slug in session.execute(query)]
 
 
 @dataclass(frozen=True)
