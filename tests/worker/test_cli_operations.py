@@ -56,7 +56,8 @@ def test_item3_operations_lists_and_cancels(
     assert (cancelled["status"], cancelled["error"]) == ("cancelled", "cancelled by bob: typo")
 
     queued = ok_json(capsys, "operations", "--status", "queued", "--limit", "5")
-    assert [r["operation_id"] for r in queued] == [second["operation_id"]]  # type: ignore[index]
+    assert isinstance(queued, list)
+    assert [r["operation_id"] for r in queued] == [second["operation_id"]]
 
     code, out, err = run(capsys, "operations")
     assert code == 0 and err == ""
