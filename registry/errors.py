@@ -122,6 +122,17 @@ class OperationNotFound(FtdeployError):
         super().__init__(f"operation not found: {operation_id}")
 
 
+class OperationNotCancellable(FtdeployError):
+    """Only a queued operation can be cancelled: one that a worker is running, or that has
+    ended, is refused (nothing changes)."""
+
+    def __init__(self, operation_id: str, status: str) -> None:
+        self.operation_id = operation_id
+        self.status = status
+        what = "a worker is running it" if status == "running" else f"it has ended ({status})"
+        super().__init__(f"operation {operation_id} cannot be cancelled: {what}")
+
+
 class KeyExists(FtdeployError):
     def __init__(self, name: str) -> None:
         self.name = name

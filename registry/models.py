@@ -123,6 +123,21 @@ class OperationStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    STALE = "stale"  # the tenant's split changed after it was queued (and it was not forced)
+    EXPIRED = "expired"  # not started within its time to live
+    CANCELLED = "cancelled"  # an operator cancelled it while it was queued
+
+
+# Every status an operation ends in; nothing changes it afterwards.
+FINAL_OPERATION_STATUSES = frozenset(
+    {
+        OperationStatus.SUCCEEDED,
+        OperationStatus.FAILED,
+        OperationStatus.STALE,
+        OperationStatus.EXPIRED,
+        OperationStatus.CANCELLED,
+    }
+)
 
 
 class EventState(StrEnum):
@@ -389,6 +404,19 @@ class Operation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What the operator decided against (migration 0007; NULL on older rows, which are not
+    # checked): the tenant's split when it was queued, {"<version>": percent}, and the id of
+    # the newest traffic event then (NULL: none yet). See `registry.operations`.
+    queued_split: Mapped[dict[str, int] | None] = mapped_column(JSONType, nullable=True)
+    queued_after_event: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Run even if the split changed since it was queued (`--force`).
+    force: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    # Not started by then, it ends expired (FTDEPLOY_OPERATION_TTL_SECONDS after queueing).
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set once its message was handed to the broker; the reconciler sends those left NULL.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 COUNT = BigInteger().with_variant(Integer, "sqlite")

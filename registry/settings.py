@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # How old an accepted, never-enqueued event must be before the reconciler re-sends it: long
     # enough for the door that accepted it to have finished its own send.
     reconcile_grace_seconds: float = Field(default=30.0, ge=0)
+    # A queued operation not started within this many seconds ends `expired` instead of
+    # applying a decision made minutes (or an outage) ago; at most a day.
+    operation_ttl_seconds: float = Field(default=300.0, gt=0, le=86400)
     log_json: bool = False
     # HTTP API: a verified key is trusted this long before its row is read again (so a revoked
     # key stops working within it); the change stream's heartbeat; the body limit.

@@ -15,13 +15,13 @@ import openai
 from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 
-from registry import operations, validation
+from registry import operations, stranded_operations, validation
 from registry.canary import batches, outcomes
 from registry.db import unit_of_work
 from registry.errors import FtdeployError, InvalidInput, JobNotFinished, RunNotDeployable
 from registry.jobs import events, pipeline
 from registry.jobs.openai_jobs import fetch_job, fetch_result_metrics, make_client
-from registry.models import OperationKind
+from registry.models import OperationKind, OperationStatus
 from registry.settings import get_settings
 from worker import metrics, observability
 from worker import outcomes as task_outcomes
@@ -166,12 +166,20 @@ def _run_operation(
 ) -> dict[str, Any]:
     with unit_of_work() as session:
         if operation_id is None:
-            operation_id = str(
-                operations.queue_operation(session, tenant, kind, actor="celery", **arguments).id
+            # A direct call by another system: queued and run at once, on the split of now.
+            queued = operations.queue_operation(session, tenant, kind, actor="celery", **arguments)
+            operation_id, asked = str(queued.id), None
+        else:
+            # The message must agree with the operation it names in every part.
+            asked = operations.Asked(
+                kind, tenant, arguments.get("version"), arguments.get("traffic_percent")
             )
-        done = operations.run_operation(session, operation_id)
+        done = operations.run_operation(session, operation_id, asked=asked)
         result = {"operation": str(done.id), "status": done.status, "error": done.error}
-    event(log, "operation.finished", kind=str(kind), tenant=tenant, result=result)
+    refused = (done.error or "").startswith("refused:")
+    name = "operation.refused" if refused else "operation.finished"
+    level = logging.INFO if done.status == OperationStatus.SUCCEEDED else logging.WARNING
+    event(log, name, level, kind=str(kind), tenant=tenant, result=result)
     return result
 
 
@@ -203,17 +211,28 @@ OPERATIONS = Policy(max_retries=10, failed=_operation_failed, name="operation")
 @app.task(name="ftdeploy.reconcile_events")
 def reconcile_events() -> int:
     """Re-send events that were accepted but never handed to the broker (a crash in between),
-    and events whose message the broker lost (untouched for twice the visibility timeout)."""
+    and events whose message the broker lost (untouched for twice the visibility timeout); then
+    the same for queued operations, after expiring those past their time to live. One unit of
+    work each: a failure of one leaves the other done."""
     settings = get_settings()
+    grace = timedelta(seconds=settings.reconcile_grace_seconds)
+    stalled_after = timedelta(seconds=2 * settings.visibility_timeout_seconds)
     with unit_of_work() as session:
-        found = events.reconcile(
-            session,
-            grace=timedelta(seconds=settings.reconcile_grace_seconds),
-            stalled_after=timedelta(seconds=2 * settings.visibility_timeout_seconds),
-        )
+        found = events.reconcile(session, grace=grace, stalled_after=stalled_after)
     if found.unsent or found.stalled:
         event(log, "events.reconciled", unsent=len(found.unsent), stalled=len(found.stalled))
-    return len(found.unsent) + len(found.stalled)
+    with unit_of_work() as session:
+        stranded = stranded_operations.reconcile(session, grace=grace, stalled_after=stalled_after)
+    if stranded.expired or stranded.unsent or stranded.stalled:
+        event(
+            log,
+            "operations.reconciled",
+            expired=len(stranded.expired),
+            unsent=len(stranded.unsent),
+            stalled=len(stranded.stalled),
+        )
+    total = len(found.unsent) + len(found.stalled)
+    return total + len(stranded.expired) + len(stranded.unsent) + len(stranded.stalled)
 
 
 @app.task(name="ftdeploy.record_outcomes", bind=True, max_retries=10)

@@ -241,7 +241,8 @@ def operation_finished(session: Session, operation: Operation) -> None:
         "version": result.get("version", operation.version),
         "split_before": result.get("before", split),
         "split_after": result.get("after", split),
-        "actor": f"operator:{operation.actor}",
+        # A cancelled operation is told as the act of whoever cancelled it.
+        "actor": f"operator:{result.get('cancelled_by') or operation.actor}",
         "reason": result.get("reason") or operation.error,
     }
     emit(

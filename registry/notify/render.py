@@ -98,6 +98,7 @@ _TITLES = {
     "operation.failed": "operation failed",
     "operation.stale": "operation stale",
     "operation.expired": "operation expired",
+    "operation.cancelled": "operation cancelled",
     "job.failed": "job event failed",
     "tenant.paused": "tenant paused",
     "tenant.resumed": "tenant resumed",

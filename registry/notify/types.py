@@ -21,11 +21,12 @@ class EventType(StrEnum):
     CANARY_PROMOTED = "canary.promoted"
     CANARY_ROLLED_BACK = "canary.rolled_back"
     CANARY_HOLDING = "canary.holding"  # holding past a share of its progress deadline
-    # One per final operation status: `operation.<status>` (stale and expired come with them).
+    # One per final operation status: `operation.<status>` (stale, expired, cancelled).
     OPERATION_SUCCEEDED = "operation.succeeded"
     OPERATION_FAILED = "operation.failed"
     OPERATION_STALE = "operation.stale"
     OPERATION_EXPIRED = "operation.expired"
+    OPERATION_CANCELLED = "operation.cancelled"
     JOB_FAILED = "job.failed"  # a job-finished event failed for good
     TENANT_PAUSED = "tenant.paused"
     TENANT_RESUMED = "tenant.resumed"

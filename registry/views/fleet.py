@@ -33,10 +33,10 @@ from registry.views.splits import Share, shares
 
 # Failed job events and failed operations ask for attention this long after they ended.
 ATTENTION_WINDOW = timedelta(hours=24)
-# Operations that have not reached a final state. ("stale" and "expired", final states of the
-# operations' time-to-live work, count as failures when that work is present.)
+# Operations that have not reached a final state, and those that ended without doing what was
+# asked for a reason an operator should see (a cancelled one was someone's own decision).
 OPEN_OPERATIONS = (OperationStatus.QUEUED, OperationStatus.RUNNING)
-FAILED_OPERATIONS = (OperationStatus.FAILED, "stale", "expired")
+FAILED_OPERATIONS = (OperationStatus.FAILED, OperationStatus.STALE, OperationStatus.EXPIRED)
 
 
 @dataclass

@@ -92,6 +92,18 @@ TABLE: dict[tuple[str, str], list[Case]] = {
     ("POST", "/v1/tenants/{tenant}/rollback"): [
         Case("/v1/tenants/beta/rollback", HIDDEN, {"reason": "try"})
     ],
+    ("GET", "/v1/operations"): [
+        Case("/v1/operations", LISTED),
+        Case("/v1/operations?tenant=beta", HIDDEN),
+    ],
+    ("POST", "/v1/operations/{operation_id}/cancel"): [
+        Case(
+            "/v1/operations/{beta_operation}/cancel",
+            HIDDEN,
+            ref="{beta_operation}",
+            missing="{uuid}",
+        )
+    ],
     ("GET", "/v1/operations/{operation_id}"): [
         Case("/v1/operations/{beta_operation}", HIDDEN, ref="{beta_operation}", missing="{uuid}")
     ],

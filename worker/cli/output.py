@@ -17,7 +17,8 @@ FAILED = 1  # the operation ran and failed, or the database refused or was away
 BAD_INPUT = 2
 NOT_FOUND = 3
 NO_MODEL = 4  # `resolve`: the tenant has no version in production
-STILL_RUNNING = 5  # `--wait` gave up before the operation ended
+STILL_RUNNING = 5  # `--wait` gave up (timeout, Ctrl-C) before the operation ended
+NOT_SENT = 6  # the operation is recorded, but the broker was away: the reconciler sends it
 INTERNAL = 70  # a broken invariant or an unexpected error: a bug
 
 # The one table of exit statuses: `ftdeploy --help` prints it, the README repeats it (a test
@@ -26,8 +27,9 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (OK, "success"),
     (
         FAILED,
-        "failed: the operation ran and failed, the current state refused it (tenant exists, "
-        "nothing to roll back, a job that belongs to another tenant), or the database refused "
+        "failed: the operation ran and failed or did not run (stale, expired, cancelled), the "
+        "current state refused it (tenant exists, nothing to roll back, a job that belongs to "
+        "another tenant, an operation that can no longer be cancelled), or the database refused "
         "the change or was unavailable",
     ),
     (
@@ -37,7 +39,16 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     ),
     (NOT_FOUND, "not found: tenant, version, run, operation or key"),
     (NO_MODEL, "`resolve`: the tenant has no version in production"),
-    (STILL_RUNNING, "`--wait` gave up before the operation ended"),
+    (
+        STILL_RUNNING,
+        "`--wait` gave up (its timeout, or Ctrl-C) before the operation ended: it is still "
+        "queued (`ftdeploy operations cancel ID` cancels it)",
+    ),
+    (
+        NOT_SENT,
+        "the operation is recorded but the broker was unavailable: beat's reconciler sends it "
+        "when the broker is back (unless it expires first)",
+    ),
     (INTERNAL, "internal error: a broken traffic invariant or an unexpected error (a bug)"),
 )
 

@@ -191,6 +191,7 @@ def promote(
         version=version,
         traffic_percent=body.traffic_percent,
         reason=body.reason,
+        force=body.force,
     )
 
 
@@ -208,7 +209,8 @@ def rollback(
     body: schemas.RollbackIn | None = None,
 ) -> dict[str, Any]:
     reason = body.reason if body is not None else None
-    return _queue(principal, tenant, OperationKind.ROLLBACK, response, reason=reason)
+    force = body.force if body is not None else False
+    return _queue(principal, tenant, OperationKind.ROLLBACK, response, reason=reason, force=force)
 
 
 @router.get("/v1/operations/{operation_id}", response_model=schemas.Operation, responses=NOT_FOUND)
@@ -218,6 +220,46 @@ def operation(operation_id: schemas.OperationId, principal: ReadKey) -> dict[str
         if not principal.sees(found.tenant_id):
             raise OperationNotFound(operation_id)
         return _operation(found, _slug(session, found))
+
+
+@router.get("/v1/operations", response_model=list[schemas.Operation], responses=NOT_FOUND)
+def list_operations(
+    principal: ReadKey,
+    tenant: Annotated[str | None, Query(max_length=100)] = None,
+    status: Annotated[str | None, Query(max_length=16)] = None,
+    limit: Limit = 50,
+) -> list[dict[str, Any]]:
+    with unit_of_work() as session:
+        tenant_id = visible_tenant(session, principal, tenant).id if tenant else None
+        scope = None
+        if principal.tenant_ids is not None:
+            scope = [t.id for t in list_tenants(session) if principal.sees(t.id)]
+        rows = operations.list_operations(
+            session, tenant_id, status=status, limit=limit, tenant_ids=scope
+        )
+        return [_operation(o, slug) for o, slug in rows]
+
+
+@router.post(
+    "/v1/operations/{operation_id}/cancel",
+    response_model=schemas.Operation,
+    responses=REFUSED,
+    summary="Cancel a queued operation (409 when it is running or has ended)",
+)
+def cancel_operation(
+    operation_id: schemas.OperationId,
+    principal: OperateKey,
+    body: schemas.CancelIn | None = None,
+) -> dict[str, Any]:
+    with unit_of_work() as session:
+        found = operations.get_operation(session, operation_id)
+        if not principal.sees(found.tenant_id):
+            raise OperationNotFound(operation_id)
+        reason = body.reason if body is not None else None
+        cancelled = operations.cancel_operation(
+            session, found.id, actor=principal.name, reason=reason
+        )
+        return _operation(cancelled, _slug(session, cancelled))
 
 
 def _slug(session: Session, operation: Operation) -> str:

@@ -254,13 +254,22 @@ class CanaryStatus(BaseModel):
     paused: bool = False
 
 
+FORCE = "apply it even if the tenant's split changed after it was queued (else it ends stale)"
+
+
 class PromoteIn(Strict):
     version: StrictInt | str = Field(description="version number: 3 or v3")
     traffic_percent: StrictInt = Field(default=100, ge=1, le=100)
     reason: str | None = Field(default=None, max_length=500)
+    force: StrictBool = Field(default=False, description=FORCE)
 
 
 class RollbackIn(Strict):
+    reason: str | None = Field(default=None, max_length=500)
+    force: StrictBool = Field(default=False, description=FORCE)
+
+
+class CancelIn(Strict):
     reason: str | None = Field(default=None, max_length=500)
 
 
