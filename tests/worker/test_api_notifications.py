@@ -211,21 +211,27 @@ def test_replay_sends_what_failed_and_what_was_missed_with_the_same_ids_in_order
         assert len(deliveries_of(api, "story-hook")) == 1  # the refusal changed nothing
 
         assert client.post(f"{ENDPOINTS}/story-hook/enable").status_code == 200
-        replayed = client.post(f"{ENDPOINTS}/story-hook/replay", json={"since": "1h"})
-        assert replayed.status_code == 202, replayed.text
-        assert replayed.json()["requeued"] == 1 and replayed.json()["missed"] == 1
-        got = api.stack.wait(
-            lambda: server.unique() if len(server.unique()) == 2 else None, 30, "both replayed"
-        )
+        answer = client.post(f"{ENDPOINTS}/story-hook/replay", json={"since": "1h"})
+        assert answer.status_code == 202, answer.text
+        replayed_body = answer.json()
+        assert replayed_body["requeued"] == 1 and replayed_body["missed"] == 1
+        api.stack.wait(lambda: len(server.requests) == 3, 30, "both replayed")
+
+        def all_delivered() -> list[dict[str, Any]] | None:
+            rows = deliveries_of(api, "story-hook")
+            return rows if all(r["status"] == "delivered" for r in rows) else None
+
+        rows = api.stack.wait(all_delivered, 30, "both recorded delivered")
     assert all(r.verified for r in server.requests)
-    assert [r.type for r in got] == ["tenant.paused", "tenant.resumed"]
-    first, second = got
-    assert first.webhook_id == failed["webhook_id"] == server.requests[0].webhook_id
+    refused, *replayed = server.requests
+    assert [r.type for r in replayed] == ["tenant.paused", "tenant.resumed"]
+    first, second = replayed
+    # The same webhook-id as the attempt that was refused; then the missed one, in order.
+    assert first.webhook_id == refused.webhook_id == failed["webhook_id"]
     assert second.data["sequence"] == first.data["sequence"] + 1
-    assert set(replayed.json()["webhook_ids"]) == {r.webhook_id for r in got}
-    rows = {r["webhook_id"]: r for r in deliveries_of(api, "story-hook")}
-    assert [a["status_code"] for a in rows[first.webhook_id]["history"]] == [400, 200]
-    assert all(r["status"] == "delivered" for r in rows.values())
+    assert set(replayed_body["webhook_ids"]) == {first.webhook_id, second.webhook_id}
+    by_id = {r["webhook_id"]: r for r in rows}
+    assert [a["status_code"] for a in by_id[first.webhook_id]["history"]] == [400, 200]
 
 
 def deliveries_of(api: ApiStack, name: str) -> list[dict[str, Any]]:
