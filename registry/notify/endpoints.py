@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from registry import clock, records, validation
 from registry.errors import InvalidInput, TenantNotFound
 from registry.models import Tenant
-from registry.notify import secrets
+from registry.notify import outbox, secrets
 from registry.notify.errors import EndpointExists, EndpointNotFound
 from registry.notify.models import (
     DeliveryAttempt,
@@ -190,14 +190,18 @@ def remove_endpoint(session: Session, name: str, *, visible: Visible = None) -> 
 def enable_endpoint(
     session: Session, name: str, *, visible: Visible = None
 ) -> NotificationEndpoint:
-    """Enable a disabled endpoint again; its pending deliveries resume in order (what it missed
-    while disabled is sent by `registry.notify.replay`). Idempotent. Raises EndpointNotFound."""
+    """Enable a disabled endpoint again; its pending deliveries resume in order, asked of the
+    worker after the commit (what it missed while disabled is sent by `registry.notify.replay`).
+    Idempotent. Raises EndpointNotFound."""
     endpoint = find_endpoint(session, name, visible=visible)
+    was_disabled = not endpoint.enabled
     endpoint.enabled = True
     endpoint.disabled_reason = None
     endpoint.disabled_at = None
     endpoint.failing_since = None
     session.flush()
+    if was_disabled:
+        outbox.deliver_after_commit(session, [endpoint.id])
     return endpoint
 
 

@@ -115,8 +115,10 @@ def test_what_a_disabled_endpoint_missed_is_queued_once_enabled(
         _replay(sessions, "hook")
     assert len(deliveries(sessions, hook.id)) == 1  # nothing changed
 
+    sent.clear()
     with sessions() as session, session.begin():
         endpoints.enable_endpoint(session, "hook")
+    assert sent == [str(hook.id)]  # its pending ones resume now, not at beat's next round
     sent.clear()
     result = _replay(sessions, "hook")
     assert len(result.missed) == 2 and result.requeued == [] and sent == [str(hook.id)]
