@@ -17,6 +17,13 @@ from registry.models import (
     Tenant,
     TrafficEvent,
 )
+from registry.notify.models import (
+    DeliveryAttempt,
+    NotificationDelivery,
+    NotificationEndpoint,
+    OutboxEvent,
+)
+from registry.notify.types import DeliveryStatus
 
 
 def when(value: datetime | None) -> str | None:
@@ -137,4 +144,62 @@ def policy(tenant: Tenant, p: DeploymentPolicy) -> dict[str, Any]:
         "keep_deprecated": p.keep_deprecated,
         "paused": p.paused,
         "paused_reason": p.paused_reason,
+    }
+
+
+def notification_endpoint(
+    endpoint: NotificationEndpoint,
+    tenant_slug: str | None,
+    *,
+    pending: int,
+    oldest_pending_seconds: float | None,
+    last_delivered_at: datetime | None,
+) -> dict[str, Any]:
+    """A notification endpoint as `notify list` and the API show it: never the URL (only its
+    scheme and host) nor the secret."""
+    return {
+        "name": endpoint.name,
+        "tenant": tenant_slug,
+        "format": endpoint.format,
+        "url": endpoint.url_hint,
+        "events": list(endpoint.event_types) or ["*"],
+        "enabled": endpoint.enabled,
+        "disabled_reason": endpoint.disabled_reason,
+        "disabled_at": when(endpoint.disabled_at),
+        "failing_since": when(endpoint.failing_since),
+        "pending": pending,
+        "oldest_pending_seconds": oldest_pending_seconds,
+        "last_delivered_at": when(last_delivered_at),
+        "created_at": when(endpoint.created_at),
+    }
+
+
+def notification_delivery(
+    delivery: NotificationDelivery, event: OutboxEvent, attempts: Sequence[DeliveryAttempt]
+) -> dict[str, Any]:
+    """One event's delivery to one endpoint, with every attempt (status code or error)."""
+    return {
+        "webhook_id": str(event.id),
+        "type": event.type,
+        "stream": delivery.stream,
+        "seq": delivery.seq,
+        "status": delivery.status,
+        # Since it was last queued (a replay starts the retry schedule again; `history` keeps all).
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "next_attempt_at": when(delivery.next_attempt_at)
+        if delivery.status == DeliveryStatus.PENDING
+        else None,
+        "created_at": when(delivery.created_at),
+        "finished_at": when(delivery.finished_at),
+        "history": [
+            {
+                "at": when(a.at),
+                "status_code": a.status_code,
+                "error": a.error,
+                "duration_ms": round(a.duration_ms, 1),
+            }
+            for a in attempts
+        ],
     }

@@ -151,7 +151,7 @@ def test_outgoing(session: Session, endpoint: NotificationEndpoint, now: datetim
     data = {
         "tenant": {"id": str(tenant.id), "slug": tenant.slug} if tenant else None,
         "endpoint": endpoint.name,
-        "reason": "a test sent by `ftdeploy notify test`",
+        "reason": "a test notification, sent on request (ftdeploy notify test)",
     }
     message = Message(f"test_{uuid.uuid4().hex}", TEST_EVENT, now, data)
     return Outgoing(0, endpoint.id, endpoint.name, endpoint.format, url, secret, message, 0)

@@ -1,10 +1,15 @@
-"""Notification endpoints: add (the secret is returned once), list, enable, remove, and their
-deliveries. Every input from outside is checked before anything is stored."""
+"""Notification endpoints: add (the secret is returned once), list, show, enable, disable,
+remove, and their deliveries. Every input from outside is checked before anything is stored.
+
+Every function takes `visible`, the tenant ids its caller may see (an HTTP key scoped to some
+tenants), or None for every tenant (the CLI, an unscoped key). An endpoint outside them is
+reported exactly as one that does not exist; a global endpoint is visible only with None."""
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,10 +18,10 @@ from urllib.parse import urlsplit
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from registry import clock
-from registry.errors import InvalidInput
+from registry import clock, records, validation
+from registry.errors import InvalidInput, TenantNotFound
 from registry.models import Tenant
-from registry.notify import secrets
+from registry.notify import outbox, secrets
 from registry.notify.errors import EndpointExists, EndpointNotFound
 from registry.notify.models import (
     DeliveryAttempt,
@@ -29,6 +34,8 @@ from registry.tenants import find_tenant
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAX_URL_LENGTH = 2000
+# The tenant ids a caller may see; None: every tenant, and the global endpoints.
+Visible = Collection[uuid.UUID] | None
 
 
 @dataclass(frozen=True)
@@ -93,19 +100,25 @@ def add_endpoint(
     tenant_ref: str | uuid.UUID | None = None,
     events: list[str] | None = None,
     format: str = EndpointFormat.WEBHOOK,
+    visible: Visible = None,
 ) -> NewEndpoint:
     """Add an endpoint for one tenant (or every tenant) and the event types it wants (none: all).
 
-    Checks everything first: InvalidInput (name, URL, format, event type), TenantNotFound,
-    EndpointExists; nothing is stored then. A generic endpoint gets a fresh `whsec_` secret,
-    returned here once and stored only encrypted (so is the URL). Raises EncryptionKeyMissing
-    when no key is configured for a database server.
+    Checks everything first: InvalidInput (name, URL, format, event type; no tenant named by a
+    caller limited to `visible`), TenantNotFound (also outside `visible`), EndpointExists;
+    nothing is stored then. Names are unique across tenants. A generic endpoint gets a fresh
+    `whsec_` secret, returned here once and stored only encrypted (so is the URL). Raises
+    EncryptionKeyMissing when no key is configured for a database server.
     """
     name = check_name(name)
     url = check_url(url)
     kind = check_format(format)
     wanted = parse_event_types(events)
+    if tenant_ref is None and visible is not None:
+        raise InvalidInput("tenant", "a caller limited to some tenants must name one of them")
     tenant = find_tenant(session, tenant_ref) if tenant_ref is not None else None
+    if tenant is not None and visible is not None and tenant.id not in visible:
+        raise TenantNotFound(str(tenant_ref))
     if session.scalar(select(NotificationEndpoint.id).where(NotificationEndpoint.name == name)):
         raise EndpointExists(name)
     endpoint_id = uuid.uuid4()
@@ -127,20 +140,41 @@ def add_endpoint(
     return NewEndpoint(endpoint, secret)
 
 
-def find_endpoint(session: Session, name: str) -> NotificationEndpoint:
-    endpoint = session.scalars(
+def added_record(session: Session, added: NewEndpoint) -> dict[str, Any]:
+    """A new endpoint as `list_endpoints` shows it, with its signing secret: the one time it is
+    shown (None for Slack)."""
+    [record] = endpoint_records(session, [added.endpoint])
+    return {**record, "secret": added.secret}
+
+
+def find_endpoint(
+    session: Session, name: str, *, visible: Visible = None, lock: bool = False
+) -> NotificationEndpoint:
+    """The endpoint named `name`, read afresh (`lock`: and locked until the transaction ends).
+    Raises EndpointNotFound, also for one outside `visible` (the same message: a caller never
+    learns the names of endpoints it may not see)."""
+    query = (
         select(NotificationEndpoint)
         .where(NotificationEndpoint.name == name)
         .execution_options(populate_existing=True)
-    ).one_or_none()
-    if endpoint is None:
+    )
+    endpoint = session.scalars(query.with_for_update() if lock else query).one_or_none()
+    if endpoint is None or not sees(visible, endpoint):
         raise EndpointNotFound(name)
     return endpoint
 
 
-def remove_endpoint(session: Session, name: str) -> None:
+def sees(visible: Visible, endpoint: NotificationEndpoint) -> bool:
+    """Whether a caller who sees the tenants `visible` (None: every tenant) sees the endpoint.
+    A global endpoint gets every tenant's events: only a caller who sees all of them sees it."""
+    if visible is None:
+        return True
+    return endpoint.tenant_id is not None and endpoint.tenant_id in visible
+
+
+def remove_endpoint(session: Session, name: str, *, visible: Visible = None) -> None:
     """Remove the endpoint with its deliveries and their attempts. Raises EndpointNotFound."""
-    endpoint = find_endpoint(session, name)
+    endpoint = find_endpoint(session, name, visible=visible)
     delivery_ids = select(NotificationDelivery.id).where(
         NotificationDelivery.endpoint_id == endpoint.id
     )
@@ -153,31 +187,86 @@ def remove_endpoint(session: Session, name: str) -> None:
     session.flush()
 
 
-def enable_endpoint(session: Session, name: str) -> NotificationEndpoint:
-    """Enable a disabled endpoint again; its pending deliveries resume in order."""
-    endpoint = find_endpoint(session, name)
+def enable_endpoint(
+    session: Session, name: str, *, visible: Visible = None
+) -> NotificationEndpoint:
+    """Enable a disabled endpoint again; its pending deliveries resume in order, asked of the
+    worker after the commit (what it missed while disabled is sent by `registry.notify.replay`).
+    Idempotent. Raises EndpointNotFound."""
+    endpoint = find_endpoint(session, name, visible=visible)
+    was_disabled = not endpoint.enabled
     endpoint.enabled = True
     endpoint.disabled_reason = None
     endpoint.disabled_at = None
     endpoint.failing_since = None
     session.flush()
+    if was_disabled:
+        outbox.deliver_after_commit(session, [endpoint.id])
+    return endpoint
+
+
+def disable_endpoint(
+    session: Session,
+    name: str,
+    *,
+    actor: str,
+    reason: str | None = None,
+    visible: Visible = None,
+) -> NotificationEndpoint:
+    """Stop sending to the endpoint: its pending deliveries wait, and events written while it
+    is disabled make none for it (until `replay`). Idempotent: a disabled endpoint keeps its
+    first reason. Raises EndpointNotFound, InvalidInput (actor, reason)."""
+    actor, reason = validation.actor(actor), validation.reason(reason)
+    endpoint = find_endpoint(session, name, visible=visible)
+    if endpoint.enabled:
+        endpoint.enabled = False
+        endpoint.disabled_reason = f"disabled by {actor}" + (f": {reason}" if reason else "")
+        endpoint.disabled_at = clock.now()
+        endpoint.leased_until = None
+        session.flush()
     return endpoint
 
 
 def list_endpoints(
-    session: Session, tenant_ref: str | uuid.UUID | None = None
+    session: Session, tenant_ref: str | uuid.UUID | None = None, *, visible: Visible = None
 ) -> list[dict[str, Any]]:
-    """Every endpoint (or those that get `tenant_ref`'s events) with its backlog, as plain data:
-    never the URL (only its host) nor the secret."""
-    query = select(NotificationEndpoint, Tenant.slug).outerjoin(
-        Tenant, Tenant.id == NotificationEndpoint.tenant_id
-    )
+    """Every endpoint the caller sees (or those that get `tenant_ref`'s events) with its
+    backlog, as plain data (`registry.records.notification_endpoint`). Raises TenantNotFound,
+    also for a tenant outside `visible`."""
+    query = select(NotificationEndpoint)
     if tenant_ref is not None:
         tenant = find_tenant(session, tenant_ref)
+        if visible is not None and tenant.id not in visible:
+            raise TenantNotFound(str(tenant_ref))
         query = query.where(
             NotificationEndpoint.tenant_id.is_(None) | (NotificationEndpoint.tenant_id == tenant.id)
         )
-    rows = session.execute(query.order_by(NotificationEndpoint.name)).all()
+    found = [
+        e for e in session.scalars(query.order_by(NotificationEndpoint.name)) if sees(visible, e)
+    ]
+    return endpoint_records(session, found)
+
+
+def show_endpoint(session: Session, name: str, *, visible: Visible = None) -> dict[str, Any]:
+    """One endpoint as `list_endpoints` shows it. Raises EndpointNotFound."""
+    [record] = endpoint_records(session, [find_endpoint(session, name, visible=visible)])
+    return record
+
+
+def endpoint_records(
+    session: Session, found: Sequence[NotificationEndpoint]
+) -> list[dict[str, Any]]:
+    """These endpoints as plain data, with their backlog and last delivery, in their order."""
+    ids = [e.id for e in found]
+    if not ids:
+        return []
+    slugs = dict(
+        session.execute(
+            select(Tenant.id, Tenant.slug).where(
+                Tenant.id.in_({e.tenant_id for e in found if e.tenant_id})
+            )
+        ).all()
+    )
     backlog = {
         endpoint_id: (count, oldest)
         for endpoint_id, count, oldest in session.execute(
@@ -186,53 +275,58 @@ def list_endpoints(
                 func.count(),
                 func.min(NotificationDelivery.created_at),
             )
-            .where(NotificationDelivery.status == DeliveryStatus.PENDING)
+            .where(
+                NotificationDelivery.status == DeliveryStatus.PENDING,
+                NotificationDelivery.endpoint_id.in_(ids),
+            )
             .group_by(NotificationDelivery.endpoint_id)
         )
     }
     delivered = dict(
         session.execute(
             select(NotificationDelivery.endpoint_id, func.max(NotificationDelivery.finished_at))
-            .where(NotificationDelivery.status == DeliveryStatus.DELIVERED)
+            .where(
+                NotificationDelivery.status == DeliveryStatus.DELIVERED,
+                NotificationDelivery.endpoint_id.in_(ids),
+            )
             .group_by(NotificationDelivery.endpoint_id)
         ).all()
     )
     now = clock.now()
     out = []
-    for endpoint, slug in rows:
+    for endpoint in found:
         count, oldest = backlog.get(endpoint.id, (0, None))
+        last = delivered.get(endpoint.id)
         out.append(
-            {
-                "name": endpoint.name,
-                "tenant": slug,
-                "format": endpoint.format,
-                "url": endpoint.url_hint,
-                "events": list(endpoint.event_types) or ["*"],
-                "enabled": endpoint.enabled,
-                "disabled_reason": endpoint.disabled_reason,
-                "disabled_at": _iso(endpoint.disabled_at),
-                "failing_since": _iso(endpoint.failing_since),
-                "pending": count,
-                "oldest_pending_seconds": round((now - _aware(oldest)).total_seconds(), 1)
+            records.notification_endpoint(
+                endpoint,
+                slugs.get(endpoint.tenant_id) if endpoint.tenant_id else None,
+                pending=count,
+                oldest_pending_seconds=round((now - _aware(oldest)).total_seconds(), 1)
                 if oldest
                 else None,
-                "last_delivered_at": _iso(delivered.get(endpoint.id)),
-                "created_at": _iso(endpoint.created_at),
-            }
+                last_delivered_at=_aware(last) if last else None,
+            )
         )
     return out
 
 
 def deliveries(
-    session: Session, name: str, *, limit: int = 50, status: str | None = None
+    session: Session,
+    name: str,
+    *,
+    limit: int = 50,
+    status: str | None = None,
+    visible: Visible = None,
 ) -> list[dict[str, Any]]:
     """The endpoint's deliveries, newest first, with every attempt (status code or error) and
-    the next retry. Raises EndpointNotFound, InvalidInput (limit, status)."""
+    the next retry (`registry.records.notification_delivery`). Raises EndpointNotFound,
+    InvalidInput (limit, status)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InvalidInput("limit", f"{limit!r} is not a whole number >= 1")
     if status is not None and status not in set(DeliveryStatus):
         raise InvalidInput("status", f"{status!r} is not one of {', '.join(DeliveryStatus)}")
-    endpoint = find_endpoint(session, name)
+    endpoint = find_endpoint(session, name, visible=visible)
     query = (
         select(NotificationDelivery, OutboxEvent)
         .join(OutboxEvent, OutboxEvent.id == NotificationDelivery.event_id)
@@ -243,44 +337,18 @@ def deliveries(
     if status is not None:
         query = query.where(NotificationDelivery.status == status)
     rows = session.execute(query).all()
-    attempts: dict[int, list[dict[str, Any]]] = {}
+    attempts: dict[int, list[DeliveryAttempt]] = {}
     for attempt in session.scalars(
         select(DeliveryAttempt)
         .where(DeliveryAttempt.delivery_id.in_([d.id for d, _ in rows]))
         .order_by(DeliveryAttempt.id)
     ):
-        attempts.setdefault(attempt.delivery_id, []).append(
-            {
-                "at": _iso(attempt.at),
-                "status_code": attempt.status_code,
-                "error": attempt.error,
-                "duration_ms": round(attempt.duration_ms, 1),
-            }
-        )
+        attempts.setdefault(attempt.delivery_id, []).append(attempt)
     return [
-        {
-            "webhook_id": str(event.id),
-            "type": event.type,
-            "stream": delivery.stream,
-            "seq": delivery.seq,
-            "status": delivery.status,
-            "attempts": delivery.attempts,
-            "last_status_code": delivery.last_status_code,
-            "last_error": delivery.last_error,
-            "next_attempt_at": _iso(delivery.next_attempt_at)
-            if delivery.status == DeliveryStatus.PENDING
-            else None,
-            "created_at": _iso(delivery.created_at),
-            "finished_at": _iso(delivery.finished_at),
-            "history": attempts.get(delivery.id, []),
-        }
+        records.notification_delivery(delivery, event, attempts.get(delivery.id, []))
         for delivery, event in rows
     ]
 
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return _aware(moment).isoformat() if moment is not None else None

@@ -41,3 +41,39 @@ class SecretUnreadable(FtdeployError):
             f"endpoint {name!r}: its stored URL or secret does not decrypt with "
             "FTDEPLOY_NOTIFY_ENCRYPTION_KEY (was the key changed?); remove and add it again"
         )
+
+
+class EndpointDisabled(FtdeployError):
+    """A replay asked of a disabled endpoint: what it queued would only wait."""
+
+    def __init__(self, name: str, reason: str | None) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(
+            f"notification endpoint {name!r} is disabled ({reason or 'no reason recorded'}): "
+            "enable it, then replay"
+        )
+
+
+class NotificationNotFound(FtdeployError):
+    """No notification with this id was meant for the endpoint (or the caller may not see it)."""
+
+    exit_code = 3
+
+    def __init__(self, name: str, event_id: str) -> None:
+        self.name = name
+        self.event_id = event_id
+        super().__init__(f"no notification {event_id} for endpoint {name!r}")
+
+
+class NotReplayable(FtdeployError):
+    """The notification's delivery did not end failed: there is nothing to send again."""
+
+    def __init__(self, name: str, event_id: str, status: str) -> None:
+        self.name = name
+        self.event_id = event_id
+        self.status = status
+        super().__init__(
+            f"notification {event_id} to {name!r} is {status}: only failed or missed ones are "
+            "replayed"
+        )

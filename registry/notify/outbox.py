@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -99,12 +100,20 @@ def emit(
             )
         )
     session.flush()
-    if endpoints:
-        session.info.setdefault(PENDING_KEY, set()).update(e.id for e in endpoints)
-        # The first of these callbacks to run takes every endpoint noted: one task per endpoint
-        # per commit, however many events it wrote.
-        after_commit(session, partial(send_pending, session))
+    deliver_after_commit(session, [e.id for e in endpoints])
     return row
+
+
+def deliver_after_commit(session: Session, endpoint_ids: Iterable[uuid.UUID]) -> None:
+    """Note that these endpoints got deliveries in this transaction: once it commits, one
+    delivery task per endpoint is sent (`send_pending`); nothing if it rolls back."""
+    ids = set(endpoint_ids)
+    if not ids:
+        return
+    session.info.setdefault(PENDING_KEY, set()).update(ids)
+    # The first of these callbacks to run takes every endpoint noted: one task per endpoint per
+    # commit, however many events it wrote.
+    after_commit(session, partial(send_pending, session))
 
 
 def wants(endpoint: NotificationEndpoint, kind: EventType) -> bool:

@@ -31,6 +31,8 @@ from registry.models import (
     OutcomeCounter,
     Tenant,
 )
+from registry.notify import endpoints as notify
+from registry.notify.models import NotificationDelivery
 from registry.tenants import get_policy
 from tests.worker.api_stack import ApiStack, add_tenant, api_stack
 from worker.http.app import create_app
@@ -54,6 +56,7 @@ PUBLIC = {
 }
 HIDDEN, LISTED, REFUSED, STREAM = "404 as if absent", "left out of the list", "403", "stream"
 BATCH = {"batch_id": "iso-1", "records": [{"version": 1, "success": True, "count": 3}]}
+HOOK = {"name": "alpha-new-hook", "url": "https://example.com/hook"}
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,30 @@ TABLE: dict[tuple[str, str], list[Case]] = {
         Case("/tenants/beta/switch", HIDDEN, {"version": 1, "reason": "x"})
     ],
     ("GET", "/dashboard/stream"): [Case("/dashboard/stream", STREAM)],
+    # Notification endpoints: beta's, and a global one (every tenant's events: unscoped only).
+    ("GET", "/v1/notifications/endpoints"): [
+        Case("/v1/notifications/endpoints", LISTED),
+        Case("/v1/notifications/endpoints?tenant=beta", HIDDEN),
+    ],
+    ("POST", "/v1/notifications/endpoints"): [
+        Case("/v1/notifications/endpoints", HIDDEN, {**HOOK, "tenant": "beta"}),
+        Case("/v1/notifications/endpoints", REFUSED, HOOK),
+    ],
+    **{
+        (method, f"/v1/notifications/endpoints/{{name}}{tail}"): [
+            Case(f"/v1/notifications/endpoints/{name}{tail}", HIDDEN, body, name, "nobody-hook")
+            for name in ("beta-hook", "global-beta-hook")
+        ]
+        for method, tail, body in (
+            ("GET", "", None),
+            ("DELETE", "", None),
+            ("POST", "/test", None),
+            ("GET", "/deliveries", None),
+            ("POST", "/enable", None),
+            ("POST", "/disable", {"reason": "x"}),
+            ("POST", "/replay", {"since": "1d"}),
+        )
+    },
     ("POST", "/v1/jobs/{job_id}/evaluation"): [
         Case(
             "/v1/jobs/{beta_job}/evaluation",
@@ -149,13 +176,20 @@ def api(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApiStack]:
     tmp = tmp_path_factory.mktemp("isolation")
-    with api_stack(request, tmp, stream_heartbeat_seconds=1) as stack:
+    with api_stack(
+        request, tmp, stream_heartbeat_seconds=1, notify_encryption_key="isolation-key"
+    ) as stack:
         add_tenant("alpha")
-        # beta: a live canary (v1 90%, v2 10%) with auto-promote, an operation, a job event.
+        # beta: a live canary (v1 90%, v2 10%) with auto-promote, an operation, a job event, a
+        # notification endpoint (and a global one, which only unscoped keys see).
         add_tenant("beta", versions=2, strategy="canary", auto_promote=True)
         with unit_of_work() as session:
             operations.queue_operation(session, "beta", "rollback", actor="someone")
             events.accept_event(session, "ftjob-beta-event", "beta", "cli")
+            # Receivers that refuse connections: a test send that got through would still fail.
+            notify.add_endpoint(session, "beta-hook", "http://127.0.0.1:9/b", tenant_ref="beta")
+            # Named so that the list check, which looks for "beta", would see it leak too.
+            notify.add_endpoint(session, "global-beta-hook", "http://127.0.0.1:9/g")
         stack.key("serve-alpha", "serve", "alpha")
         stack.key("admin-alpha", "admin", "alpha")
         stack.key("admin-all", "admin")
@@ -210,6 +244,11 @@ def _state(slug: str) -> dict[str, Any]:
             "evaluations": count(Evaluation),
             "events": count(JobEvent),
             "policy": records.policy(tenant, get_policy(session, tenant.id)),
+            "notification endpoints": [
+                (e["name"], e["tenant"], e["enabled"], e["disabled_reason"], e["events"])
+                for e in notify.list_endpoints(session)
+            ],
+            "deliveries": count(NotificationDelivery),
         }
 
 
@@ -281,6 +320,8 @@ def test_scoped_keys_cannot_reach_another_tenant_through_any_route(api: ApiStack
     with api.client("admin-all") as client:  # unscoped, beta is there: the lists prove something
         assert "beta" in client.get("/v1/tenants").text and "beta" in client.get("/v1/status").text
         assert "ftjob-beta-event" in client.get("/v1/events").text
+        listed = client.get("/v1/notifications/endpoints").text
+        assert "beta-hook" in listed and "global-beta-hook" in listed
     before = _state("beta")
     checked = 0
     for key in ("serve-alpha", "admin-alpha"):

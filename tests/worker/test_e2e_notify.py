@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -247,10 +248,74 @@ def test_bad_input_at_the_cli_is_refused_in_one_line(
         (["notify", "add", "x5", "--url", "https://e.com/", "--tenant", "nobody"], 3, "nobody"),
         (["notify", "remove", "nope"], 3, "not found: 'nope'"),
         (["notify", "deliveries", "nope"], 3, "not found: 'nope'"),
+        (["notify", "replay", "nope"], 3, "not found: 'nope'"),
+        (["notify", "replay", "badin-hook", "--since", "yesterday"], 2, "invalid since"),
+        (["notify", "replay", "badin-hook", "--event", "nope"], 2, "invalid event"),
+        (["notify", "replay", "badin-hook", "--event", str(uuid.uuid4())], 3, "no notification"),
+        (["notify", "disable", "badin-hook", "--reason", "x" * 501], 2, "invalid reason"),
+        (["notify", "disable", "badin-hook"], 0, ""),
+        (["notify", "replay", "badin-hook"], 1, "is disabled (disabled by"),
     ]  # fmt: skip
     for argv, code, text in cases:
         assert cli.main(argv) == code, argv
-        err = capsys.readouterr().err
+        captured = capsys.readouterr()
+        if code == 0:
+            assert "disabled badin-hook" in captured.out
+            continue
+        err = captured.err
         assert err.count("\n") == 1 and text in err, (argv, err)
+        assert "example.com" not in err
     names = [e["name"] for e in cli_json(capsys, "notify", "list")]
     assert not {"x1", "x2", "x3", "x4", "x5"} & set(names)
+
+
+def test_replay_sends_what_failed_and_what_was_missed_in_order_with_the_same_ids(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["tenant", "add", "again", "--no-require-evaluation"]) == 0
+    with receiver() as server:
+        server.answer(400, 400)  # the first two are refused: given up at once
+        endpoint(capsys, server, "again-hook", "again")
+        assert cli.main(["tenant", "pause", "again", "--reason", "one"]) == 0
+        assert cli.main(["tenant", "resume", "again"]) == 0
+
+        def failed() -> list[Any] | None:
+            rows = cli_json(capsys, "notify", "deliveries", "again-hook", "--status", "failed")
+            return rows if len(rows) == 2 else None
+
+        first, second = sorted(stack.wait(failed, 30, "two refused deliveries"), key=seq)
+        assert cli.main(["notify", "disable", "again-hook", "--reason", "receiver moving"]) == 0
+        assert cli.main(["tenant", "pause", "again", "--reason", "three"]) == 0  # missed
+        capsys.readouterr()
+        assert cli.main(["notify", "replay", "again-hook"]) == 1
+        assert "enable it, then replay" in capsys.readouterr().err
+        assert cli.main(["notify", "enable", "again-hook"]) == 0
+
+        one = cli_json(capsys, "notify", "replay", "again-hook", "--event", first["webhook_id"])
+        assert one == {
+            "name": "again-hook",
+            "requeued": 1,
+            "missed": 0,
+            "webhook_ids": [first["webhook_id"]],
+        }
+        stack.wait(lambda: len(server.requests) == 3, 30, "the one replayed event")
+        rest = cli_json(capsys, "notify", "replay", "again-hook", "--since", "1h")
+        assert rest["requeued"] == 1 and rest["missed"] == 1
+        stack.wait(lambda: len(server.requests) == 5, 30, "the other two replayed")
+        time.sleep(1)  # and nothing more
+    assert len(server.requests) == 5 and all(r.verified for r in server.requests)
+    refused, replayed = server.requests[:2], server.requests[2:]
+    assert [r.webhook_id for r in refused] == [first["webhook_id"], second["webhook_id"]]
+    # The same ids again (receivers deduplicate), then what it missed, in sequence order.
+    assert [r.webhook_id for r in replayed[:2]] == [first["webhook_id"], second["webhook_id"]]
+    assert [r.type for r in replayed] == ["tenant.paused", "tenant.resumed", "tenant.paused"]
+    sequences = [r.data["sequence"] for r in replayed]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 3
+    rows = {r["webhook_id"]: r for r in cli_json(capsys, "notify", "deliveries", "again-hook")}
+    assert all(r["status"] == "delivered" for r in rows.values()) and len(rows) == 3
+    assert [a["status_code"] for a in rows[first["webhook_id"]]["history"]] == [400, 200]
+    assert cli_json(capsys, "notify", "replay", "again-hook")["webhook_ids"] == []
+
+
+def seq(row: dict[str, Any]) -> int:
+    return int(row["seq"])

@@ -1,6 +1,6 @@
 """`ftdeploy notify` in-process, on PostgreSQL and on the embedded SQLite file (whose key is
 generated in the data directory): add prints the secret once, list never shows it, test sends a
-signed request now, remove removes."""
+signed request now, show, disable and enable, replay (nothing to send here), remove removes."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ def test_add_test_list_remove(
     code, text, _ = run(capsys, "notify", "list")
     for shown in (json.dumps(listed), text):
         assert secret not in shown and "/hooks/ftdeploy" not in shown
+    assert ok_json(capsys, "notify", "show", "hook") == listed[0]
+    disabled = ok_json(capsys, "notify", "disable", "hook", "--reason", "later", "--actor", "ops")
+    assert disabled["enabled"] is False and disabled["disabled_reason"] == "disabled by ops: later"
+    assert ok_json(capsys, "notify", "enable", "hook") == {"name": "hook", "enabled": True}
+    nothing = {"name": "hook", "requeued": 0, "missed": 0, "webhook_ids": []}
+    assert ok_json(capsys, "notify", "replay", "hook", "--since", "1d") == nothing
     assert ok_json(capsys, "notify", "deliveries", "hook") == []
     assert ok_json(capsys, "notify", "remove", "hook") == {"name": "hook", "removed": True}
     assert ok_json(capsys, "notify", "list") == []

@@ -1,14 +1,14 @@
-"""`ftdeploy notify …`: notification endpoints — add (the secret is printed once), list, test,
-deliveries, enable, remove. Registered on the main parser by `worker.cli.commands`."""
+"""`ftdeploy notify …`: notification endpoints — add (the secret is printed once), list, show,
+test, deliveries, enable, disable, replay, remove. Registered on the main parser by
+`worker.cli.commands`; the same registry calls as the HTTP API's (`worker.http.notifications`)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from registry import clock
 from registry.db import unit_of_work
-from registry.notify import delivery, endpoints, render, sender
+from registry.notify import delivery, endpoints, probe, replay
 from registry.settings import get_settings
 from worker.cli import output
 
@@ -26,15 +26,8 @@ def cmd_add(args: argparse.Namespace) -> int:
             events=args.events,
             format=args.format,
         )
-        data = {
-            "name": added.endpoint.name,
-            "tenant": args.tenant,
-            "format": added.endpoint.format,
-            "url": added.endpoint.url_hint,
-            "events": list(added.endpoint.event_types) or ["*"],
-            # Shown this once: only its encryption is stored.
-            "secret": added.secret,
-        }
+        # The secret is in it this once: only its encryption is stored.
+        data = endpoints.added_record(session, added)
     return output.emit(args, data, _added_text)
 
 
@@ -83,29 +76,21 @@ def _list_text(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        data = endpoints.show_endpoint(session, args.name)
+    return output.emit(args, data, lambda row: _list_text([row]))
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     settings = get_settings()
     with unit_of_work() as session:
-        endpoint = endpoints.find_endpoint(session, args.name)
-        outgoing = delivery.test_outgoing(session, endpoint, clock.now())
-    request = render.request_for(
-        outgoing.format, outgoing.message, outgoing.secret, clock.now(), settings.public_url
+        outgoing = probe.prepare(session, args.name)
+    data = probe.send(
+        outgoing, timeout=settings.notify_timeout_seconds, public_url=settings.public_url
     )
-    with sender.make_client() as client:
-        sent = sender.post(
-            client, outgoing.url, request.body, request.headers, settings.notify_timeout_seconds
-        )
-    outcome = delivery.classify(sent)
-    data = {
-        "name": args.name,
-        "webhook_id": outgoing.message.id,
-        "status_code": sent.status_code,
-        "error": sent.error,
-        "outcome": outcome.value,
-        "duration_ms": round(sent.duration_ms, 1),
-    }
     output.emit(args, data, _test_text)
-    return 0 if outcome is delivery.Outcome.DELIVERED else 1
+    return 0 if data["outcome"] == delivery.Outcome.DELIVERED else 1
 
 
 def _test_text(data: dict[str, Any]) -> str:
@@ -145,6 +130,27 @@ def cmd_enable(args: argparse.Namespace) -> int:
     return output.emit(args, {"name": args.name, "enabled": True}, lambda d: f"enabled {d['name']}")
 
 
+def cmd_disable(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        endpoints.disable_endpoint(session, args.name, actor=output.actor(args), reason=args.reason)
+        data = endpoints.show_endpoint(session, args.name)
+    return output.emit(args, data, lambda d: f"disabled {d['name']} ({d['disabled_reason']})")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    with unit_of_work() as session:
+        # Sent to the worker after the commit.
+        data = replay.replay(session, args.name, since=args.since, event=args.event).record()
+    return output.emit(args, data, _replay_text)
+
+
+def _replay_text(data: dict[str, Any]) -> str:
+    return (
+        f"replaying to {data['name']}: {data['requeued']} failed, {data['missed']} missed "
+        "while disabled"
+    )
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     with unit_of_work() as session:
         endpoints.remove_endpoint(session, args.name)
@@ -163,6 +169,9 @@ def add_commands(commands: Commands) -> None:
     listing = notify.command("list", cmd_list, "endpoints, their backlog and state")
     listing.add_argument("--tenant", help="endpoints that get this tenant's events")
 
+    show = notify.command("show", cmd_show, "one endpoint, its backlog and state")
+    show.add_argument("name")
+
     test = notify.command("test", cmd_test, "send a test notification now and show the answer")
     test.add_argument("name")
 
@@ -173,6 +182,18 @@ def add_commands(commands: Commands) -> None:
 
     enable = notify.command("enable", cmd_enable, "enable a disabled endpoint again")
     enable.add_argument("name")
+
+    disable = notify.command("disable", cmd_disable, "stop sending to an endpoint for now")
+    disable.add_argument("name")
+    disable.add_argument("--reason", help="why (shown by notify list)")
+    output.add_actor(disable)
+
+    again = notify.command(
+        "replay", cmd_replay, "send again what failed, and what was missed while disabled"
+    )
+    again.add_argument("name")
+    again.add_argument("--since", metavar="2h|ISO-TIME", help="only events written since")
+    again.add_argument("--event", metavar="WEBHOOK-ID", help="only this notification")
 
     remove = notify.command("remove", cmd_remove, "remove an endpoint and its deliveries")
     remove.add_argument("name")

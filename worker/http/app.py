@@ -16,7 +16,7 @@ from registry.db import session_factory
 from registry.routing import change_feed, default_router
 from registry.settings import Settings, get_settings
 from worker import web
-from worker.http import operators, outcomes, pages, problems, serving
+from worker.http import notifications, operators, outcomes, pages, problems, serving
 from worker.http.auth import KeyCache
 from worker.http.changes import Announcer
 from worker.logs import event
@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.announcer = Announcer(router, lambda: router.feed or change_feed())
     # The routes themselves, not included routers: `app.routes` lists every APIRoute, which the
     # route-walk tests read (authorization on each, a tenant-isolation case for each).
-    for module in (serving, outcomes, operators):
+    for module in (serving, outcomes, operators, notifications):
         app.router.routes.extend(module.router.routes)
     pages.install(app, settings)  # the dashboard at /
     webhook = webhook_configured(settings)
