@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from registry import clock
 from registry.canary.canaries import Assessment, assess, read_live_canaries, samples
-from registry.canary.outcomes import VersionResolver, store_outcomes, validate_outcome
+from registry.canary.outcome_input import validate_outcome
+from registry.canary.outcomes import store_outcomes
+from registry.canary.resolver import VersionResolver
 from registry.db import unit_of_work
 from registry.models import ModelVersion
 from registry.settings import get_settings
