@@ -12,11 +12,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import operations, versions
-from registry.canary.sweep import auto_promote_sweep
 from registry.db import session_factory, unit_of_work
 from registry.models import AuditEvent
 from tests.factories import deploy_new, make_tenant
-from tests.registry.canary_support import Clock, canary_tenant, record, simulated_clock, split
+from tests.registry.canary_support import (
+    Clock,
+    auto_promote_sweep,
+    canary_tenant,
+    record,
+    simulated_clock,
+    split,
+)
 from tests.worker.cli_support import ok_json, run
 
 
