@@ -14,17 +14,22 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx2
-
 from bench.bench_resolve import _setup
-from bench.common import BenchEnv, Row, fresh_database, run_alone
+from bench.common import (
+    REPO,
+    BenchEnv,
+    Row,
+    free_port,
+    fresh_database,
+    http_server,
+    run_alone,
+    server_env,
+)
 from registry import keys
 from registry.db import unit_of_work
 
-REPO = Path(__file__).resolve().parents[1]
 CONNECTIONS = 64
 ROUTES = {
     "ours": "/v1/tenants/canary/resolve?subject={subject}",
@@ -33,35 +38,11 @@ ROUTES = {
 }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _server(url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FTDEPLOY_")}
-    env.update(FTDEPLOY_DATABASE_URL=url, FTDEPLOY_DATA_DIR=str(log.parent), PYTHONUNBUFFERED="1")
-    argv = [
+def _server_argv(port: int) -> list[str]:
+    return [
         sys.executable, "-m", "uvicorn", "--factory", "bench.http_app:create_app",
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
-    with log.open("ab") as out:
-        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"bench server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx2.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("bench server did not start")
 
 
 def _load(port: int, path: str, key: str, seconds: float) -> dict[str, float]:
@@ -90,20 +71,16 @@ def run(env: BenchEnv) -> list[Row]:
     with unit_of_work(url) as session:
         _, key = keys.create_key(session, "bench", "serve")
     seconds = 1.5 if env.quick else 5.0
-    port = _free_port()
+    port = free_port()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"ftdeploy-bench-http-{os.getpid()}.log"
-    server = _server(url, port, log)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in ROUTES}
-    try:
+    with http_server(_server_argv(port), server_env(url, log.parent), port, log, "bench server"):
         # Rounds, each in a rotated order: on a shared machine the load drifts, and a figure
         # measured alone at a bad moment would skew its ratio.
         names = list(ROUTES)
         for round_ in range(1 if env.quick else 3):
             for name in names[round_ % 3 :] + names[: round_ % 3]:
                 runs[name].append(_load(port, ROUTES[name], key, seconds))
-    finally:
-        server.terminate()
-        server.wait(20)
     results = {name: _median(found) for name, found in runs.items()}
     ours, constant, seed = results["ours"], results["constant"], results["seed"]
     notes = {"connections": CONNECTIONS, "seconds": seconds, "runs": runs}

@@ -29,7 +29,7 @@ import psycopg
 from sqlalchemy import event, func, select
 
 from bench.common import BenchEnv, Row, fresh_database, run_alone
-from registry.canary.outcomes import bucket_start
+from registry.canary.counters import bucket_start
 from registry.canary.recorder import OutcomeRecorder
 from registry.db import session_factory
 from registry.models import OutcomeCounter

@@ -29,12 +29,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from bench.common import BenchEnv, Row, fresh_database
+from bench.common import REPO, BenchEnv, Row, fresh_database
 from registry import routing, versions
 from registry.db import unit_of_work
 from registry.deployments import deploy
@@ -44,7 +43,6 @@ from registry.routing import subject_number
 from registry.settings import get_settings
 from registry.tenants import PolicyChanges, create_tenant, set_policy
 
-REPO = Path(__file__).resolve().parents[1]
 SEED_QUERY = (
     "SELECT model_id, traffic_percent FROM ai_model_versions "
     "WHERE tenant_id = %s AND status = 'production' ORDER BY version DESC"

@@ -26,16 +26,14 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 
-from bench.common import BenchEnv, Row, fresh_database
+from bench.common import REPO, BenchEnv, Row, fresh_database
 from registry.change_feed import process_feed
 from registry.db import session_factory
 from registry.routing import Router
 
-REPO = Path(__file__).resolve().parents[1]
 SIZES = (10, 1_000, 10_000)
 STALENESS = 1.0
 SUBJECT_POOL = 10_000

@@ -14,40 +14,27 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx2
-
-from bench.bench_http import _free_port
 from bench.bench_resolve import _setup
-from bench.common import BenchEnv, Row, fresh_database, run_alone
+from bench.common import (
+    FTDEPLOY,
+    REPO,
+    BenchEnv,
+    Row,
+    free_port,
+    fresh_database,
+    http_server,
+    run_alone,
+    server_env,
+)
 from registry import keys
 from registry.db import unit_of_work
 
-REPO = Path(__file__).resolve().parents[1]
-FTDEPLOY = Path(sys.executable).with_name("ftdeploy")
 SCRIPT = REPO / "clients" / "typescript" / "bench" / "resolve.mjs"
 HTTP = "one HTTP request per call: GET /v1/tenants/{t}/resolve on `ftdeploy serve` (sequential)"
 LIMIT = "a bare Map.get(subject) in the same Node process (the limit)"
-
-
-def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    argv = [str(FTDEPLOY), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("ab") as out:
-        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"ftdeploy serve exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx2.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("ftdeploy serve did not start")
 
 
 def _node_bench(node: str, url: str, key: str, quick: bool) -> dict[str, Any]:
@@ -74,20 +61,13 @@ def run(env: BenchEnv) -> list[Row]:
     _setup(url)
     with unit_of_work(url) as session:
         _, key = keys.create_key(session, "bench-ts", "serve")
-    port = _free_port()
+    port = free_port()
+    argv = [str(FTDEPLOY), "serve", "--host", "127.0.0.1", "--port", str(port)]
     with tempfile.TemporaryDirectory(prefix="ftdeploy-bench-ts-") as tmp:
-        server_env = {k: v for k, v in os.environ.items() if not k.startswith("FTDEPLOY_")}
-        server_env.update(
-            FTDEPLOY_DATABASE_URL=url, FTDEPLOY_BROKER_URL=env.redis_url,
-            FTDEPLOY_DATA_DIR=tmp, PYTHONUNBUFFERED="1",
-        )  # fmt: skip
-        server = _serve(server_env, port, Path(tmp) / "serve.log")
-        try:
+        served = server_env(url, tmp, broker_url=env.redis_url)
+        with http_server(argv, served, port, Path(tmp) / "serve.log", "ftdeploy serve"):
             target = f"http://127.0.0.1:{port}/v1/tenants/canary/resolve?subject=user-42"
             result = _node_bench(NODE, target, key, env.quick)
-        finally:
-            server.terminate()
-            server.wait(20)
     rows = result["rows"]
     ours, http, limit = rows["resolve_subject"], rows["http"], rows["map_get"]
     notes = {"node": result["node"], "split": result["split"], "rows": rows}

@@ -7,9 +7,21 @@ means something on a noisy machine where absolute numbers do not.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+import httpx2
+
+REPO = Path(__file__).resolve().parents[1]
+FTDEPLOY = Path(sys.executable).with_name("ftdeploy")
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,57 @@ def fresh_database(env: BenchEnv, name: str) -> str:
     url = services.create_database(env.postgres_url, name)
     upgrade(url)
     return url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def server_env(database_url: str, data_dir: str | Path, **settings: str) -> dict[str, str]:
+    """The environment of a server a benchmark starts: this one without its FTDEPLOY_ settings,
+    then the benchmark's database, data directory and `settings` (FTDEPLOY_ + upper-cased)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FTDEPLOY_")}
+    env.update(
+        FTDEPLOY_DATABASE_URL=database_url, FTDEPLOY_DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1"
+    )
+    env.update({f"FTDEPLOY_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+@contextmanager
+def http_server(
+    argv: Sequence[str], env: Mapping[str, str], port: int, log: Path, name: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """An HTTP server process (`argv`, listening on `port` of loopback), ready once `/healthz`
+    answers 200 (within 30 s); terminated when the block ends. Its output goes to `log`."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            list(argv), cwd=REPO, env=dict(env), stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                time.sleep(0.1)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start")
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
 
 
 def run_alone(run: Callable[[BenchEnv], list[Row]], argv: list[str]) -> int:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from registry.audit import Activity
+from registry.canary.canaries import Assessment, samples
 from registry.models import (
     AuditEvent,
     DeploymentPolicy,
@@ -202,4 +203,35 @@ def notification_delivery(
             }
             for a in attempts
         ],
+    }
+
+
+def canary_status(assessment: Assessment, now: datetime) -> dict[str, Any]:
+    """One live canary as `ftdeploy status` and `GET /v1/status` show it: where it is, what it
+    has seen, what the next sweep would do and why (the same read and decision as the sweep)."""
+    canary, policy, decision = assessment.canary, assessment.canary.policy, assessment.decision
+    return {
+        "tenant": canary.tenant,
+        "version": canary.version,
+        "traffic_percent": canary.traffic_percent,
+        "steps": list(policy.steps) if policy else None,
+        "step_started_at": when(canary.step_started_at),
+        "in_step_seconds": round(max(0.0, (now - canary.step_started_at).total_seconds()), 1),
+        "bake_seconds": policy.bake_seconds if policy else None,
+        "deadline_seconds": policy.deadline_seconds if policy else None,
+        "metric": policy.metric.value if policy else None,
+        "samples": samples(canary),
+        "min_samples": policy.min_samples if policy else None,
+        "value": decision.metric_value if decision else None,
+        "threshold": policy.threshold if policy else None,
+        "stable_requests": canary.stable.requests,
+        "next": "paused" if canary.paused else assessment.action,
+        "next_percent": None if canary.paused or not decision else decision.next_percent,
+        "reason": (
+            f"the tenant is paused (`ftdeploy tenant resume {canary.tenant}`); "
+            f"unpaused it would {assessment.action}: {assessment.reason}"
+            if canary.paused
+            else assessment.reason
+        ),
+        "paused": canary.paused,
     }

@@ -1,5 +1,6 @@
-"""Real processes for end-to-end tests: a Celery worker (optionally with beat) in its own
-process group, pointed at the test's PostgreSQL, Redis and fake OpenAI through the environment."""
+"""Real processes for end-to-end tests, each in its own process group and pointed at the test's
+PostgreSQL, Redis and fake OpenAI through the environment: a Celery worker (optionally with
+beat), and an `ftdeploy` command serving HTTP (the API, the webhook receiver)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import redis
 
+from tests.server_process import HOST, free_port
+
 _redis_db = itertools.count(1)
 REPO = Path(__file__).resolve().parents[1]
+FTDEPLOY = Path(sys.executable).with_name("ftdeploy")
 
 
 def fresh_broker_url(redis_url: str) -> str:
@@ -57,7 +62,99 @@ def worker_env(
     return env
 
 
-class WorkerProcess:
+class ProcessGroup:
+    """A child process in a process group of its own (so its children go with it), logging to
+    a file: stopped by SIGTERM to the group, SIGKILL when that takes too long."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, argv: Sequence[str], preexec_fn: Callable[[], None] | None = None) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                list(argv),
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=preexec_fn,
+            )
+
+    def log(self) -> str:
+        """The end of the log (its last 6,000 characters)."""
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown, no pending work finished."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+class HttpServer(ProcessGroup):
+    """`ftdeploy <command> --host 127.0.0.1 --port N` (`serve`, `webhooks serve`) on a free
+    loopback port; `start()` returns once `/healthz` answers 200."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.command = tuple(command)
+        self.env = dict(env)
+        self.log_path = log_path
+        self.preexec_fn = preexec_fn
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> HttpServer:
+        argv = [str(FTDEPLOY), *self.command, "--host", HOST, "--port", str(self.port)]
+        self._spawn(argv, self.preexec_fn)
+        name = " ".join(self.command)
+
+        def healthy() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"{name} exited; log:\n{self.log()}")
+            try:
+                return httpx2.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            except httpx2.HTTPError:
+                return False
+
+        try:
+            wait_for(healthy, timeout, f"{name} did not become healthy; log:\n{self.log()}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> HttpServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class WorkerProcess(ProcessGroup):
     """`celery -A worker.app worker` in its own process group, logging to a file."""
 
     def __init__(
@@ -78,7 +175,6 @@ class WorkerProcess:
         self.name = name
         self.extra_args = extra_args
         self.app = app  # the Celery app module (`-A`); the benchmarks' no-op app, say
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> WorkerProcess:
         argv = [
@@ -99,15 +195,7 @@ class WorkerProcess:
         ]
         if self.beat:
             argv += ["-B", f"--schedule={self.log_path.with_suffix('.schedule')}"]
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self._spawn(argv)
         wait_for(
             lambda: b" ready." in self.log_path.read_bytes(),
             timeout,
@@ -115,33 +203,10 @@ class WorkerProcess:
         )
         return self
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
     def pool_pids(self) -> list[int]:
         """The prefork pool's child processes (they run the tasks)."""
         out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: the main process and its pool, no goodbye."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
     def __enter__(self) -> WorkerProcess:
         return self.start()

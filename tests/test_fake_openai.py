@@ -6,7 +6,6 @@ import functools
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 import openai
 import pytest
 
+from tests.server_process import free_port
 from worker.demo.fake_openai import DEFAULT_METRICS, FakeOpenAI
 
 API_KEY = "sk-test-fake-0123456789abcdef"
@@ -350,14 +350,8 @@ def test_stop_is_prompt_with_a_slow_reply_pending_and_restart_keeps_the_port() -
         fake.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_admin_api_scripts_a_fake_in_another_process() -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "worker.demo.fake_openai", "--port", str(port)],

@@ -16,7 +16,8 @@ from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 
 from registry import operations, stranded_operations, validation
-from registry.canary import batches, outcomes
+from registry.canary import batches, outcome_input, outcomes
+from registry.canary.resolver import resolver_for
 from registry.db import unit_of_work
 from registry.errors import FtdeployError, InvalidInput, JobNotFinished, RunNotDeployable
 from registry.jobs import events, pipeline
@@ -249,14 +250,14 @@ def record_outcomes(self: Task, batch: Any, batch_id: Any = None) -> dict[str, A
 
 def _store_outcomes(batch: Any, batch_id: Any, task_id: str | None) -> dict[str, Any]:
     try:
-        records = outcomes.check_batch(batch)
+        records = outcome_input.check_batch(batch)
         if batch_id is None:
             # A direct call (not a message) has no task id: nothing to deduplicate against.
             batch_id = f"task:{task_id or uuid.uuid4()}"
         batch_id = batches.check_batch_id(batch_id)
     except InvalidInput as error:
         result = batches.BatchResult(
-            str(batch_id), refused=[outcomes.Refusal(-1, "batch", str(error))]
+            str(batch_id), refused=[outcome_input.Refusal(-1, "batch", str(error))]
         )
     else:
         settings = get_settings()
@@ -266,7 +267,7 @@ def _store_outcomes(batch: Any, batch_id: Any, task_id: str | None) -> dict[str,
                 batch_id,
                 records,
                 bucket_seconds=settings.outcome_bucket_seconds,
-                resolver=_outcome_resolver(settings.database_url_value),
+                resolver=resolver_for(settings.database_url_value),
             )
     if not result.duplicate:
         metrics.outcomes_stored(outcomes.StoreResult(result.recorded, result.refused))
@@ -282,12 +283,6 @@ def _store_outcomes(batch: Any, batch_id: Any, task_id: str | None) -> dict[str,
 
 
 OUTCOMES = Policy(max_retries=10, name="outcomes")
-
-
-@lru_cache(maxsize=4)
-def _outcome_resolver(database_url: str) -> outcomes.VersionResolver:
-    # Per database: the cached ids mean nothing in another one.
-    return outcomes.VersionResolver()
 
 
 @app.task(name="ftdeploy.auto_promote_sweep")

@@ -23,13 +23,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from registry import clock
-from registry.canary.outcomes import (
-    Outcome,
-    Refusal,
-    VersionResolver,
-    parse_outcome,
-    store_outcomes,
-)
+from registry.canary.outcome_input import Outcome, Refusal, parse_outcome
+from registry.canary.outcomes import store_outcomes
+from registry.canary.resolver import VersionResolver
 from registry.errors import FtdeployError, InvalidInput
 from registry.models import OutcomeBatch
 

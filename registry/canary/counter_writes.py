@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.canary.outcomes import Key, Sums, upsert_counters
+from registry.canary.counters import Key, Sums, upsert_counters
 from registry.db import unit_of_work
 from registry.masking import mask
 

@@ -2,7 +2,7 @@
 
 `record()` validates an outcome, resolves its version (cached) and adds it to in-memory sums per
 (tenant, version, bucket); flushes write those sums with batched upserts
-(`registry.canary.outcomes.upsert_counters`). One flush writes one row per bucket touched,
+(`registry.canary.counters.upsert_counters`). One flush writes one row per bucket touched,
 however many outcomes it holds: that, not the request rate, is what the database sees.
 
 Usage in a serving app::
@@ -15,7 +15,8 @@ Usage in a serving app::
 `record()` never raises into the request that calls it: a refused outcome (malformed, an unknown
 tenant or model, `None` as the model when nothing is live, a time out of range, the database
 unreachable while resolving it) returns False and is counted by field (`stats.refused`, the
-observer's metric), its reason kept in `stats.recent_refusals` and logged at a bounded rate.
+observer's metric), its reason kept in `stats.recent_refusals` and logged at a bounded rate
+(`registry.canary.refusals`).
 Flushes write one transaction for everything, or one per tenant when that fails, so a tenant
 whose rows the database refuses does not hold back the others (`registry.canary.counter_writes`).
 """
@@ -28,65 +29,39 @@ import threading
 import time
 import uuid
 import weakref
-from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.canary.counter_writes import MAX_COUNTER, write_by_tenant
-from registry.canary.outcomes import (
-    MAX_COUNT,
-    MAX_LATENCY_MS,
-    Ids,
-    Key,
+from registry.canary.counters import Ids, Key, Sums, bucket_of, bucket_time
+from registry.canary.outcome_input import (
     Outcome,
     Refusal,
-    StoreResult,
-    Sums,
-    VersionResolver,
-    bucket_of,
-    bucket_time,
     field_of,
     parse_outcome,
+    plainly_valid,
     validate_outcome,
 )
+from registry.canary.outcomes import StoreResult
+from registry.canary.refusals import (
+    OVERFLOW,
+    OutcomeObserver,
+    Refusals,
+    bounded,
+    failure_field,
+    first_line,
+)
+from registry.canary.resolver import VersionResolver
+from registry.db import unit_of_work
 from registry.errors import FtdeployError, InvalidInput
-from registry.lograte import LogRate
-from registry.masking import mask
 
 log = logging.getLogger("ftdeploy.outcomes")
 
 KNOWN_LIMIT = 100_000  # (tenant, model) pairs, as callers pass them, kept for the fast path
 Pending = dict[tuple[int, int], Sums]  # (slot of the ids, bucket start in epoch seconds)
-RECENT_REFUSALS = 20
-MAX_REASON = 300
-
-
-def _plain(success: object, score: object, latency_ms: object, count: object) -> bool:
-    """True when the values are certainly valid (exact types, in range, so not NaN); anything
-    else takes the full validation, which says what is wrong."""
-    return (
-        type(success) is bool
-        and type(count) is int
-        and 1 <= count <= MAX_COUNT
-        and (score is None or (type(score) in (float, int) and 0.0 <= score <= 1.0))  # type: ignore[operator]
-        and (
-            latency_ms is None
-            or (type(latency_ms) in (float, int) and 0.0 <= latency_ms <= MAX_LATENCY_MS)  # type: ignore[operator]
-        )
-    )
-
-
-class OutcomeObserver(Protocol):
-    """Told about every accepted and refused outcome (the worker feeds Prometheus with it)."""
-
-    def recorded(self, count: int) -> None: ...
-
-    def refused(self, field: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -153,7 +128,7 @@ class OutcomeRecorder:
 
     def _reset(self) -> None:
         # Also the child's state after a fork: fresh locks (another thread may have held one).
-        self._lock = threading.Lock()  # guards the pending sums, `_known` and the stats
+        self._lock = threading.Lock()  # guards the pending sums, `_known` and the counts
         self._flush_lock = threading.Lock()  # one flush at a time
         self._pending: Pending = {}
         # Each (tenant id, version id) gets a small int slot: hashing two UUIDs on every record
@@ -164,12 +139,9 @@ class OutcomeRecorder:
         self._known: dict[tuple[object, object], int] = {}
         self._pending_records = 0
         self._recorded = 0
-        self._refused: Counter[str] = Counter()
         self._flushes = 0
         self._rows = 0
-        self._dropped = 0
-        self._recent: deque[str] = deque(maxlen=RECENT_REFUSALS)
-        self._log_rate = LogRate(burst=5, per_seconds=60.0)
+        self._refusals = Refusals(self._observer)
         self._thread: threading.Thread | None = None
 
     def record(
@@ -191,7 +163,7 @@ class OutcomeRecorder:
                 slot = self._known.get((tenant, model))
             except TypeError:  # unhashable, so certainly invalid: the validation says why
                 slot = None
-            if slot is not None and at is None and _plain(success, score, latency_ms, count):
+            if slot is not None and at is None and plainly_valid(success, score, latency_ms, count):
                 bucket = bucket_of(now, self._bucket)
                 return self._add(slot, bucket, count, success, score, latency_ms)
             outcome = validate_outcome(
@@ -209,9 +181,9 @@ class OutcomeRecorder:
                 self._known[(tenant, model)] = slot  # valid, so hashable (str, int or UUID)
             return self._add_outcome(slot, outcome, now)
         except FtdeployError as error:
-            self._refuse(field_of(error), str(error))
+            self._refusals.add(field_of(error), str(error))
         except Exception as error:  # the database, or a bug: never the request's problem
-            self._refuse(_failure_field(error), f"{type(error).__name__}: {error}")
+            self._refusals.add(failure_field(error), f"{type(error).__name__}: {error}")
         return False
 
     def record_many(self, records: Iterable[object]) -> StoreResult:
@@ -225,22 +197,22 @@ class OutcomeRecorder:
             except FtdeployError as error:
                 field_name, reason = field_of(error), str(error)
             except Exception as error:
-                field_name, reason = _failure_field(error), f"{type(error).__name__}: {error}"
+                field_name, reason = failure_field(error), f"{type(error).__name__}: {error}"
             else:
                 if kept:
                     result.recorded += outcome.count
                 else:
-                    result.refused.append(Refusal(index, "count", _OVERFLOW))
+                    result.refused.append(Refusal(index, "count", OVERFLOW))
                 continue
-            self._refuse(field_name, reason)
-            result.refused.append(Refusal(index, field_name, _bounded(reason)))
+            self._refusals.add(field_name, reason)
+            result.refused.append(Refusal(index, field_name, bounded(reason)))
         return result
 
     def _resolve(self, outcome: Outcome) -> Ids:
         ids = self._resolver.cached(outcome.tenant, outcome.model)
         if ids is not None:
             return ids
-        with self._sessions() as session:
+        with unit_of_work(self._sessions) as session:
             return self._resolver.load(session, outcome.tenant, outcome.model)
 
     def _slot(self, ids: Ids) -> int:
@@ -286,7 +258,7 @@ class OutcomeRecorder:
                 )
                 self._thread.start()
         if sums is None:
-            self._refuse("count", _OVERFLOW)
+            self._refusals.add("count", OVERFLOW)
             return False
         if self._observer is not None:
             self._observer.recorded(count)
@@ -296,20 +268,6 @@ class OutcomeRecorder:
             else:
                 self._flush_logged()
         return True
-
-    def _refuse(self, field_name: str, reason: str, rows: int = 0) -> None:
-        """Count a refusal (an outcome, or a row a flush dropped) and log it at a bounded rate."""
-        reason = _bounded(reason)
-        with self._lock:
-            self._refused[field_name] += 1
-            self._dropped += rows
-            self._recent.append(f"{field_name}: {reason}")
-        if self._observer is not None:
-            self._observer.refused(field_name)
-        allowed, suppressed = self._log_rate.allow(("refused", field_name))
-        if allowed:
-            fields = {"field": field_name, "reason": reason, "suppressed": suppressed}
-            log.warning("outcomes.refused", extra={"ftdeploy_fields": fields})
 
     def flush(self) -> int:
         """Write everything pending now; returns the number of (version, bucket) rows written.
@@ -339,7 +297,9 @@ class OutcomeRecorder:
                     self._flushes += 1
                 self._rows += report.written
             for key, (field_name, reason) in report.refused.items():
-                self._refuse(field_name, f"dropped a row of version {key[1]}: {reason}", rows=1)
+                self._refusals.add(
+                    field_name, f"dropped a row of version {key[1]}: {reason}", rows=1
+                )
             if report.error is not None:
                 raise report.error
             return report.written
@@ -349,11 +309,12 @@ class OutcomeRecorder:
         try:
             self.flush()
         except Exception as error:  # kept pending; the next flush retries
-            allowed, suppressed = self._log_rate.allow(("flush_failed", type(error).__name__))
+            rate = self._refusals.log_rate
+            allowed, suppressed = rate.allow(("flush_failed", type(error).__name__))
             if allowed:
                 fields = {
                     "error": type(error).__name__,
-                    "reason": _bounded(_first_line(error)),
+                    "reason": bounded(first_line(error)),
                     "pending": self.stats.pending,
                     "suppressed": suppressed,
                 }
@@ -367,15 +328,16 @@ class OutcomeRecorder:
 
     @property
     def stats(self) -> RecorderStats:
+        refused, dropped, recent = self._refusals.snapshot()
         with self._lock:
             return RecorderStats(
                 self._recorded,
-                dict(self._refused),
+                refused,
                 self._flushes,
                 self._rows,
                 len(self._pending),
-                self._dropped,
-                tuple(self._recent),
+                dropped,
+                recent,
             )
 
     def close(self) -> None:
@@ -393,21 +355,3 @@ class OutcomeRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_OVERFLOW = "the count would overflow its bucket's counter"
-
-
-def _failure_field(error: BaseException) -> str:
-    return "database" if isinstance(error, SQLAlchemyError) else "internal"
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def _bounded(reason: str) -> str:
-    """A reason from outside (an input's repr, a driver's message): masked, one line, bounded."""
-    text = " ".join(mask(reason[: 4 * MAX_REASON]).split())
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 1] + "…"

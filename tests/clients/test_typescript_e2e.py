@@ -29,7 +29,8 @@ from registry.db import unit_of_work
 from registry.models import Tenant, TrafficEvent
 from tests.clients.node import CLIENT, NODE, built_client
 from tests.factories import deploy_new, make_tenant
-from tests.worker.api_stack import FTDEPLOY, ApiServer, ApiStack, add_tenant
+from tests.harness import FTDEPLOY
+from tests.worker.api_stack import ApiServer, ApiStack, add_tenant
 from tests.worker.e2e_stack import e2e_stack
 
 pytestmark = pytest.mark.e2e

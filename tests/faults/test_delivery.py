@@ -11,7 +11,8 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from registry.canary.outcomes import Outcome, store_outcomes
+from registry.canary.outcome_input import Outcome
+from registry.canary.outcomes import store_outcomes
 from registry.db import unit_of_work
 from registry.jobs import events
 from registry.models import (

@@ -13,9 +13,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry import clock as registry_clock
 from registry import versions
-from registry.canary.outcomes import Outcome, store_outcomes
+from registry.canary.outcome_input import Outcome
+from registry.canary.outcomes import store_outcomes
+from registry.canary.sweep import SweepReport
 from registry.models import Deployment, ModelVersion, TrafficEvent
 from tests.factories import deploy_new, make_tenant
+from worker.sweep import run_sweep
 
 # On a bucket boundary, so outcomes recorded at a step's start fall inside its window.
 T0 = datetime(2025, 6, 2, 12, 0, tzinfo=UTC)
@@ -29,6 +32,11 @@ POLICY: dict[str, Any] = dict(
     bake_seconds=60,
     progress_deadline_seconds=600,
 )
+
+
+def auto_promote_sweep(sessions: sessionmaker[Session], now: Any) -> SweepReport:
+    """The worker's sweep (its door opens the units of work) on the test's database."""
+    return run_sweep(now, database=sessions)
 
 
 class Clock:

@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.canary.outcomes import VersionResolver, store_outcomes
+from registry.canary.outcomes import store_outcomes
 from registry.canary.recorder import OutcomeRecorder
+from registry.canary.resolver import VersionResolver
 from registry.db import session_factory
 from registry.errors import FtdeployError, TenantNotFound
 from registry.models import OutcomeCounter

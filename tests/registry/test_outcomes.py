@@ -15,17 +15,11 @@ from hypothesis import strategies as st
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.canary.outcomes import (
-    Outcome,
-    Sums,
-    VersionResolver,
-    bucket_start,
-    check_batch,
-    parse_outcome,
-    store_outcomes,
-    validate_outcome,
-)
+from registry.canary.counters import Sums, bucket_start
+from registry.canary.outcome_input import Outcome, check_batch, parse_outcome, validate_outcome
+from registry.canary.outcomes import store_outcomes
 from registry.canary.recorder import OutcomeRecorder
+from registry.canary.resolver import VersionResolver
 from registry.errors import InvalidInput, TenantNotFound
 from registry.models import OutcomeCounter
 from tests.factories import deploy_new, make_tenant

@@ -26,6 +26,7 @@ from tests.factories import deploy_new, make_tenant
 from tests.registry.canary_support import (
     POLICY,
     Clock,
+    auto_promote_sweep,
     canary_tenant,
     deployment_of,
     record,
@@ -34,12 +35,7 @@ from tests.registry.canary_support import (
     statuses,
     trail,
 )
-from worker.sweep import apply_one, run_sweep
-
-
-def auto_promote_sweep(sessions: sessionmaker[Session], now: Any) -> sweep.SweepReport:
-    """The worker's sweep (its door opens the units of work) on the test's database."""
-    return run_sweep(now, database=sessions)
+from worker.sweep import apply_one
 
 
 def plan(sessions: sessionmaker[Session], now: Any) -> list[Assessment]:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import operations, versions
+from registry import operations, records, versions
 from registry.canary.canaries import assess, read_live_canaries
 from registry.jobs import events
 from registry.models import Tenant, TrafficEvent
@@ -21,7 +21,6 @@ from registry.views import fleet, preview, tenant
 from registry.views.splits import shares, text
 from tests.factories import deploy_new, make_tenant
 from tests.registry.canary_support import T0, Clock, canary_tenant, record, simulated_clock
-from worker.cli.canary import status_row
 
 
 @contextmanager
@@ -99,7 +98,7 @@ def test_the_explainer_uses_the_sweeps_words(sessions: sessionmaker[Session], cl
         (assessment,) = assess(read_live_canaries(session, tenant_id), clock.now)
     panel = page.canary
     assert panel is not None
-    row = status_row(assessment, clock.now)
+    row = records.canary_status(assessment, clock.now)
     assert panel.reason == row["reason"] and panel.action == row["next"] == "hold"
     assert panel.canary.requests == 42 and panel.stable.requests == 303
     assert panel.samples == 42 and panel.min_samples == 50 and panel.threshold == 0.9

@@ -4,11 +4,6 @@ and keys made through the registry as an operator would."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,65 +16,19 @@ import pytest
 from registry import keys
 from registry.db import unit_of_work
 from tests.factories import deploy_new, make_tenant
-from tests.harness import REPO, wait_for
+from tests.harness import HttpServer
 from tests.worker.e2e_stack import Stack, e2e_stack
 
-FTDEPLOY = Path(sys.executable).with_name("ftdeploy")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class ApiServer:
-    """`ftdeploy serve` in its own process group, logging to a file."""
+class ApiServer(HttpServer):
+    """`ftdeploy serve`: the HTTP API, in its own process group, logging to a file."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
-        self.env = dict(env)
-        self.log_path = log_path
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(["serve"], env, log_path)
 
-    def start(self) -> ApiServer:
-        argv = [str(FTDEPLOY), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-        def healthy() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited; log:\n{self.log()}")
-            try:
-                return httpx2.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx2.HTTPError:
-                return False
-
-        wait_for(healthy, 30, f"server did not become healthy; log:\n{self.log()}")
+    def start(self, timeout: float = 30.0) -> ApiServer:
+        super().start(timeout)
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
 
 
 @dataclass

@@ -15,9 +15,15 @@ from registry import operations, versions
 from registry.db import session_factory, unit_of_work
 from registry.models import AuditEvent
 from tests.factories import deploy_new, make_tenant
-from tests.registry.canary_support import Clock, canary_tenant, record, simulated_clock, split
+from tests.registry.canary_support import (
+    Clock,
+    auto_promote_sweep,
+    canary_tenant,
+    record,
+    simulated_clock,
+    split,
+)
 from tests.worker.cli_support import ok_json, run
-from worker.sweep import run_sweep
 
 
 @pytest.fixture
@@ -188,11 +194,11 @@ def test_item7_pause_holds_the_sweep_and_resume_lets_it_act(
     assert (row["paused"], row["next"]) == (True, "paused")
     assert "paused" in run(capsys, "status", slug)[1]
 
-    report = run_sweep(clock(), database=sessions)
+    report = auto_promote_sweep(sessions, clock())
     assert report.items == [] and split(sessions, tenant_id) == {1: 90, 2: 10}
 
     assert run(capsys, "tenant", "resume", slug, "--reason", "fixed")[0] == 0
-    [item] = run_sweep(clock(), database=sessions).items
+    [item] = auto_promote_sweep(sessions, clock()).items
     assert item.applied and split(sessions, tenant_id) == {1: 75, 2: 25}
 
     audit = [r for r in _trail(capsys, slug) if r["kind"] == "audit"]

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from registry.canary.outcomes import Outcome, store_outcomes
+from registry.canary.outcome_input import Outcome
+from registry.canary.outcomes import store_outcomes
 from registry.db import unit_of_work
 from registry.jobs import events
 from registry.tenants import PolicyChanges, set_policy

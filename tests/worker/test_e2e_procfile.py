@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -21,6 +20,7 @@ from registry.jobs import events
 from registry.versions import list_versions
 from tests import services
 from tests.harness import REPO, fresh_broker_url, reset_settings, wait_for, worker_env
+from tests.server_process import free_port
 from tests.worker.webhook_signing import new_secret
 from worker import cli
 from worker.demo.fake_openai import FakeOpenAI
@@ -35,12 +35,6 @@ def procfile() -> dict[str, str]:
             name, command = line.split(":", 1)
             entries[name.strip()] = command.strip()
     return entries
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

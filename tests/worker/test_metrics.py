@@ -11,7 +11,8 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.canary.outcomes import Refusal, StoreResult
+from registry.canary.outcome_input import Refusal
+from registry.canary.outcomes import StoreResult
 from registry.canary.sweep import SweepItem, SweepReport
 from registry.errors import InvalidInput, UpstreamPermanent, UpstreamTransient
 from registry.settings import Settings

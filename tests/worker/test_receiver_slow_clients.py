@@ -4,35 +4,23 @@ quickly, must be closed by the receiver's deadlines, and must not flood its log.
 
 from __future__ import annotations
 
-import os
 import resource
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from tests.harness import REPO, wait_for, worker_env
+from tests.harness import HttpServer, worker_env
 from tests.worker.webhook_signing import job_event, new_secret, sign
 
 pytestmark = pytest.mark.e2e
 
-FTDEPLOY = Path(sys.executable).with_name("ftdeploy")
 SLOW_CLIENTS = 300
 # Below SLOW_CLIENTS: without raising its own limit the receiver runs out of descriptors.
 RECEIVER_SOFT_NOFILE = 256
 MAX_LOG_BYTES = 200_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _low_open_files_limit() -> None:
@@ -85,32 +73,13 @@ def test_receiver_under_slow_clients_answers_a_signed_delivery(
         webhook_body_timeout_seconds=3,
         webhook_keep_alive_seconds=1,
     )
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "receiver.log"
-    argv = [str(FTDEPLOY), "webhooks", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_low_open_files_limit,
-        )
+    receiver = HttpServer(
+        ["webhooks", "serve"], env, log_path, preexec_fn=_low_open_files_limit
+    ).start()
+    port, url = receiver.port, receiver.url
     slow: list[socket.socket] = []
     try:
-
-        def healthy() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"receiver exited:\n{log_path.read_text()[-3000:]}")
-            try:
-                return httpx2.get(f"{url}/healthz", timeout=1).status_code == 200
-            except httpx2.HTTPError:
-                return False
-
-        wait_for(healthy, 30, "receiver did not become healthy")
         slow = [_slow_client(port, index) for index in range(SLOW_CLIENTS)]
         time.sleep(0.5)  # let the receiver accept them all
 
@@ -138,10 +107,4 @@ def test_receiver_under_slow_clients_answers_a_signed_delivery(
     finally:
         for sock in slow:
             sock.close()
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        receiver.stop()

@@ -3,11 +3,7 @@ worker over Redis, PostgreSQL and the fake OpenAI; deliveries signed by `standar
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -22,7 +18,7 @@ from registry import audit, versions
 from registry.db import unit_of_work
 from registry.jobs.events import find_event
 from registry.models import EventState, WebhookDelivery
-from tests.harness import REPO, running_worker, wait_for
+from tests.harness import HttpServer, running_worker, wait_for
 from tests.worker.webhook_signing import Delivery, job_event, new_secret, sign
 from worker import cli
 from worker.app import QUEUE
@@ -30,48 +26,15 @@ from worker.demo.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.e2e
 
-FTDEPLOY = Path(sys.executable).with_name("ftdeploy")
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class ReceiverProcess:
+class ReceiverProcess(HttpServer):
     """`ftdeploy webhooks serve` in its own process group, logging to a file."""
 
     def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
-        self.env = dict(env)
-        self.log_path = log_path
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(["webhooks", "serve"], env, log_path)
 
-    def start(self) -> ReceiverProcess:
-        argv = [str(FTDEPLOY), "webhooks", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-        def healthy() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"receiver exited; log:\n{self.log()}")
-            try:
-                return httpx2.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except httpx2.HTTPError:
-                return False
-
-        wait_for(healthy, 30, f"receiver did not become healthy; log:\n{self.log()}")
+    def start(self, timeout: float = 30.0) -> ReceiverProcess:
+        super().start(timeout)
         return self
 
     def post(self, delivery: Delivery) -> httpx2.Response:
@@ -81,24 +44,6 @@ class ReceiverProcess:
             headers=delivery.headers,
             timeout=10,
         )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: no shutdown, no pending work finished."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 @contextmanager

@@ -4,12 +4,13 @@ auto-promote sweep sees and would do next."""
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from registry import clock
-from registry.canary.canaries import Assessment, assess, read_live_canaries, samples
-from registry.canary.outcomes import VersionResolver, store_outcomes, validate_outcome
+from registry import clock, records
+from registry.canary.canaries import assess, read_live_canaries
+from registry.canary.outcome_input import validate_outcome
+from registry.canary.outcomes import store_outcomes
+from registry.canary.resolver import VersionResolver
 from registry.db import unit_of_work
 from registry.models import ModelVersion
 from registry.settings import get_settings
@@ -90,39 +91,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     with unit_of_work() as session:  # read only: a short transaction, no lock
         tenant_id = find_tenant(session, args.slug).id if args.slug else None
         canaries = read_live_canaries(session, tenant_id)
-    rows = [status_row(assessment, now) for assessment in assess(canaries, now)]
+    rows = [records.canary_status(assessment, now) for assessment in assess(canaries, now)]
     return output.emit(args, rows, status_text)
-
-
-def status_row(assessment: Assessment, now: datetime) -> dict[str, Any]:
-    """One live canary as `ftdeploy status` shows it: where it is, what it has seen, what the
-    next sweep would do and why (the same read and decision as the sweep)."""
-    canary, policy, decision = assessment.canary, assessment.canary.policy, assessment.decision
-    return {
-        "tenant": canary.tenant,
-        "version": canary.version,
-        "traffic_percent": canary.traffic_percent,
-        "steps": list(policy.steps) if policy else None,
-        "step_started_at": canary.step_started_at.isoformat(),
-        "in_step_seconds": round(max(0.0, (now - canary.step_started_at).total_seconds()), 1),
-        "bake_seconds": policy.bake_seconds if policy else None,
-        "deadline_seconds": policy.deadline_seconds if policy else None,
-        "metric": policy.metric.value if policy else None,
-        "samples": samples(canary),
-        "min_samples": policy.min_samples if policy else None,
-        "value": decision.metric_value if decision else None,
-        "threshold": policy.threshold if policy else None,
-        "stable_requests": canary.stable.requests,
-        "next": "paused" if canary.paused else assessment.action,
-        "next_percent": None if canary.paused or not decision else decision.next_percent,
-        "reason": (
-            f"the tenant is paused (`ftdeploy tenant resume {canary.tenant}`); "
-            f"unpaused it would {assessment.action}: {assessment.reason}"
-            if canary.paused
-            else assessment.reason
-        ),
-        "paused": canary.paused,
-    }
 
 
 def _or_dash(value: object, fmt: str = "{}") -> str:

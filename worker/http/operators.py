@@ -7,7 +7,10 @@ evaluations; `admin` keys add tenants and change policies. A scoped key sees onl
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import uuid
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
@@ -19,7 +22,6 @@ from registry.errors import OperationNotFound, RunNotFound
 from registry.jobs import events, runs
 from registry.models import KeyRole, Operation, OperationKind, Tenant
 from registry.tenants import PolicyChanges, create_tenant, get_policy, list_tenants, set_policy
-from worker.cli.canary import status_row
 from worker.http import problems, schemas
 from worker.http.auth import authorize, visible_tenant
 
@@ -29,12 +31,25 @@ AdminKey = Annotated[keys.Principal, authorize(KeyRole.ADMIN)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
 router = APIRouter(tags=["operators"])
+Row = TypeVar("Row")
 NOT_FOUND = problems.common(404)
 REFUSED = problems.common(404, 409)
 
 
 def _tenant(t: Tenant) -> schemas.Tenant:
     return schemas.Tenant(slug=t.slug, id=str(t.id), created_at=t.created_at.isoformat())
+
+
+def _tenant_records(
+    principal: keys.Principal,
+    tenant: str,
+    read: Callable[[Session, uuid.UUID], Iterable[Row]],
+    shape: Callable[[Row], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """A read of one tenant's rows, as records: the tenant must be visible to the key."""
+    with unit_of_work() as session:
+        found = visible_tenant(session, principal, tenant)
+        return [shape(row) for row in read(session, found.id)]
 
 
 def _changes(body: schemas.PolicyIn) -> PolicyChanges:
@@ -92,9 +107,7 @@ def change_policy(
     "/v1/tenants/{tenant}/versions", response_model=list[schemas.Version], responses=NOT_FOUND
 )
 def list_versions(tenant: schemas.TenantRef, principal: ReadKey) -> list[dict[str, Any]]:
-    with unit_of_work() as session:
-        found = visible_tenant(session, principal, tenant)
-        return [records.version(v) for v in versions.list_versions(session, found.id)]
+    return _tenant_records(principal, tenant, versions.list_versions, records.version)
 
 
 @router.get(
@@ -105,9 +118,8 @@ def list_versions(tenant: schemas.TenantRef, principal: ReadKey) -> list[dict[st
 def history(
     tenant: schemas.TenantRef, principal: ReadKey, limit: Limit = 50
 ) -> list[dict[str, Any]]:
-    with unit_of_work() as session:
-        found = visible_tenant(session, principal, tenant)
-        return [records.traffic_event(e) for e in audit.history(session, found.id, limit)]
+    read = partial(audit.history, limit=limit)
+    return _tenant_records(principal, tenant, read, records.traffic_event)
 
 
 @router.get(
@@ -116,9 +128,8 @@ def history(
 def activity(
     tenant: schemas.TenantRef, principal: ReadKey, limit: Limit = 50
 ) -> list[dict[str, Any]]:
-    with unit_of_work() as session:
-        found = visible_tenant(session, principal, tenant)
-        return [records.activity(a) for a in audit.activity(session, found.id, limit)]
+    read = partial(audit.activity, limit=limit)
+    return _tenant_records(principal, tenant, read, records.activity)
 
 
 @router.get("/v1/events", response_model=list[schemas.JobEvent], responses=problems.common())
@@ -143,19 +154,15 @@ def status(
     with unit_of_work() as session:
         tenant_id = visible_tenant(session, principal, tenant).id if tenant else None
         canaries = read_live_canaries(session, tenant_id)
-    return [status_row(a, now) for a in assess(canaries, now) if principal.sees(a.canary.tenant_id)]
+    assessed = assess(canaries, now)
+    return [records.canary_status(a, now) for a in assessed if principal.sees(a.canary.tenant_id)]
 
 
 # -- queued operations ---------------------------------------------------------------------------
 
 
 def _operation(operation: Operation, slug: str) -> dict[str, Any]:
-    return {
-        **records.operation(operation),
-        "tenant": slug,
-        "reason": operation.reason,
-        "actor": operation.actor,
-    }
+    return {**records.operation(operation), "tenant": slug}
 
 
 def _queue(

@@ -4,14 +4,14 @@ again (`registry.canary.batches`); records the registry refuses are listed with 
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter
 
 from registry import keys
 from registry.canary.batches import store_batch
-from registry.canary.outcomes import StoreResult, VersionResolver
+from registry.canary.outcomes import StoreResult
+from registry.canary.resolver import resolver_for
 from registry.db import unit_of_work
 from registry.models import KeyRole
 from registry.settings import get_settings
@@ -29,11 +29,6 @@ ServeKey = Annotated[keys.Principal, authorize(KeyRole.SERVE)]
 router = APIRouter(tags=["serving"])
 
 
-@lru_cache(maxsize=4)
-def _resolver(database_url: str) -> VersionResolver:
-    return VersionResolver()  # per database: its cached ids mean nothing in another one
-
-
 def _store(principal: keys.Principal, tenant: str, body: OutcomeBatchIn) -> OutcomeBatchOut:
     settings = get_settings()
     with unit_of_work() as session:
@@ -43,7 +38,7 @@ def _store(principal: keys.Principal, tenant: str, body: OutcomeBatchIn) -> Outc
             body.batch_id,
             [record.as_record(str(found.id)) for record in body.records],
             bucket_seconds=settings.outcome_bucket_seconds,
-            resolver=_resolver(settings.database_url_value),
+            resolver=resolver_for(settings.database_url_value),
             tenant_id=found.id,
         )
     if not result.duplicate:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
-from registry.canary.outcomes import MAX_BATCH, MAX_COUNT
+from registry.canary.outcome_input import MAX_BATCH, MAX_COUNT
 
 INT32 = 2**31 - 1
 SLUG = r"[a-z0-9][a-z0-9-]{0,62}"

@@ -4,20 +4,18 @@ bounds behind them), and a canary holding past a share of its deadline, told onc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.canary.sweep import SweepReport
-from tests.registry.canary_support import Clock, canary_tenant, record, simulated_clock
+from tests.registry.canary_support import (
+    Clock,
+    auto_promote_sweep,
+    canary_tenant,
+    record,
+    simulated_clock,
+)
 from tests.registry.notify.support import add, outbox
-from worker.sweep import run_sweep
-
-
-def auto_promote_sweep(sessions: sessionmaker[Session], now: Any) -> SweepReport:
-    """The worker's sweep (its door opens the units of work) on the test's database."""
-    return run_sweep(now, database=sessions)
 
 
 @pytest.fixture
