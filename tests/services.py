@@ -26,6 +26,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -53,10 +54,12 @@ _LIVE: list[Service] = []
 
 
 class Service:
-    """A server for the tests: `.url`, `.pid`, `.stop()`, `.restart()`; a context manager.
+    """A server for the tests: `.url`, `.pid`, `.stop()`, `.restart()`, `.down()`; a context
+    manager.
 
     `stop()` is final and idempotent. `restart()` stops the server (gracefully; a server already
-    killed is just reaped) and starts it again on the same port with the same data.
+    killed is just reaped) and starts it again on the same port with the same data; `down()`
+    does the same around a `with` block.
     """
 
     def __init__(self, name: str, url: str, server: ServerProcess | None = None) -> None:
@@ -91,6 +94,20 @@ class Service:
         self._server.halt()
         time.sleep(downtime)
         self._server.start()
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped (gracefully) for the `with` block, an outage that lasts as long as
+        the test decides; started again on the same port with the same data when it ends."""
+        if self._server is None:
+            raise RuntimeError(f"external {self.name} cannot be stopped")
+        if self._stopped:
+            raise RuntimeError(f"{self.name} was stopped for good")
+        self._server.halt()
+        try:
+            yield
+        finally:
+            self._server.start()
 
     def stop(self) -> None:
         if self._stopped:

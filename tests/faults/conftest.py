@@ -8,6 +8,7 @@ time limit 4 s, longest countdown 2 s, OpenAI client timeout 1.5 s (Settings che
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from migrations import upgrade
+from registry import db as registry_db
 from tests import services
 from tests.faults.checks import Bystander, check_all, make_bystander
 from tests.harness import (
@@ -101,6 +104,34 @@ def own_redis() -> Iterator[services.Service]:
     """A Redis server for this test alone (to restart it), persistence on as in production."""
     with services.start_redis(appendonly=True) as server:
         yield server
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[services.Service]:
+    """A PostgreSQL server for this test alone (to stop it), migrated."""
+    if os.environ.get(services.POSTGRES_URL_ENV):
+        pytest.skip("an external PostgreSQL cannot be stopped")
+    with services.start_postgres() as server:
+        upgrade(server.url)
+        yield server
+        _dispose(server.url)
+
+
+@pytest.fixture
+def stack_on_own_postgres(
+    own_postgres: services.Service,
+    redis_service: services.Service,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[FaultStack]:
+    yield from _stack(own_postgres.url, redis_service.url, tmp_path, monkeypatch)
+
+
+def _dispose(url: str) -> None:
+    bind = registry_db.session_factory(url).kw.get("bind")
+    if bind is not None:
+        bind.dispose()
+    registry_db._session_factory.cache_clear()
 
 
 @pytest.fixture

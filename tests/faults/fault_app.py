@@ -10,6 +10,11 @@ production code carries no hook; nothing here is imported outside the fault suit
   returns, so before the broker gets the acknowledgement.
 - `poison:JOB` — it dies every time it handles JOB, after the attempt was counted (when it
   would poll OpenAI): a poison event.
+- `hold_operation:SLUG` — once, a queued operation of tenant SLUG stops right after its task
+  took the tenant's lock (the operation's row locked too, its transaction open, nothing
+  decided yet) and sleeps there, so that the test can kill the worker holding it. A file
+  `held-operation-SLUG` under FTDEPLOY_DATA_DIR says that the hold began; the sleep ends only
+  with the process (or its time limit).
 
 "Once" is remembered in a marker file under FTDEPLOY_DATA_DIR, across the pool's processes.
 `FTDEPLOY_FAULT_VISIBILITY_TIMEOUT` (seconds) overrides the broker's visibility timeout after
@@ -20,12 +25,17 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 import registry.jobs.pipeline
+import registry.operations
 import worker.tasks
+from registry.models import Tenant
 from registry.settings import get_settings
 from worker.app import app
 
@@ -39,7 +49,7 @@ def _crash_points() -> dict[str, set[str]]:
     points: dict[str, set[str]] = {}
     for item in filter(None, os.environ.get(CRASH_ENV, "").split(",")):
         point, _, job_id = item.partition(":")
-        if point not in ("before_commit", "after_commit", "poison") or not job_id:
+        if point not in ("before_commit", "after_commit", "poison", "hold_operation") or not job_id:
             raise ValueError(f"{CRASH_ENV}: bad item {item!r}")
         points.setdefault(point, set()).add(job_id)
     return points
@@ -52,15 +62,32 @@ def die(point: str, job_id: str, once: bool = True) -> None:
     """SIGKILL this process if `point` is armed for `job_id` (and, if `once`, not yet fired)."""
     if job_id not in POINTS.get(point, ()):
         return
-    if once:
-        marker = Path(get_settings().data_dir) / f"crashed-{point}-{job_id}"
-        try:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            with marker.open("x"):
-                pass
-        except FileExistsError:
-            return
+    if once and not _first_time(f"crashed-{point}-{job_id}"):
+        return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_time(name: str) -> bool:
+    """True the first time `name` is asked, across the pool's processes (a marker file)."""
+    marker = Path(get_settings().data_dir) / name
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        with marker.open("x"):
+            pass
+    except FileExistsError:
+        return False
+    return True
+
+
+def _wrap_lock_tenant(original: Callable[..., Any]) -> Callable[..., Any]:
+    def lock_tenant(session: Any, tenant_id: Any, *args: Any, **kwargs: Any) -> Any:
+        tenant = original(session, tenant_id, *args, **kwargs)
+        slug = session.scalar(select(Tenant.slug).where(Tenant.id == tenant_id))
+        if slug in POINTS.get("hold_operation", ()) and _first_time(f"held-operation-{slug}"):
+            time.sleep(3600)  # holding the operation until the test kills this process
+        return tenant
+
+    return lock_tenant
 
 
 def _wrap_complete_job(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,6 +139,8 @@ def _install() -> None:
         (registry.jobs.pipeline, "complete_job"),
         (worker.tasks, "fetch_job"),
         (worker.tasks, "unit_of_work"),
+        # run_operation takes the tenant's lock through this name, after locking the row.
+        (registry.operations, "lock_tenant"),
     ):
         if not callable(getattr(module, name, None)):
             raise RuntimeError(f"fault app: {module.__name__}.{name} is gone")
@@ -121,6 +150,8 @@ def _install() -> None:
         worker.tasks.unit_of_work = _wrap_unit_of_work(worker.tasks.unit_of_work)
     if POINTS.get("poison"):
         worker.tasks.fetch_job = _wrap_fetch_job(worker.tasks.fetch_job)
+    if POINTS.get("hold_operation"):
+        registry.operations.lock_tenant = _wrap_lock_tenant(registry.operations.lock_tenant)
     visibility = os.environ.get(VISIBILITY_ENV)
     if visibility:
         seconds = int(visibility)

@@ -11,13 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from migrations import upgrade
 from registry import versions
 from registry.change_feed import APPLICATION_NAME, PostgresFeed
 from registry.db import session_factory, unit_of_work
@@ -125,16 +123,6 @@ def test_listener_terminated_while_splits_change(pg_url: str) -> None:
     # Within the bound plus one read, even when the feed was down at the time.
     assert max(delays) <= STALENESS + 0.15, delays
     check_all(pg_url)
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[services.Service]:
-    """A PostgreSQL server for this test alone (to stop it)."""
-    if os.environ.get(services.POSTGRES_URL_ENV):
-        pytest.skip("an external PostgreSQL cannot be stopped")
-    with services.start_postgres() as server:
-        upgrade(server.url)
-        yield server
 
 
 def test_serving_through_a_postgres_outage(
