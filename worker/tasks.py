@@ -65,8 +65,14 @@ def _job_failed(failure: Failure) -> dict[str, Any]:
     if not validation.is_openai_id(job_id):
         event(log, "job.refused", logging.WARNING, reason=failure.reason)
         return {"status": "refused", "reason": failure.reason}
-    with unit_of_work() as session:
-        pipeline.fail_job(session, job_id, failure.reason)
+    try:
+        with unit_of_work() as session:
+            pipeline.fail_job(session, job_id, failure.reason)
+    except TRANSIENT_ERRORS:
+        # The database is away as the retries ran out: the event stays open, and beat's
+        # reconciler sends it again once the database is back. Say why, in one line.
+        event(log, "job.unrecorded", logging.WARNING, job=job_id, reason=failure.reason)
+        return {"status": "unrecorded", "reason": failure.reason}
     event(log, "job.failed", logging.WARNING, job=job_id, reason=failure.reason)
     return {"status": "failed", "reason": failure.reason}
 
@@ -193,8 +199,12 @@ def _operation_failed(failure: Failure) -> dict[str, Any]:
             with unit_of_work() as session:
                 if operations.fail_operation(session, operation_id, failure.reason):
                     status = "failed"
-        except (FtdeployError, SQLAlchemyError):
-            pass  # nothing to mark (no such operation) or the database is still away
+        except FtdeployError:
+            pass  # no such operation: nothing to mark
+        except SQLAlchemyError:
+            # The database is still away: the row stays queued, and beat's reconciler sends it
+            # again (or expires it) once the database is back.
+            status = "unrecorded"
     event(
         log,
         f"operation.{status}",

@@ -197,13 +197,15 @@ def test_postgres_down_longer_than_every_retry(
 
         def gave_up() -> bool:
             log = worker.log_path.read_text(errors="replace")
-            # An operation's task logs its give-up; a job event's, unable to record it, raises.
-            operations = _lines(log, f"reason=gave up after {OPERATION_ATTEMPTS} attempts")
-            events = _lines(log, "ftdeploy.job_finished[", "raised unexpected")
+            # Each task says in one line that it gave up and could not record it, and why.
+            gave_up = f"reason=gave up after {OPERATION_ATTEMPTS} attempts"
+            operations = _lines(log, "operation.unrecorded", gave_up)
+            events = _lines(log, "job.unrecorded", "reason=")
             return operations == 2 and events == 2 and _drained(stack)
 
         stack.wait(gave_up, 60, "every task to give up")
         log = worker.log_path.read_text(errors="replace")
+        assert "raised unexpected" not in log  # no task ends in a traceback
         retries = int(SHORT_RETRIES["FTDEPLOY_MAX_RETRIES"])
         assert _lines(log, "job.retry") == len(jobs) * retries
         assert _lines(log, "operation.retry") == 2 * (OPERATION_ATTEMPTS - 1)
