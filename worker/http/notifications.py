@@ -29,8 +29,10 @@ AdminKey = Annotated[keys.Principal, authorize(KeyRole.ADMIN)]
 PREFIX = "/v1/notifications/endpoints"
 
 router = APIRouter(tags=["notifications"])
-NOT_FOUND = problems.common(404, 409)  # 409: a name held by more than one endpoint the key sees
+NOT_FOUND = problems.common(404)
 REFUSED = problems.common(404, 409)
+# A route taking a name: 409 also when more than one endpoint the key sees has it.
+NAMED = problems.common(404, 409)
 
 
 def _owner(
@@ -95,13 +97,13 @@ def add_endpoint(
     return data
 
 
-@router.get(PREFIX + "/{name}", response_model=schemas.NotificationEndpoint, responses=NOT_FOUND)
+@router.get(PREFIX + "/{name}", response_model=schemas.NotificationEndpoint, responses=NAMED)
 def show_endpoint(name: schemas.EndpointName, principal: AdminKey, owner: Owner) -> dict[str, Any]:
     with unit_of_work() as session:
         return endpoints.show_endpoint(session, name, owner=owner, visible=principal.tenant_ids)
 
 
-@router.delete(PREFIX + "/{name}", response_model=schemas.Removed, responses=NOT_FOUND)
+@router.delete(PREFIX + "/{name}", response_model=schemas.Removed, responses=NAMED)
 def remove_endpoint(
     name: schemas.EndpointName, principal: AdminKey, owner: Owner
 ) -> dict[str, Any]:
@@ -113,7 +115,7 @@ def remove_endpoint(
 @router.post(
     PREFIX + "/{name}/test",
     response_model=schemas.NotificationTest,
-    responses=NOT_FOUND,
+    responses=NAMED,
     summary="Send a test notification now and say how the receiver answered",
 )
 def send_test(name: schemas.EndpointName, principal: AdminKey, owner: Owner) -> dict[str, Any]:
@@ -129,7 +131,7 @@ def send_test(name: schemas.EndpointName, principal: AdminKey, owner: Owner) -> 
 @router.get(
     PREFIX + "/{name}/deliveries",
     response_model=list[schemas.NotificationDelivery],
-    responses=NOT_FOUND,
+    responses=NAMED,
 )
 def deliveries(
     name: schemas.EndpointName,
@@ -145,7 +147,7 @@ def deliveries(
 
 
 @router.post(
-    PREFIX + "/{name}/enable", response_model=schemas.NotificationEndpoint, responses=NOT_FOUND
+    PREFIX + "/{name}/enable", response_model=schemas.NotificationEndpoint, responses=NAMED
 )
 def enable_endpoint(
     name: schemas.EndpointName, principal: AdminKey, owner: Owner
@@ -158,7 +160,7 @@ def enable_endpoint(
 
 
 @router.post(
-    PREFIX + "/{name}/disable", response_model=schemas.NotificationEndpoint, responses=NOT_FOUND
+    PREFIX + "/{name}/disable", response_model=schemas.NotificationEndpoint, responses=NAMED
 )
 def disable_endpoint(
     name: schemas.EndpointName,
