@@ -113,9 +113,8 @@ def add_endpoint(
     name taken by the same owner: the tenant, or among the global endpoints; another tenant's
     endpoint of that name is no obstacle, and is not told of); nothing is stored then. Two adds
     racing for one name: the database keeps one, the other raises EndpointExists. A generic
-    endpoint gets a fresh
-    `whsec_` secret, returned here once and stored only encrypted (so is the URL). Raises
-    EncryptionKeyMissing when no key is configured for a database server.
+    endpoint gets a fresh `whsec_` secret, returned here once and stored only encrypted (so is
+    the URL). Raises EncryptionKeyMissing when no key is configured for a database server.
     """
     name = check_name(name)
     url = check_url(url)
@@ -163,9 +162,9 @@ def added_record(session: Session, added: NewEndpoint) -> dict[str, Any]:
 
 def remove_endpoint(
     session: Session, name: str, *, owner: Owner = None, visible: Visible = None
-) -> NotificationEndpoint:
-    """Remove the endpoint with its deliveries and their attempts; returns it (gone). Raises
-    what `find_endpoint` raises."""
+) -> None:
+    """Remove the endpoint with its deliveries and their attempts. Raises what `find_endpoint`
+    raises."""
     endpoint = find_endpoint(session, name, owner=owner, visible=visible)
     delivery_ids = select(NotificationDelivery.id).where(
         NotificationDelivery.endpoint_id == endpoint.id
@@ -177,7 +176,6 @@ def remove_endpoint(
     )
     session.delete(endpoint)
     session.flush()
-    return endpoint
 
 
 def enable_endpoint(
