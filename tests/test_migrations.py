@@ -3,7 +3,8 @@
 and up again.
 
 Each test builds its own empty database (not a copy of the migrated template), on PostgreSQL and
-on SQLite.
+on SQLite. Migrations that keep a rule in the schema (endpoint names unique per owner) are tried
+with rows that test it.
 """
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import CheckConstraint, Engine, inspect
+from sqlalchemy import CheckConstraint, Engine, delete, inspect, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from migrations import alembic_config, downgrade, upgrade
 from registry.db import make_engine
 from registry.models import Base
+from registry.notify.models import NotificationEndpoint
 from tests import services
+from tests.factories import make_tenant
 
 _names = itertools.count()
 
@@ -218,3 +224,75 @@ def test_check_constraints_and_indexes_match_the_models(
     assert indexes == declared_indexes
     if dialect == "sqlite":
         assert checks == declared_checks
+
+
+def _endpoint(session: Session, name: str, tenant_id: uuid.UUID | None) -> None:
+    """A row as any revision since 0005 holds it (the URL need not decrypt here)."""
+    session.add(
+        NotificationEndpoint(
+            name=name,
+            tenant_id=tenant_id,
+            format="webhook",
+            url_hint="https://example.com/",
+            url_encrypted="x",
+            event_types=[],
+            enabled=True,
+        )
+    )
+    session.flush()
+
+
+def _refused(session: Session, name: str, tenant_id: uuid.UUID | None) -> bool:
+    try:
+        with session.begin_nested():
+            _endpoint(session, name, tenant_id)
+    except IntegrityError:
+        return True
+    return False
+
+
+def test_endpoint_names_are_unique_per_owner(empty_url: str) -> None:
+    upgrade(empty_url)
+    engine = make_engine(empty_url)
+    try:
+        with Session(engine) as session, session.begin():
+            acme, beta = make_tenant(session, "acme").id, make_tenant(session, "beta").id
+            for tenant_id in (acme, beta, None):
+                _endpoint(session, "slack", tenant_id)
+            assert _refused(session, "slack", acme)
+            assert _refused(session, "slack", None)
+            assert not _refused(session, "other", None)
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_refuses_a_name_held_by_two_owners_and_changes_nothing(empty_url: str) -> None:
+    upgrade(empty_url)
+    engine = make_engine(empty_url)
+    try:
+        with Session(engine) as session, session.begin():
+            acme, beta = make_tenant(session, "acme").id, make_tenant(session, "beta").id
+            _endpoint(session, "slack", acme)
+            _endpoint(session, "slack", beta)
+            _endpoint(session, "pager", acme)
+        before = _schema(empty_url)
+        with pytest.raises(RuntimeError, match=r"'slack' \(2 endpoints\).*remove or rename"):
+            downgrade(empty_url, "0007")
+        assert _schema(empty_url) == before
+        with engine.connect() as connection:
+            assert connection.scalar(text("SELECT version_num FROM alembic_version")) == "0008"
+            assert connection.scalar(text("SELECT COUNT(*) FROM ai_notification_endpoints")) == 3
+        with Session(engine) as session, session.begin():
+            session.execute(
+                delete(NotificationEndpoint).where(NotificationEndpoint.tenant_id == beta)
+            )
+        engine.dispose()
+        downgrade(empty_url, "0007")  # one owner per name: the older schema holds them
+        with engine.connect() as connection:
+            names = connection.scalars(text("SELECT name FROM ai_notification_endpoints"))
+            assert sorted(names) == ["pager", "slack"]
+        engine.dispose()
+        upgrade(empty_url)
+        command.check(alembic_config(empty_url))
+    finally:
+        engine.dispose()

@@ -3,10 +3,11 @@
 - `ftdeploy_notification_deliveries_total{outcome}`: attempts by outcome (delivered, retry,
   failed, gone);
 - `ftdeploy_notification_endpoints_disabled_total{reason}`: endpoints disabled (gone, failing);
-- `ftdeploy_notification_undelivered{endpoint}` and
-  `ftdeploy_notification_oldest_undelivered_seconds{endpoint}` (gauges), and
-  `ftdeploy_notification_endpoint_enabled{endpoint}`: read from the database at scrape time,
-  exact across processes.
+- `ftdeploy_notification_undelivered{endpoint,tenant}` and
+  `ftdeploy_notification_oldest_undelivered_seconds{endpoint,tenant}` (gauges), and
+  `ftdeploy_notification_endpoint_enabled{endpoint,tenant}`: read from the database at scrape
+  time, exact across processes. `tenant` is the endpoint's tenant's slug, empty for a global
+  endpoint: a name is unique only per owner.
 
 Built lazily on first use, as `worker.metrics` explains (multiprocess mode).
 """
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ftdeploy.metrics")
 _lock = threading.Lock()
 _counters: dict[str, Counter] = {}
+LABELS = ["endpoint", "tenant"]  # of the backlog gauges
 
 
 def _counter(name: str, text: str, label: str) -> Counter:
@@ -79,22 +81,23 @@ class BacklogCollector:
             )
             return
         pending = GaugeMetricFamily(
-            "ftdeploy_notification_undelivered", "Undelivered notifications.", labels=["endpoint"]
+            "ftdeploy_notification_undelivered", "Undelivered notifications.", labels=LABELS
         )
         oldest = GaugeMetricFamily(
             "ftdeploy_notification_oldest_undelivered_seconds",
             "Age of the oldest undelivered notification.",
-            labels=["endpoint"],
+            labels=LABELS,
         )
         enabled = GaugeMetricFamily(
             "ftdeploy_notification_endpoint_enabled",
             "Whether the endpoint is enabled (1) or disabled (0).",
-            labels=["endpoint"],
+            labels=LABELS,
         )
-        for name, is_enabled, count, age in rows:
-            pending.add_metric([name], count)
-            oldest.add_metric([name], age)
-            enabled.add_metric([name], 1 if is_enabled else 0)
+        for name, tenant, is_enabled, count, age in rows:
+            labels = [name, tenant or ""]
+            pending.add_metric(labels, count)
+            oldest.add_metric(labels, age)
+            enabled.add_metric(labels, 1 if is_enabled else 0)
         yield pending
         yield oldest
         yield enabled

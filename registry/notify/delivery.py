@@ -300,15 +300,19 @@ def due_endpoints(session: Session, now: datetime) -> list[uuid.UUID]:
     )
 
 
-def backlog(session: Session, now: datetime) -> list[tuple[str, bool, int, float]]:
-    """(endpoint, enabled, pending deliveries, age in seconds of the oldest) per endpoint."""
+def backlog(session: Session, now: datetime) -> list[tuple[str, str | None, bool, int, float]]:
+    """(endpoint, its tenant's slug or None for a global one, enabled, pending deliveries, age
+    in seconds of the oldest) per endpoint: a name alone is unique only per owner."""
     rows = session.execute(
         select(
             NotificationEndpoint.name,
+            Tenant.slug,
             NotificationEndpoint.enabled,
             func.count(NotificationDelivery.id),
             func.min(NotificationDelivery.created_at),
         )
+        .select_from(NotificationEndpoint)
+        .outerjoin(Tenant, Tenant.id == NotificationEndpoint.tenant_id)
         .outerjoin(
             NotificationDelivery,
             and_(
@@ -316,9 +320,14 @@ def backlog(session: Session, now: datetime) -> list[tuple[str, bool, int, float
                 NotificationDelivery.status == DeliveryStatus.PENDING,
             ),
         )
-        .group_by(NotificationEndpoint.name, NotificationEndpoint.enabled)
+        .group_by(
+            NotificationEndpoint.id,
+            NotificationEndpoint.name,
+            Tenant.slug,
+            NotificationEndpoint.enabled,
+        )
     ).all()
     return [
-        (name, bool(enabled), int(count), (now - oldest).total_seconds() if oldest else 0.0)
-        for name, enabled, count, oldest in rows
+        (name, slug, bool(enabled), int(count), (now - oldest).total_seconds() if oldest else 0.0)
+        for name, slug, enabled, count, oldest in rows
     ]

@@ -3,39 +3,43 @@ remove, and their deliveries. Every input from outside is checked before anythin
 
 Every function takes `visible`, the tenant ids its caller may see (an HTTP key scoped to some
 tenants), or None for every tenant (the CLI, an unscoped key). An endpoint outside them is
-reported exactly as one that does not exist; a global endpoint is visible only with None."""
+reported exactly as one that does not exist; a global endpoint is visible only with None.
+
+A name is unique per owner: among a tenant's endpoints, and among the global ones. Functions
+that take a name also take its `owner` (a tenant, GLOBAL, or None: whichever endpoint of that
+name the caller sees, refused as ambiguous when it sees more than one; `registry.notify.owners`),
+so another tenant's endpoint of the same name is never found, changed, or told of."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from registry import clock, records, validation
 from registry.errors import InvalidInput, TenantNotFound
-from registry.models import Tenant
 from registry.notify import outbox, secrets
-from registry.notify.errors import EndpointExists, EndpointNotFound
+from registry.notify.errors import EndpointExists
 from registry.notify.models import (
     DeliveryAttempt,
     NotificationDelivery,
     NotificationEndpoint,
     OutboxEvent,
 )
+from registry.notify.owners import Owner, Visible, find_endpoint, owned_by, sees, tenant_slugs
 from registry.notify.types import DeliveryStatus, EndpointFormat, parse_event_types
 from registry.tenants import find_tenant
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAX_URL_LENGTH = 2000
-# The tenant ids a caller may see; None: every tenant, and the global endpoints.
-Visible = Collection[uuid.UUID] | None
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,12 @@ def add_endpoint(
     """Add an endpoint for one tenant (or every tenant) and the event types it wants (none: all).
 
     Checks everything first: InvalidInput (name, URL, format, event type; no tenant named by a
-    caller limited to `visible`), TenantNotFound (also outside `visible`), EndpointExists;
-    nothing is stored then. Names are unique across tenants. A generic endpoint gets a fresh
-    `whsec_` secret, returned here once and stored only encrypted (so is the URL). Raises
-    EncryptionKeyMissing when no key is configured for a database server.
+    caller limited to `visible`), TenantNotFound (also outside `visible`), EndpointExists (the
+    name taken by the same owner: the tenant, or among the global endpoints; another tenant's
+    endpoint of that name is no obstacle, and is not told of); nothing is stored then. Two adds
+    racing for one name: the database keeps one, the other raises EndpointExists. A generic
+    endpoint gets a fresh `whsec_` secret, returned here once and stored only encrypted (so is
+    the URL). Raises EncryptionKeyMissing when no key is configured for a database server.
     """
     name = check_name(name)
     url = check_url(url)
@@ -119,7 +125,9 @@ def add_endpoint(
     tenant = find_tenant(session, tenant_ref) if tenant_ref is not None else None
     if tenant is not None and visible is not None and tenant.id not in visible:
         raise TenantNotFound(str(tenant_ref))
-    if session.scalar(select(NotificationEndpoint.id).where(NotificationEndpoint.name == name)):
+    owned = owned_by(tenant.id if tenant else None)
+    taken = select(NotificationEndpoint.id).where(NotificationEndpoint.name == name, owned)
+    if session.scalar(taken):
         raise EndpointExists(name)
     endpoint_id = uuid.uuid4()
     secret = secrets.new_signing_secret() if kind is EndpointFormat.WEBHOOK else None
@@ -135,46 +143,29 @@ def add_endpoint(
         enabled=True,
         created_at=clock.now(),
     )
-    session.add(endpoint)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent add of the name: only this is undone
+            session.add(endpoint)
+            session.flush()
+    except IntegrityError:
+        if session.scalar(taken):
+            raise EndpointExists(name) from None
+        raise
     return NewEndpoint(endpoint, secret)
 
 
 def added_record(session: Session, added: NewEndpoint) -> dict[str, Any]:
     """A new endpoint as `list_endpoints` shows it, with its signing secret: the one time it is
     shown (None for Slack)."""
-    [record] = endpoint_records(session, [added.endpoint])
-    return {**record, "secret": added.secret}
+    return {**endpoint_record(session, added.endpoint), "secret": added.secret}
 
 
-def find_endpoint(
-    session: Session, name: str, *, visible: Visible = None, lock: bool = False
-) -> NotificationEndpoint:
-    """The endpoint named `name`, read afresh (`lock`: and locked until the transaction ends).
-    Raises EndpointNotFound, also for one outside `visible` (the same message: a caller never
-    learns the names of endpoints it may not see)."""
-    query = (
-        select(NotificationEndpoint)
-        .where(NotificationEndpoint.name == name)
-        .execution_options(populate_existing=True)
-    )
-    endpoint = session.scalars(query.with_for_update() if lock else query).one_or_none()
-    if endpoint is None or not sees(visible, endpoint):
-        raise EndpointNotFound(name)
-    return endpoint
-
-
-def sees(visible: Visible, endpoint: NotificationEndpoint) -> bool:
-    """Whether a caller who sees the tenants `visible` (None: every tenant) sees the endpoint.
-    A global endpoint gets every tenant's events: only a caller who sees all of them sees it."""
-    if visible is None:
-        return True
-    return endpoint.tenant_id is not None and endpoint.tenant_id in visible
-
-
-def remove_endpoint(session: Session, name: str, *, visible: Visible = None) -> None:
-    """Remove the endpoint with its deliveries and their attempts. Raises EndpointNotFound."""
-    endpoint = find_endpoint(session, name, visible=visible)
+def remove_endpoint(
+    session: Session, name: str, *, owner: Owner = None, visible: Visible = None
+) -> None:
+    """Remove the endpoint with its deliveries and their attempts. Raises what `find_endpoint`
+    raises."""
+    endpoint = find_endpoint(session, name, owner=owner, visible=visible)
     delivery_ids = select(NotificationDelivery.id).where(
         NotificationDelivery.endpoint_id == endpoint.id
     )
@@ -188,12 +179,12 @@ def remove_endpoint(session: Session, name: str, *, visible: Visible = None) -> 
 
 
 def enable_endpoint(
-    session: Session, name: str, *, visible: Visible = None
+    session: Session, name: str, *, owner: Owner = None, visible: Visible = None
 ) -> NotificationEndpoint:
     """Enable a disabled endpoint again; its pending deliveries resume in order, asked of the
     worker after the commit (what it missed while disabled is sent by `registry.notify.replay`).
-    Idempotent. Raises EndpointNotFound."""
-    endpoint = find_endpoint(session, name, visible=visible)
+    Idempotent. Raises what `find_endpoint` raises."""
+    endpoint = find_endpoint(session, name, owner=owner, visible=visible)
     was_disabled = not endpoint.enabled
     endpoint.enabled = True
     endpoint.disabled_reason = None
@@ -211,13 +202,14 @@ def disable_endpoint(
     *,
     actor: str,
     reason: str | None = None,
+    owner: Owner = None,
     visible: Visible = None,
 ) -> NotificationEndpoint:
     """Stop sending to the endpoint: its pending deliveries wait, and events written while it
     is disabled make none for it (until `replay`). Idempotent: a disabled endpoint keeps its
-    first reason. Raises EndpointNotFound, InvalidInput (actor, reason)."""
+    first reason. Raises InvalidInput (actor, reason) and what `find_endpoint` raises."""
     actor, reason = validation.actor(actor), validation.reason(reason)
-    endpoint = find_endpoint(session, name, visible=visible)
+    endpoint = find_endpoint(session, name, owner=owner, visible=visible)
     if endpoint.enabled:
         endpoint.enabled = False
         endpoint.disabled_reason = f"disabled by {actor}" + (f": {reason}" if reason else "")
@@ -247,9 +239,16 @@ def list_endpoints(
     return endpoint_records(session, found)
 
 
-def show_endpoint(session: Session, name: str, *, visible: Visible = None) -> dict[str, Any]:
-    """One endpoint as `list_endpoints` shows it. Raises EndpointNotFound."""
-    [record] = endpoint_records(session, [find_endpoint(session, name, visible=visible)])
+def show_endpoint(
+    session: Session, name: str, *, owner: Owner = None, visible: Visible = None
+) -> dict[str, Any]:
+    """One endpoint as `list_endpoints` shows it. Raises what `find_endpoint` raises."""
+    return endpoint_record(session, find_endpoint(session, name, owner=owner, visible=visible))
+
+
+def endpoint_record(session: Session, endpoint: NotificationEndpoint) -> dict[str, Any]:
+    """The endpoint as `list_endpoints` shows it (one already found: after a change, say)."""
+    [record] = endpoint_records(session, [endpoint])
     return record
 
 
@@ -260,13 +259,7 @@ def endpoint_records(
     ids = [e.id for e in found]
     if not ids:
         return []
-    slugs = dict(
-        session.execute(
-            select(Tenant.id, Tenant.slug).where(
-                Tenant.id.in_({e.tenant_id for e in found if e.tenant_id})
-            )
-        ).all()
-    )
+    slugs = tenant_slugs(session, found)
     backlog = {
         endpoint_id: (count, oldest)
         for endpoint_id, count, oldest in session.execute(
@@ -317,16 +310,17 @@ def deliveries(
     *,
     limit: int = 50,
     status: str | None = None,
+    owner: Owner = None,
     visible: Visible = None,
 ) -> list[dict[str, Any]]:
     """The endpoint's deliveries, newest first, with every attempt (status code or error) and
-    the next retry (`registry.records.notification_delivery`). Raises EndpointNotFound,
-    InvalidInput (limit, status)."""
+    the next retry (`registry.records.notification_delivery`). Raises InvalidInput (limit,
+    status) and what `find_endpoint` raises."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise InvalidInput("limit", f"{limit!r} is not a whole number >= 1")
     if status is not None and status not in set(DeliveryStatus):
         raise InvalidInput("status", f"{status!r} is not one of {', '.join(DeliveryStatus)}")
-    endpoint = find_endpoint(session, name, visible=visible)
+    endpoint = find_endpoint(session, name, owner=owner, visible=visible)
     query = (
         select(NotificationDelivery, OutboxEvent)
         .join(OutboxEvent, OutboxEvent.id == NotificationDelivery.event_id)

@@ -3,13 +3,33 @@ mapping as the others). Messages never contain an endpoint's URL or secret."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from registry.errors import FtdeployError
 
 
 class EndpointExists(FtdeployError):
+    """The name is taken by another endpoint of the same owner (the tenant, or global)."""
+
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"notification endpoint already exists: {name!r}")
+
+
+class EndpointAmbiguous(FtdeployError):
+    """A name that more than one endpoint the caller sees holds (names are unique per tenant,
+    and apart from them among the global endpoints): which one is meant must be said. Only
+    owners the caller sees are named."""
+
+    def __init__(self, name: str, tenants: Sequence[str | None]) -> None:
+        self.name = name
+        self.tenants = list(tenants)  # the owners' slugs; None for the global one
+        owners = ", ".join(f"tenant {t!r}" if t else "the global endpoints" for t in tenants)
+        super().__init__(
+            f"notification endpoint name {name!r} is held by more than one owner ({owners}): "
+            "name its tenant (--tenant SLUG; over HTTP ?tenant=SLUG) or ask for the global one "
+            "(--global; ?global=true)"
+        )
 
 
 class EndpointNotFound(FtdeployError):

@@ -1,9 +1,11 @@
 """The notification tables: endpoints, the outbox, one delivery per event and endpoint, its
-attempts, and the per-tenant sequence counters. Created by migration 0005.
+attempts, and the per-tenant sequence counters. Created by migration 0005 (endpoint names unique
+per owner since 0008).
 
 - `ai_notification_endpoints`: where to send (URL and secret encrypted, see `registry.notify.
   secrets`), for one tenant or all (tenant NULL), which event types (empty: all), in which
   format; enabled, or disabled with the reason; a lease held by the one task delivering to it.
+  Its name is unique among its tenant's endpoints (or among the global ones).
 - `ai_notification_outbox`: one row per notifiable change, written in the change's transaction,
   numbered per stream (a tenant, or "global" for an event without one) with no gaps.
 - `ai_notification_deliveries`: one row per event and matching endpoint, made in the same
@@ -29,6 +31,7 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -42,10 +45,23 @@ BigId = BigInteger().with_variant(Integer, "sqlite")
 
 class NotificationEndpoint(Base):
     __tablename__ = "ai_notification_endpoints"
-    __table_args__ = (CheckConstraint(_one_of("format", EndpointFormat), name="format"),)
+    __table_args__ = (
+        CheckConstraint(_one_of("format", EndpointFormat), name="format"),
+        # A name is unique per owner: per tenant, and apart from them among the global endpoints
+        # (NULL tenants are distinct in a UNIQUE index, hence the partial one). Unique across
+        # tenants, a taken name would tell a tenant what another one calls its endpoints.
+        Index("uq_ai_notification_endpoints_tenant_name", "tenant_id", "name", unique=True),
+        Index(
+            "uq_ai_notification_endpoints_global_name",
+            "name",
+            unique=True,
+            postgresql_where=text("tenant_id IS NULL"),
+            sqlite_where=text("tenant_id IS NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    name: Mapped[str] = mapped_column(String(63), nullable=False, unique=True)
+    name: Mapped[str] = mapped_column(String(63), nullable=False)
     # NULL: every tenant's events.
     tenant_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True, index=True

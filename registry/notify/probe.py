@@ -14,13 +14,15 @@ from sqlalchemy.orm import Session
 
 from registry import clock
 from registry.notify import delivery, render, sender
-from registry.notify.endpoints import Visible, find_endpoint
+from registry.notify.owners import Owner, Visible, find_endpoint
 
 
-def prepare(session: Session, name: str, *, visible: Visible = None) -> delivery.Outgoing:
+def prepare(
+    session: Session, name: str, *, owner: Owner = None, visible: Visible = None
+) -> delivery.Outgoing:
     """The test message for the endpoint, with its URL and secret decrypted (for `send` only:
-    never shown). Raises EndpointNotFound, SecretUnreadable."""
-    endpoint = find_endpoint(session, name, visible=visible)
+    never shown). Raises SecretUnreadable and what `find_endpoint` raises."""
+    endpoint = find_endpoint(session, name, owner=owner, visible=visible)
     return delivery.test_outgoing(session, endpoint, clock.now())
 
 

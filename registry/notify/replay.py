@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 
 from registry import clock, dialect, validation
 from registry.notify import outbox
-from registry.notify.endpoints import Visible, find_endpoint
 from registry.notify.errors import EndpointDisabled, NotificationNotFound, NotReplayable
 from registry.notify.models import NotificationDelivery, NotificationEndpoint, OutboxEvent
+from registry.notify.owners import Owner, Visible, find_endpoint
 from registry.notify.types import DeliveryStatus, EventType
 
 # Rows per INSERT: well inside SQLite's limit of bound parameters.
@@ -50,6 +50,7 @@ def replay(
     *,
     since: str | None = None,
     event: str | None = None,
+    owner: Owner = None,
     visible: Visible = None,
 ) -> Replayed:
     """Queue again, for the endpoint, its failed deliveries and the events it missed while
@@ -58,15 +59,15 @@ def replay(
     webhook-id).
 
     Locks the endpoint's row (two replays do not race). Idempotent: what is queued is pending, so
-    a second replay finds nothing more. Raises InvalidInput (since, event), EndpointNotFound,
-    EndpointDisabled (enable it first: what it queued would only wait), and with `event`:
-    NotificationNotFound (not an event meant for this endpoint), NotReplayable (its delivery is
-    pending or delivered).
+    a second replay finds nothing more. Raises InvalidInput (since, event), what `find_endpoint`
+    raises (EndpointNotFound, EndpointAmbiguous, TenantNotFound), EndpointDisabled (enable it
+    first: what it queued would only wait), and with `event`: NotificationNotFound (not an event
+    meant for this endpoint), NotReplayable (its delivery is pending or delivered).
     """
     now = clock.now()
     start = validation.since(since, now) if since is not None else None
     event_id = validation.uuid_id(event, "event") if event is not None else None
-    endpoint = find_endpoint(session, name, visible=visible, lock=True)
+    endpoint = find_endpoint(session, name, owner=owner, visible=visible, lock=True)
     if not endpoint.enabled:
         raise EndpointDisabled(endpoint.name, endpoint.disabled_reason)
     if event_id is not None:
@@ -150,10 +151,17 @@ def _missed(session: Session, endpoint: NotificationEndpoint, events: Any) -> li
         row
         for row in session.execute(query).all()
         # Its own `endpoint.disabled` notice was never meant for it.
-        if not (
-            row.type == EventType.ENDPOINT_DISABLED and row.data.get("endpoint") == endpoint.name
-        )
+        if not (row.type == EventType.ENDPOINT_DISABLED and _is_about(row.data, endpoint))
     ]
+
+
+def _is_about(notice: dict[str, Any], endpoint: NotificationEndpoint) -> bool:
+    """Whether an `endpoint.disabled` notice is about this endpoint: its name and its owner
+    (another tenant's endpoint, or a global one, may have the same name)."""
+    tenant = notice.get("tenant") or {}
+    owner = tenant.get("id") if isinstance(tenant, dict) else None
+    expected = str(endpoint.tenant_id) if endpoint.tenant_id else None
+    return bool(notice.get("endpoint") == endpoint.name and owner == expected)
 
 
 def _check_replayable(

@@ -1,7 +1,8 @@
 """Tenant isolation over every route of the app, generated from `app.routes`: keys scoped to
 tenant `alpha` (a `serve` key and an `admin` key) can neither read nor change tenant `beta`
-through any endpoint. A route with no entry in the table fails the test, and so does a route that
-declares no authorization dependency."""
+through any endpoint, nor learn what beta names things (an endpoint made for alpha under beta's
+name is answered as under a fresh one). A route with no entry in the table fails the test, and
+so does a route that declares no authorization dependency."""
 
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ PUBLIC = {
     ("POST", "/sign-out"),
 }
 HIDDEN, LISTED, REFUSED, STREAM = "404 as if absent", "left out of the list", "403", "stream"
+# Made for alpha under a name beta (or a global endpoint) has, answered as under a fresh name.
+AS_FRESH = "as a fresh name"
 BATCH = {"batch_id": "iso-1", "records": [{"version": 1, "success": True, "count": 3}]}
 HOOK = {"name": "alpha-new-hook", "url": "https://example.com/hook"}
 
@@ -143,11 +146,32 @@ TABLE: dict[tuple[str, str], list[Case]] = {
     ("POST", "/v1/notifications/endpoints"): [
         Case("/v1/notifications/endpoints", HIDDEN, {**HOOK, "tenant": "beta"}),
         Case("/v1/notifications/endpoints", REFUSED, HOOK),
+        *(
+            Case(
+                "/v1/notifications/endpoints",
+                AS_FRESH,
+                {**HOOK, "name": name, "tenant": "alpha"},
+                name,
+                "alpha-fresh-hook",
+            )
+            for name in ("beta-hook", "global-beta-hook")
+        ),
     ],
     **{
         (method, f"/v1/notifications/endpoints/{{name}}{tail}"): [
-            Case(f"/v1/notifications/endpoints/{name}{tail}", HIDDEN, body, name, "nobody-hook")
-            for name in ("beta-hook", "global-beta-hook")
+            *(
+                Case(f"/v1/notifications/endpoints/{name}{tail}", HIDDEN, body, name, "nobody-hook")
+                for name in ("beta-hook", "global-beta-hook")
+            ),
+            # Naming the owner: beta as a tenant that does not exist, the global one as absent.
+            Case(f"/v1/notifications/endpoints/beta-hook{tail}?tenant=beta", HIDDEN, body),
+            Case(
+                f"/v1/notifications/endpoints/global-beta-hook{tail}?global=true",
+                HIDDEN,
+                body,
+                "global-beta-hook",
+                "nobody-hook",
+            ),
         ]
         for method, tail, body in (
             ("GET", "", None),
@@ -252,6 +276,24 @@ def _state(slug: str) -> dict[str, Any]:
         }
 
 
+def _created(
+    client: httpx2.Client, path: str, body: dict[str, Any], name: str, ref: str | None = None
+) -> tuple[int, dict[str, Any], str]:
+    """Create `body` under `name` (in place of `ref`), then remove it again (only alpha's, so
+    later cases meet beta's alone): the status, the record and Location with the name as X, the
+    secret and time left out."""
+    if ref is not None:
+        body = json.loads(json.dumps(body).replace(ref, name))
+    response = client.post(path, json=body)
+    record = {k: v for k, v in response.json().items() if k not in ("secret", "created_at")}
+    if response.status_code == 201:
+        with unit_of_work() as session:
+            notify.remove_endpoint(session, name, owner="alpha")
+    text = json.dumps(record, sort_keys=True).replace(name, "X")
+    location = response.headers.get("location", "").replace(name, "X")
+    return response.status_code, json.loads(text), location
+
+
 def _fill(text: str, values: dict[str, str]) -> str:
     for name, value in values.items():
         text = text.replace("{" + name + "}", value)
@@ -344,6 +386,10 @@ def test_scoped_keys_cannot_reach_another_tenant_through_any_route(api: ApiStack
                         )
                     elif case.expect == REFUSED:
                         assert _send(client, method, path, case.json).status_code == 403, what
+                    elif case.expect == AS_FRESH:
+                        taken = _created(client, path, case.json, ref)
+                        fresh = _created(client, path, case.json, case.missing, ref)
+                        assert taken[0] == 201 and taken == fresh, what
                     else:
                         response = _send(client, method, path, case.json)
                         assert response.status_code == 404, f"{what}: {response.text}"

@@ -1,8 +1,9 @@
 """Notification endpoints through the HTTP API, against the real server, a real worker over
 Redis and PostgreSQL, and a receiver on loopback that verifies every signature with
 `standardwebhooks`: admin keys only, a scoped key kept to its tenants, the secret shown once,
-bad input refused with a specific problem and nothing stored, and replay of what failed or was
-missed while disabled, with the same webhook-ids, in order."""
+bad input refused with a specific problem and nothing stored, names unique per owner (a tenant,
+or the global endpoints) and reached with it, and replay of what failed or was missed while
+disabled, with the same webhook-ids, in order."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def test_an_admin_adds_tests_reads_disables_and_removes_an_endpoint(api: ApiStac
             },
         )
         assert created.status_code == 201, created.text
-        assert created.headers["location"] == f"{ENDPOINTS}/acme-ops"
+        assert created.headers["location"] == f"{ENDPOINTS}/acme-ops?tenant=acme"
         assert created.headers["cache-control"] == "no-store"
         body = created.json()
         secret = server.secret = body["secret"]
@@ -186,6 +187,70 @@ def test_a_scoped_admin_sees_and_manages_only_its_tenants_endpoints(api: ApiStac
         for name in ("acme-mine", "beta-theirs", "all-of-them"):
             assert client.get(f"{ENDPOINTS}/{name}").json()["enabled"] is True
             client.delete(f"{ENDPOINTS}/{name}")
+
+
+def test_one_name_per_owner_reached_with_its_owner(api: ApiStack) -> None:
+    url = "https://example.com/h"
+    with api.client("admin") as client:
+        locations = {}
+        for tenant in ("acme", "beta", None):
+            payload = {"name": "slack", "url": url, **({"tenant": tenant} if tenant else {})}
+            made = client.post(ENDPOINTS, json=payload)
+            assert made.status_code == 201, made.text
+            locations[tenant] = made.headers["location"]
+        assert locations == {
+            "acme": f"{ENDPOINTS}/slack?tenant=acme",
+            "beta": f"{ENDPOINTS}/slack?tenant=beta",
+            None: f"{ENDPOINTS}/slack?global=true",
+        }
+        for tenant, location in locations.items():
+            assert client.get(location).json()["tenant"] == tenant
+        dup = _problem(
+            client.post(ENDPOINTS, json={"name": "slack", "url": url}), 409, "endpoint-exists"
+        )
+        assert dup["detail"] == "notification endpoint already exists: 'slack'"
+        before = client.get(ENDPOINTS).json()
+        for method, path in (
+            ("GET", ""),
+            ("GET", "/deliveries"),
+            ("POST", "/test"),
+            ("POST", "/enable"),
+            ("POST", "/disable"),
+            ("POST", "/replay"),
+            ("DELETE", ""),
+        ):
+            body = _problem(
+                client.request(method, f"{ENDPOINTS}/slack{path}"), 409, "endpoint-ambiguous"
+            )
+            assert "(the global endpoints, tenant 'acme', tenant 'beta')" in body["detail"]
+            assert "?tenant=SLUG" in body["detail"] and "?global=true" in body["detail"]
+        assert client.get(ENDPOINTS).json() == before  # nothing changed
+        both = client.get(f"{ENDPOINTS}/slack", params={"tenant": "acme", "global": "true"})
+        assert _problem(both, 422, "invalid-input")["field"] == "tenant"
+        disabled = client.post(f"{ENDPOINTS}/slack/disable?tenant=beta", json={"reason": "x"})
+        assert disabled.json()["tenant"] == "beta" and disabled.json()["enabled"] is False
+        assert client.post(f"{ENDPOINTS}/slack/enable?tenant=beta").json()["enabled"] is True
+    with api.client("admin-acme") as client:
+        # Its own, without naming it; its own name taken; the others as absent.
+        assert client.get(f"{ENDPOINTS}/slack").json()["tenant"] == "acme"
+        assert client.get(f"{ENDPOINTS}/slack?tenant=acme").json()["tenant"] == "acme"
+        _problem(
+            client.post(ENDPOINTS, json={"name": "slack", "url": url, "tenant": "acme"}),
+            409,
+            "endpoint-exists",
+        )
+        hidden = _problem(client.get(f"{ENDPOINTS}/slack?global=true"), 404, "endpoint-not-found")
+        nothing = client.get(f"{ENDPOINTS}/nobody-hook?global=true").json()
+        assert hidden["detail"].replace("slack", "X") == nothing["detail"].replace(
+            "nobody-hook", "X"
+        )
+        other = _problem(client.get(f"{ENDPOINTS}/slack?tenant=beta"), 404, "tenant-not-found")
+        assert other["detail"] == "tenant not found: 'beta'"
+        assert client.delete(f"{ENDPOINTS}/slack").json() == {"name": "slack", "removed": True}
+    with api.client("admin") as client:
+        assert client.delete(f"{ENDPOINTS}/slack?global=true").status_code == 200
+        assert client.get(f"{ENDPOINTS}/slack").json()["tenant"] == "beta"  # the one left
+        assert client.delete(f"{ENDPOINTS}/slack").status_code == 200
 
 
 def test_replay_sends_what_failed_and_what_was_missed_with_the_same_ids_in_order(

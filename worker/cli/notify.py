@@ -1,6 +1,9 @@
 """`ftdeploy notify …`: notification endpoints — add (the secret is printed once), list, show,
 test, deliveries, enable, disable, replay, remove. Registered on the main parser by
-`worker.cli.commands`; the same registry calls as the HTTP API's (`worker.http.notifications`)."""
+`worker.cli.commands`; the same registry calls as the HTTP API's (`worker.http.notifications`).
+
+A name is unique per owner (a tenant, or the global endpoints): the commands that take one take
+`--tenant SLUG` or `--global` too, needed only when more than one endpoint has the name."""
 
 from __future__ import annotations
 
@@ -8,12 +11,16 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from registry.db import unit_of_work
-from registry.notify import delivery, endpoints, probe, replay
+from registry.notify import delivery, endpoints, owners, probe, replay
 from registry.settings import get_settings
 from worker.cli import output
 
 if TYPE_CHECKING:
     from worker.cli.main import Commands
+
+
+def _owner(args: argparse.Namespace) -> owners.Owner:
+    return owners.owner_of(args.tenant, args.is_global)
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -78,14 +85,14 @@ def _list_text(rows: list[dict[str, Any]]) -> str:
 
 def cmd_show(args: argparse.Namespace) -> int:
     with unit_of_work() as session:
-        data = endpoints.show_endpoint(session, args.name)
+        data = endpoints.show_endpoint(session, args.name, owner=_owner(args))
     return output.emit(args, data, lambda row: _list_text([row]))
 
 
 def cmd_test(args: argparse.Namespace) -> int:
     settings = get_settings()
     with unit_of_work() as session:
-        outgoing = probe.prepare(session, args.name)
+        outgoing = probe.prepare(session, args.name, owner=_owner(args))
     data = probe.send(
         outgoing, timeout=settings.notify_timeout_seconds, public_url=settings.public_url
     )
@@ -100,7 +107,9 @@ def _test_text(data: dict[str, Any]) -> str:
 
 def cmd_deliveries(args: argparse.Namespace) -> int:
     with unit_of_work() as session:
-        data = endpoints.deliveries(session, args.name, limit=args.limit, status=args.status)
+        data = endpoints.deliveries(
+            session, args.name, limit=args.limit, status=args.status, owner=_owner(args)
+        )
     return output.emit(args, data, _deliveries_text)
 
 
@@ -126,21 +135,25 @@ def _deliveries_text(rows: list[dict[str, Any]]) -> str:
 
 def cmd_enable(args: argparse.Namespace) -> int:
     with unit_of_work() as session:
-        endpoints.enable_endpoint(session, args.name)
+        endpoints.enable_endpoint(session, args.name, owner=_owner(args))
     return output.emit(args, {"name": args.name, "enabled": True}, lambda d: f"enabled {d['name']}")
 
 
 def cmd_disable(args: argparse.Namespace) -> int:
     with unit_of_work() as session:
-        endpoints.disable_endpoint(session, args.name, actor=output.actor(args), reason=args.reason)
-        data = endpoints.show_endpoint(session, args.name)
+        endpoint = endpoints.disable_endpoint(
+            session, args.name, actor=output.actor(args), reason=args.reason, owner=_owner(args)
+        )
+        data = endpoints.endpoint_record(session, endpoint)
     return output.emit(args, data, lambda d: f"disabled {d['name']} ({d['disabled_reason']})")
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     with unit_of_work() as session:
         # Sent to the worker after the commit.
-        data = replay.replay(session, args.name, since=args.since, event=args.event).record()
+        data = replay.replay(
+            session, args.name, since=args.since, event=args.event, owner=_owner(args)
+        ).record()
     return output.emit(args, data, _replay_text)
 
 
@@ -153,7 +166,7 @@ def _replay_text(data: dict[str, Any]) -> str:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     with unit_of_work() as session:
-        endpoints.remove_endpoint(session, args.name)
+        endpoints.remove_endpoint(session, args.name, owner=_owner(args))
     return output.emit(args, {"name": args.name, "removed": True}, lambda d: f"removed {d['name']}")
 
 
@@ -170,30 +183,43 @@ def add_commands(commands: Commands) -> None:
     listing.add_argument("--tenant", help="endpoints that get this tenant's events")
 
     show = notify.command("show", cmd_show, "one endpoint, its backlog and state")
-    show.add_argument("name")
+    _named(show)
 
     test = notify.command("test", cmd_test, "send a test notification now and show the answer")
-    test.add_argument("name")
+    _named(test)
 
     sent = notify.command("deliveries", cmd_deliveries, "an endpoint's deliveries and attempts")
-    sent.add_argument("name")
+    _named(sent)
     sent.add_argument("--status", help="pending, delivered or failed")
     sent.add_argument("--limit", type=int, default=50)
 
     enable = notify.command("enable", cmd_enable, "enable a disabled endpoint again")
-    enable.add_argument("name")
+    _named(enable)
 
     disable = notify.command("disable", cmd_disable, "stop sending to an endpoint for now")
-    disable.add_argument("name")
+    _named(disable)
     disable.add_argument("--reason", help="why (shown by notify list)")
     output.add_actor(disable)
 
     again = notify.command(
         "replay", cmd_replay, "send again what failed, and what was missed while disabled"
     )
-    again.add_argument("name")
+    _named(again)
     again.add_argument("--since", metavar="2h|ISO-TIME", help="only events written since")
     again.add_argument("--event", metavar="WEBHOOK-ID", help="only this notification")
 
     remove = notify.command("remove", cmd_remove, "remove an endpoint and its deliveries")
-    remove.add_argument("name")
+    _named(remove)
+
+
+def _named(command: argparse.ArgumentParser) -> None:
+    """NAME and whose it is: needed only when more than one endpoint has the name."""
+    command.add_argument("name")
+    owner = command.add_mutually_exclusive_group()
+    owner.add_argument("--tenant", metavar="SLUG", help="the endpoint of this tenant")
+    owner.add_argument(
+        "--global",
+        dest="is_global",
+        action="store_true",
+        help="the global endpoint (every tenant's events)",
+    )
