@@ -101,6 +101,18 @@ def deliver(message: Message) -> None:
             message.on_sent(session)
 
 
+def deliver_held(held: Sequence[Message]) -> str | None:
+    """Send the held messages (`hold_messages`) in order; None when all went, else what stopped
+    them (its type only: a broker's error message may name the host and its credentials). Those
+    not sent stay for the reconciler."""
+    for message in held:
+        try:
+            deliver(message)
+        except Exception as error:
+            return type(error).__name__
+    return None
+
+
 def _deliver_or_log(message: Message) -> None:
     try:
         deliver(message)

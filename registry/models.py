@@ -223,7 +223,18 @@ class FinetuningRun(Base):
 
 class Evaluation(Base):
     __tablename__ = "ai_finetuning_evaluations"
-    __table_args__ = (CheckConstraint(_one_of("recommendation", Recommendation), name="rec"),)
+    __table_args__ = (
+        CheckConstraint(_one_of("recommendation", Recommendation), name="rec"),
+        # A resume is requested, then sent, then ended (with its outcome); none without the first.
+        CheckConstraint(
+            "resume_sent_at IS NULL OR resume_requested_at IS NOT NULL", name="resume_sent"
+        ),
+        CheckConstraint(
+            "resume_ended_at IS NULL OR "
+            "(resume_requested_at IS NOT NULL AND resume_outcome IS NOT NULL)",
+            name="resume_ended",
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     run_id: Mapped[uuid.UUID] = mapped_column(
@@ -232,6 +243,12 @@ class Evaluation(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     recommendation: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=clock.now)
+    # Asking the worker to resume the run's deployment (`registry.jobs.resumes`): NULL when the
+    # evaluation was recorded without it; the reconciler re-sends one not sent or lost.
+    resume_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resume_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resume_ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resume_outcome: Mapped[str | None] = mapped_column(String(2000), nullable=True)
 
 
 class ModelVersion(Base):

@@ -20,7 +20,7 @@ from registry.canary import batches, outcome_input, outcomes
 from registry.canary.resolver import resolver_for
 from registry.db import unit_of_work
 from registry.errors import FtdeployError, InvalidInput, JobNotFinished, RunNotDeployable
-from registry.jobs import events, pipeline
+from registry.jobs import events, pipeline, resumes
 from registry.jobs.openai_jobs import fetch_job, fetch_result_metrics, make_client
 from registry.models import OperationKind, OperationStatus
 from registry.settings import get_settings
@@ -116,25 +116,37 @@ def _handle_job(job_id: Any, tenant: Any) -> dict[str, Any]:
 
 
 def _evaluation_failed(failure: Failure) -> dict[str, Any]:
+    status = "refused"
     if isinstance(failure.error, RunNotDeployable):
         # The job has not succeeded (yet): its job_finished event deploys it when it does.
-        return {"status": "waiting", "reason": failure.reason}
-    event(log, "evaluation.refused", logging.WARNING, reason=failure.reason)
-    return {"status": "refused", "reason": failure.reason}
+        status = "waiting"
+    run_id, evaluation_id = failure.args[0], failure.args[1]
+    try:
+        with unit_of_work() as session:
+            # Ended with its reason, so that the reconciler does not send it again.
+            pipeline.end_resume(session, run_id, evaluation_id, f"{status}: {failure.reason}")
+    except SQLAlchemyError:
+        # The database is away: the resume stays open, and the reconciler sends it again.
+        event(log, "evaluation.unrecorded", logging.WARNING, reason=failure.reason)
+        return {"status": "unrecorded", "reason": failure.reason}
+    if status == "refused":
+        event(log, "evaluation.refused", logging.WARNING, reason=failure.reason)
+    return {"status": status, "reason": failure.reason}
 
 
 EVALUATIONS = Policy(max_retries=10, failed=_evaluation_failed, name="evaluation")
 
 
 @app.task(name="ftdeploy.evaluation_recorded", bind=True, max_retries=10)
-def evaluation_recorded(self: Task, run_id: str) -> dict[str, Any]:
-    """An evaluation was recorded: resume the run's deployment if it was waiting for one."""
-    return task_outcomes.run(self, EVALUATIONS, _resume, run_id)
+def evaluation_recorded(self: Task, run_id: str, evaluation_id: Any = None) -> dict[str, Any]:
+    """An evaluation was recorded: resume the run's deployment if it was waiting for one, and
+    end the evaluation's resume (when the message names it) with what happened."""
+    return task_outcomes.run(self, EVALUATIONS, _resume, run_id, evaluation_id)
 
 
-def _resume(run_id: str) -> dict[str, Any]:
+def _resume(run_id: str, evaluation_id: Any) -> dict[str, Any]:
     with unit_of_work() as session:
-        result = pipeline.resume_deployment(session, run_id)
+        result = pipeline.resume_deployment(session, run_id, evaluation_id)
     event(log, "evaluation.resumed", run=run_id, status=result.status, version=result.version)
     return {"status": str(result.status), "version": result.version}
 
@@ -223,8 +235,8 @@ OPERATIONS = Policy(max_retries=10, failed=_operation_failed, name="operation")
 def reconcile_events() -> int:
     """Re-send events that were accepted but never handed to the broker (a crash in between),
     and events whose message the broker lost (untouched for twice the visibility timeout); then
-    the same for queued operations, after expiring those past their time to live. One unit of
-    work each: a failure of one leaves the other done."""
+    the same for queued operations, after expiring those past their time to live, and for
+    evaluations' resumes. One unit of work each: a failure of one leaves the others done."""
     settings = get_settings()
     grace = timedelta(seconds=settings.reconcile_grace_seconds)
     stalled_after = timedelta(seconds=2 * settings.visibility_timeout_seconds)
@@ -242,8 +254,19 @@ def reconcile_events() -> int:
             unsent=len(stranded.unsent),
             stalled=len(stranded.stalled),
         )
+    with unit_of_work() as session:
+        resumed = resumes.reconcile(session, grace=grace, stalled_after=stalled_after)
+    if resumed.unsent or resumed.stalled or resumed.ended:
+        event(
+            log,
+            "resumes.reconciled",
+            unsent=len(resumed.unsent),
+            stalled=len(resumed.stalled),
+            ended=len(resumed.ended),
+        )
     total = len(found.unsent) + len(found.stalled)
-    return total + len(stranded.expired) + len(stranded.unsent) + len(stranded.stalled)
+    total += len(stranded.expired) + len(stranded.unsent) + len(stranded.stalled)
+    return total + len(resumed.unsent) + len(resumed.stalled) + len(resumed.ended)
 
 
 @app.task(name="ftdeploy.record_outcomes", bind=True, max_retries=10)

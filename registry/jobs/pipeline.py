@@ -18,14 +18,21 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from registry import clock
+from registry import clock, validation
 from registry.db import lock_tenant
 from registry.deployments import DeployResult, deploy
-from registry.errors import FtdeployError, JobDeadlineExceeded, PoisonEvent, RunNotFound
+from registry.errors import (
+    FtdeployError,
+    InvalidInput,
+    JobDeadlineExceeded,
+    PoisonEvent,
+    RunNotFound,
+)
+from registry.jobs import resumes
 from registry.jobs.events import end_attempt, finish_event, start_attempt
 from registry.jobs.openai_jobs import JobSnapshot
 from registry.jobs.runs import record_run, tenant_for_job
-from registry.models import EventState, FinetuningRun
+from registry.models import Evaluation, EventState, FinetuningRun
 from registry.notify import notices
 
 # A process that dies this many times while handling one event makes it a poison event.
@@ -114,10 +121,15 @@ def release_job(session: Session, job_id: str) -> None:
     end_attempt(session, job_id)
 
 
-def resume_deployment(session: Session, run_id: object) -> DeployResult:
+def resume_deployment(
+    session: Session, run_id: object, evaluation_id: object = None
+) -> DeployResult:
     """An evaluation was recorded for the run: deploy it if it was waiting for one (`deploy`,
-    idempotent). Raises RunNotFound (also for a malformed id), RunNotDeployable while its job has
-    not succeeded (its job_finished event deploys it when it does), and what `deploy` raises."""
+    idempotent), and end the evaluation's resume (named by `evaluation_id`, if any) with the
+    outcome, in the same transaction. Raises RunNotFound (also for a malformed run id),
+    InvalidInput for an evaluation id that is malformed or not the run's, RunNotDeployable while
+    its job has not succeeded (its job_finished event deploys it when it does), and what
+    `deploy` raises; the caller ends the resume with that reason (`end_resume`)."""
     try:
         key = uuid.UUID(str(run_id))
     except ValueError:
@@ -125,4 +137,30 @@ def resume_deployment(session: Session, run_id: object) -> DeployResult:
     run = session.get(FinetuningRun, key)
     if run is None:
         raise RunNotFound(str(run_id))
-    return deploy(session, run.tenant_id, run.id)
+    evaluation = _evaluation_of(session, run, evaluation_id)
+    result = deploy(session, run.tenant_id, run.id)
+    if evaluation is not None:
+        outcome = f"deployment {result.status}" + (f": {result.reason}" if result.reason else "")
+        resumes.end_resume(session, run.id, evaluation.id, outcome)
+    return result
+
+
+def end_resume(session: Session, run_id: object, evaluation_id: object, reason: str) -> None:
+    """The resume could not deploy (the run is not deployable yet, or it was refused): end the
+    run's evaluation's resume with the reason, so that the reconciler does not send it again.
+    Malformed or unknown ids, or an evaluation of another run, are nothing to end."""
+    run_key, key = validation.as_uuid(run_id), validation.as_uuid(evaluation_id)
+    if run_key is not None and key is not None:
+        resumes.end_resume(session, run_key, key, reason)
+
+
+def _evaluation_of(
+    session: Session, run: FinetuningRun, evaluation_id: object
+) -> Evaluation | None:
+    if evaluation_id is None:
+        return None  # a message from before resumes were kept, or from another system
+    key = validation.uuid_id(evaluation_id, "evaluation_id")
+    evaluation = session.get(Evaluation, key)
+    if evaluation is None or evaluation.run_id != run.id:
+        raise InvalidInput("evaluation_id", f"{key} is no evaluation of run {run.id}")
+    return evaluation

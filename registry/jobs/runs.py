@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry import messages
 from registry.errors import InvalidInput, RunNotFound, TenantMismatch, TenantUnknownForJob
+from registry.jobs import resumes
 from registry.jobs.openai_jobs import JobSnapshot
 from registry.models import Evaluation, FinetuningRun, Recommendation, Tenant
 from registry.tenants import find_tenant
@@ -121,7 +121,8 @@ def record_evaluation(
     """Record an evaluation of the job's run. Raises InvalidInput, RunNotFound (nothing written).
     Not idempotent: each call adds an evaluation, and the newest one counts. With `resume`, the
     worker is asked after the commit to resume the run's deployment if it waits for one
-    (`ftdeploy.evaluation_recorded`)."""
+    (`ftdeploy.evaluation_recorded`); the request is stored with the evaluation, so that one the
+    broker never got, or lost, is sent again (`registry.jobs.resumes`)."""
     if recommendation not in set(Recommendation):
         allowed = ", ".join(r.value for r in Recommendation)
         raise InvalidInput("recommendation", f"{recommendation!r} is not one of {allowed}")
@@ -130,7 +131,7 @@ def record_evaluation(
     session.add(evaluation)
     session.flush()
     if resume:
-        messages.send_after_commit(session, messages.EVALUATION_RECORDED, (str(run.id),))
+        resumes.request_resume(session, evaluation)
     return evaluation
 
 

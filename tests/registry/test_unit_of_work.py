@@ -134,14 +134,16 @@ def test_operations_and_evaluations_ask_the_worker_after_the_commit(
         run_id, job_id = str(run.id), run.openai_job_id
     with unit_of_work(db_url) as session:
         operation = operations.submit_operation(session, "acme", "rollback", actor="alice")
-        runs.record_evaluation(session, job_id, "approve", resume=True)
+        evaluation = runs.record_evaluation(session, job_id, "approve", resume=True)
         runs.record_evaluation(session, job_id, "approve")  # no resume: no message
         assert sent_messages == []
     assert sent_messages == [
         messages.Message(
             messages.ROLLBACK, (), {"tenant": "acme", "operation_id": str(operation.id)}
         ),
-        messages.Message(messages.EVALUATION_RECORDED, (run_id,)),
+        messages.Message(
+            messages.EVALUATION_RECORDED, (run_id,), {"evaluation_id": str(evaluation.id)}
+        ),
     ]
 
 

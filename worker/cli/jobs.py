@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from registry import audit, audit_events, clock, records, validation
+from registry import audit, audit_events, clock, messages, records, validation
 from registry.db import unit_of_work
 from registry.errors import InvalidInput
 from registry.jobs import events, runs
@@ -78,6 +78,8 @@ def cmd_job_finished(args: argparse.Namespace) -> int:
 def cmd_evaluation_record(args: argparse.Namespace) -> int:
     metrics = runs.parse_metrics(args.metric)
     with unit_of_work() as session:
+        # Sent by this door after the commit, so that it can tell when the broker is away.
+        held = messages.hold_messages(session)
         evaluation = runs.record_evaluation(
             session, args.job_id, args.recommendation, metrics, resume=not args.no_resume
         )
@@ -87,6 +89,15 @@ def cmd_evaluation_record(args: argparse.Namespace) -> int:
             "recommendation": evaluation.recommendation,
             "metrics": evaluation.metrics,
         }
+    unsent = messages.deliver_held(held)
+    if unsent is not None:
+        return output.error(
+            args,
+            "BrokerUnavailable",
+            f"evaluation {data['evaluation_id']} of {args.job_id} is recorded but the broker is "
+            f"unavailable ({unsent}); beat's reconciler sends its resume when the broker is back",
+            output.NOT_SENT,
+        )
     return output.emit(args, data, lambda d: f"recorded {d['recommendation']} for {d['job_id']}")
 
 

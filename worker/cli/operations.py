@@ -84,7 +84,7 @@ def _queue(args: argparse.Namespace, kind: OperationKind, **arguments: Any) -> i
             **arguments,
         )
         operation_id = str(operation.id)
-    unsent = _deliver(held)
+    unsent = messages.deliver_held(held)
     if unsent is not None:
         return output.error(
             args,
@@ -98,17 +98,6 @@ def _queue(args: argparse.Namespace, kind: OperationKind, **arguments: Any) -> i
             args, {"operation_id": operation_id, "status": "queued"}, lambda d: d["operation_id"]
         )
     return _wait_for(args, operation_id)
-
-
-def _deliver(held: list[messages.Message]) -> str | None:
-    """Send the held messages; None when all went, else what stopped them (its type only:
-    a broker's error message may name the host and its credentials)."""
-    for message in held:
-        try:
-            messages.deliver(message)
-        except Exception as error:
-            return type(error).__name__
-    return None
 
 
 def _wait_for(args: argparse.Namespace, operation_id: str) -> int:

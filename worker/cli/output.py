@@ -18,7 +18,7 @@ BAD_INPUT = 2
 NOT_FOUND = 3
 NO_MODEL = 4  # `resolve`: the tenant has no version in production
 STILL_RUNNING = 5  # `--wait` gave up (timeout, Ctrl-C) before the operation ended
-NOT_SENT = 6  # the operation is recorded, but the broker was away: the reconciler sends it
+NOT_SENT = 6  # recorded, but the broker was away: the reconciler sends it
 INTERNAL = 70  # a broken invariant or an unexpected error: a bug
 
 # The one table of exit statuses: `ftdeploy --help` prints it, the README repeats it (a test
@@ -46,8 +46,9 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     ),
     (
         NOT_SENT,
-        "the operation is recorded but the broker was unavailable: beat's reconciler sends it "
-        "when the broker is back (unless it expires first)",
+        "the operation (or the evaluation's resume) is recorded but the broker was unavailable: "
+        "beat's reconciler sends it when the broker is back (an operation, unless it expires "
+        "first)",
     ),
     (INTERNAL, "internal error: a broken traffic invariant or an unexpected error (a bug)"),
 )
