@@ -1,9 +1,9 @@
 """An evaluation's resume of its run's deployment, kept so that none is lost: when it was
 requested, handed to the broker, and ended (with its outcome). A CHECK keeps the order.
 
-Revision ID: 0008
-Revises: 0007
-Create Date: 2026-12-18 10:00:00
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-12-01 14:00:00
 """
 
 from collections.abc import Sequence
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0007"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
