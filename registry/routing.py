@@ -129,6 +129,8 @@ class Router:
         self._learned.append((0, None, 0.0))
         self._lock = threading.Lock()
         self._outage = Outage()
+        # (the feed's vouched_at, the expiry it grants): see `_extend`.
+        self._lease: tuple[float, float] = (-math.inf, -math.inf)
         self.reads = 0  # database reads made, for tests and benchmarks
         self._feed = feed
         self._unsubscribe = feed.subscribe(self._on_changes) if feed is not None else None
@@ -222,11 +224,17 @@ class Router:
         vouched = self._feed.vouched_at if self._feed is not None else -math.inf
         if not snapshot.current or vouched + self._staleness <= now:
             return False
+        lease = self._lease
+        if lease[0] != vouched:
+            # One float object per vouched moment, shared by every snapshot it extends: a call
+            # compares against an object already in the CPU's cache, not one per tenant.
+            lease = self._lease = (vouched, vouched + self._staleness)
         with self._lock:
             if not snapshot.current:  # a change was learned meanwhile
                 return False
-            snapshot.verified_at = max(snapshot.verified_at, vouched)
-            snapshot.expires = vouched + self._staleness
+            if snapshot.verified_at < vouched:
+                snapshot.verified_at = vouched
+            snapshot.expires = lease[1]
         return True
 
     # -- reading -----------------------------------------------------------------------------
