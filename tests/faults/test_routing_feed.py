@@ -19,7 +19,8 @@ import pytest
 
 from migrations import upgrade
 from registry import versions
-from registry.change_feed import APPLICATION_NAME, PostgresFeed
+from registry.change_feed import APPLICATION_NAME
+from registry.change_sources import PostgresFeed
 from registry.db import session_factory, unit_of_work
 from registry.errors import RoutingUnavailable
 from registry.routing import Router
