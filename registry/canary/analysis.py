@@ -292,9 +292,12 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+_METRICS = frozenset(Metric)
+
+
 def validate_policy(policy: CanaryPolicy) -> None:
     """Raise InvalidInput for the first field out of range."""
-    if policy.metric not in set(Metric):
+    if policy.metric not in _METRICS:
         raise InvalidInput("metric", f"{policy.metric!r} is not one of {', '.join(Metric)}")
     if not _finite(policy.threshold) or not 0 <= policy.threshold <= 1:
         raise InvalidInput("threshold", f"{policy.threshold!r} is not a number in 0..1")

@@ -186,8 +186,11 @@ def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> 
     """
     if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-    canaries = session.execute(canaries_query(tenant_id)).all()
-    counts = {row[0]: row._mapping for row in session.execute(counts_query(tenant_id))}
+    # Plain rows through the session's connection: the ORM's result machinery adds a third
+    # per row, and the fleet page and the sweep read one row per live canary.
+    read = session.connection().execute
+    canaries = read(canaries_query(tenant_id)).all()
+    counts = {row[0]: row._mapping for row in read(counts_query(tenant_id))}
     return [_canary(row._mapping, counts.get(row[0])) for row in canaries]
 
 

@@ -9,7 +9,7 @@ that allows only this origin's script and styles (no inline script), no framing,
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -74,7 +74,7 @@ def colour(version: int) -> str:
     return f"v{version % PALETTE}"
 
 
-def bar(split: list[Share], label: str | None = None) -> Markup:
+def bar(split: Sequence[Share], label: str | None = None) -> Markup:
     """A split as a bar (inline SVG: geometry in attributes, no style, so CSP allows it) with
     its text beside it, for readers without colour and for screen readers."""
     return _bar(tuple(split), label)
