@@ -119,6 +119,10 @@ TABLE: dict[tuple[str, str], list[Case]] = {
     ("POST", "/tenants/{tenant_ref}/switch"): [
         Case("/tenants/beta/switch", HIDDEN, {"version": 1, "reason": "x"})
     ],
+    ("POST", "/tenants/{tenant_ref}/pause"): [Case("/tenants/beta/pause", HIDDEN, {"reason": "x"})],
+    ("POST", "/tenants/{tenant_ref}/resume"): [
+        Case("/tenants/beta/resume", HIDDEN, {"reason": "x"})
+    ],
     ("GET", "/dashboard/stream"): [Case("/dashboard/stream", STREAM)],
     ("POST", "/v1/jobs/{job_id}/evaluation"): [
         Case(
