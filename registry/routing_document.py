@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from registry.routing import PRIME, VersionRow, build_snapshot, version_key
+from registry.snapshots import PRIME, VersionRow, build_snapshot, version_key
 
 SCHEMA_VERSION = 1
 ALGORITHM = "ftdeploy-rendezvous-cw61-v1"

@@ -71,44 +71,51 @@ class MemoBudget:
         self.used = 0
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, kw_only=True)
 class Snapshot:
     """One tenant's production split as of `loaded_at`, ready for picks."""
 
+    # What every call reads comes first: slots are laid out in this order, so a call touches
+    # one or two cache lines of the snapshot, not four (it matters with thousands of tenants).
+    # The only model when one version serves everything (the common case), else None.
+    only: str | None = None
+    sticky: dict[str, str] = field(default_factory=dict)
+    expires: float = math.inf
+    # False once a change of the tenant is known: never served as current again, but still the
+    # last known split if the database cannot be read.
+    current: bool = True
+    model_ids: tuple[str, ...] = ()
     tenant_id: uuid.UUID
     loaded_at: float
-    expires: float = math.inf
     # The tenant's routing generation when read, its slug, and the last moment the split was
     # known to be current (its read, or the change feed vouching since).
     generation: int = 0
     slug: str = ""
     verified_at: float = 0.0
-    # False once a change of the tenant is known: never served as current again, but still the
-    # last known split if the database cannot be read.
-    current: bool = True
     signature: tuple[VersionRow, ...] = ()
-    model_ids: tuple[str, ...] = ()
     versions: tuple[int, ...] = ()
     shares: tuple[int, ...] = ()
-    # The only model when one version serves everything (the common case), else None.
-    only: str | None = None
     # 100 entries, each model id repeated by its share: a draw is one index.
     table: tuple[str, ...] = ()
     keys: tuple[tuple[int, int, float], ...] = ()
-    sticky: dict[str, str] = field(default_factory=dict)
     sticky_bytes: int = 0
     budget: MemoBudget | None = None
 
     def pick(self, subject: str | None = None) -> str | None:
         """The model for one request: None when nothing is in production."""
-        if self.only is not None or not self.model_ids:
+        if self.only is not None:
             return self.only
+        if subject is not None:
+            # A placed subject first: the memo hit reads no other field of the snapshot.
+            chosen = self.sticky.get(subject)
+            if chosen is not None:
+                return chosen
+        if not self.model_ids:
+            return None
         if subject is None:
             return self.table[int(random.random() * 100)]
-        chosen = self.sticky.get(subject)
-        if chosen is None:
-            chosen = self.place(subject)
-            self.remember(subject, chosen)
+        chosen = self.place(subject)
+        self.remember(subject, chosen)
         return chosen
 
     def remember(self, subject: str, chosen: str) -> None:

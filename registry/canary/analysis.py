@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from registry.errors import InvalidInput
 from registry.models import Metric
@@ -42,7 +43,7 @@ class Action(StrEnum):
     ROLLBACK = "rollback"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Counts:
     """Outcomes of one side (the canary, or the stable versions together) over the window."""
 
@@ -53,7 +54,7 @@ class Counts:
     score_sq_sum: float = 0.0  # sum of squared scores, for the variance of the mean score
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CanaryPolicy:
     metric: Metric
     threshold: float  # 0..1: the success rate or mean score the canary must meet
@@ -64,7 +65,7 @@ class CanaryPolicy:
     auto_rollback: bool  # False: a failing canary holds, with the reason, for an operator
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CanaryState:
     traffic_percent: int  # the canary's current traffic, 1..99
     step_started_at: datetime  # when the current step began (UTC aware)
@@ -72,7 +73,7 @@ class CanaryState:
     stable: Counts  # the other production versions together, same window
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     action: Action
     reason: str  # one sentence a human reads in the audit trail
@@ -80,7 +81,7 @@ class Decision:
     metric_value: float | None  # the canary's observed metric, None with no samples
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Measure:
     n: int  # samples that count toward min_samples
     value: float | None  # observed metric, None when n == 0
@@ -153,7 +154,7 @@ def _measure(state: CanaryState, policy: CanaryPolicy) -> _Measure:
     return _Measure(n, value, upper, n - canary.score_sum, stable_value, compared, worse)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Evidence:
     """What `decide` weighs, for people to read: the canary's metric with its one-sided 95%
     bounds, and the one-sided 95% test against the stable versions."""
@@ -183,7 +184,7 @@ def decide(state: CanaryState, policy: CanaryPolicy, now: datetime) -> Decision:
 
     Raises InvalidInput for an invalid policy, inconsistent counts or naive datetimes.
     """
-    validate_policy(policy)
+    _check_policy(policy)
     _validate_state(state, now)
     m = _measure(state, policy)
     # A clock behind the step's start (skew between hosts) counts as "just started".
@@ -292,9 +293,12 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+_METRICS = frozenset(Metric)
+
+
 def validate_policy(policy: CanaryPolicy) -> None:
     """Raise InvalidInput for the first field out of range."""
-    if policy.metric not in set(Metric):
+    if policy.metric not in _METRICS:
         raise InvalidInput("metric", f"{policy.metric!r} is not one of {', '.join(Metric)}")
     if not _finite(policy.threshold) or not 0 <= policy.threshold <= 1:
         raise InvalidInput("threshold", f"{policy.threshold!r} is not a number in 0..1")
@@ -314,6 +318,22 @@ def validate_policy(policy: CanaryPolicy) -> None:
         )
     if not isinstance(policy.auto_rollback, bool):
         raise InvalidInput("auto_rollback", f"{policy.auto_rollback!r} is not true or false")
+
+
+def _check_policy(policy: CanaryPolicy) -> None:
+    """`validate_policy`, once per distinct policy: a fleet's canaries share a few policies, and
+    the dashboard and the sweep decide every one of them."""
+    try:
+        hash(policy)
+    except TypeError:  # a field of an unhashable type (steps as a list): checked every time
+        validate_policy(policy)
+    else:
+        _validated(policy)
+
+
+@lru_cache(maxsize=1024)
+def _validated(policy: CanaryPolicy) -> None:
+    validate_policy(policy)  # raises for an invalid one, which is then not cached
 
 
 def _validate_state(state: CanaryState, now: datetime) -> None:

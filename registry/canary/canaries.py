@@ -62,7 +62,7 @@ def _default(column: str) -> Any:
     return getattr(default, "arg", None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LiveCanary:
     deployment_id: uuid.UUID
     tenant_id: uuid.UUID
@@ -78,7 +78,7 @@ class LiveCanary:
     paused: bool = False  # the tenant is paused: the sweep leaves this canary alone
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Assessment:
     """What the next sweep would do with one canary, and why (or why it cannot decide)."""
 
@@ -186,15 +186,19 @@ def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> 
     """
     if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-    canaries = session.execute(canaries_query(tenant_id)).all()
-    counts = {row[0]: row._mapping for row in session.execute(counts_query(tenant_id))}
+    # Plain rows through the session's connection: the ORM's result machinery adds a third
+    # per row, and the fleet page and the sweep read one row per live canary.
+    read = session.connection().execute
+    canaries = read(canaries_query(tenant_id)).all()
+    counts = {row[0]: row for row in read(counts_query(tenant_id))}
     return [_canary(row._mapping, counts.get(row[0])) for row in canaries]
 
 
 def _side(sums: Any, prefix: str) -> Counts:
     if sums is None:
         return _NO_COUNTS
-    requests, successes, score_sum, score_count, score_sq_sum = (sums[key] for key in _KEYS[prefix])
+    start = _FIRST[prefix]
+    requests, successes, score_sum, score_count, score_sq_sum = sums[start : start + len(_SUMS)]
     return Counts(
         requests=int(requests or 0),
         successes=int(successes or 0),
@@ -204,7 +208,8 @@ def _side(sums: Any, prefix: str) -> Counts:
     )
 
 
-_KEYS = {prefix: tuple(f"{prefix}_{name}" for name in _SUMS) for prefix in ("c", "s")}
+# Where each side's sums begin in a row of `counts_query` (after the deployment's id).
+_FIRST = {"c": 1, "s": 1 + len(_SUMS)}
 _NO_COUNTS = Counts()
 
 

@@ -14,7 +14,7 @@ from registry.canary.canaries import Assessment, samples
 NEAR_DEADLINE_SHARE = 0.25
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CanaryPanel:
     tenant: str
     version: int

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Share:
     version: int
     percent: int
@@ -20,6 +21,12 @@ def shares(split: Mapping[int, int] | Mapping[str, int]) -> list[Share]:
     return [Share(v, p, "canary" if v == newest else "stable") for v, p in ordered]
 
 
-def text(split: list[Share]) -> str:
+@lru_cache(maxsize=4096)  # a fleet has few distinct splits
+def shares_of(split: tuple[tuple[int, int], ...]) -> tuple[Share, ...]:
+    """`shares` of (version, percent) pairs, as a tuple (it is shared: cached)."""
+    return tuple(shares(dict(split)))
+
+
+def text(split: Sequence[Share]) -> str:
     """`v1 90% · v2 10%`, or `nothing serving`: the bar's words, for readers and screen readers."""
     return " · ".join(f"v{s.version} {s.percent}%" for s in split) or "nothing serving"

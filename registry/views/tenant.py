@@ -102,6 +102,8 @@ class TenantPage:
     tenant_id: uuid.UUID
     policy: list[tuple[str, str]]
     strategy: str
+    paused: bool  # auto-promotion paused (`ftdeploy tenant pause`)
+    paused_reason: str | None
     versions: list[VersionRow]
     split: list[Share]
     canary: CanaryPanel | None
@@ -161,7 +163,9 @@ def _chart(
 def tenant_page(session: Session, tenant: Tenant, now: datetime) -> TenantPage:
     """The page of `tenant` (already found, and visible to the caller). Reads only, no lock;
     twelve statements whatever the number of versions, changes or events."""
-    strategy, policy = _policy(session.get(DeploymentPolicy, tenant.id))
+    stored_policy = session.get(DeploymentPolicy, tenant.id)
+    strategy, policy = _policy(stored_policy)
+    paused = stored_policy is not None and bool(stored_policy.paused)
     versions = [
         VersionRow(
             v.version,
@@ -220,6 +224,8 @@ def tenant_page(session: Session, tenant: Tenant, now: datetime) -> TenantPage:
         tenant_id=tenant.id,
         policy=policy,
         strategy=strategy,
+        paused=paused,
+        paused_reason=stored_policy.paused_reason if paused and stored_policy else None,
         versions=versions,
         split=split,
         canary=panel(assessed[0], now) if assessed else None,

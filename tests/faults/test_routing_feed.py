@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from registry import versions
-from registry.change_feed import APPLICATION_NAME, PostgresFeed
+from registry.change_feed import APPLICATION_NAME
+from registry.change_sources import PostgresFeed
 from registry.db import session_factory, unit_of_work
 from registry.errors import RoutingUnavailable
 from registry.routing import Router

@@ -137,6 +137,10 @@ TABLE: dict[tuple[str, str], list[Case]] = {
     ("POST", "/tenants/{tenant_ref}/switch"): [
         Case("/tenants/beta/switch", HIDDEN, {"version": 1, "reason": "x"})
     ],
+    ("POST", "/tenants/{tenant_ref}/pause"): [Case("/tenants/beta/pause", HIDDEN, {"reason": "x"})],
+    ("POST", "/tenants/{tenant_ref}/resume"): [
+        Case("/tenants/beta/resume", HIDDEN, {"reason": "x"})
+    ],
     ("GET", "/dashboard/stream"): [Case("/dashboard/stream", STREAM)],
     # Notification endpoints: beta's, and a global one (every tenant's events: unscoped only).
     ("GET", "/v1/notifications/endpoints"): [

@@ -4,7 +4,8 @@
 Signs in with keys of each role; checks that the fleet lists exactly the key's tenants, that the
 tenant page follows a canary through its steps without a reload, that an operator's promotion
 lands with the key's name as the actor, that a `read` key has no buttons and its forged POST is
-refused, that another tenant's page is a 404 and that a form without its CSRF token is refused.
+refused, that another tenant's page is a 404, that a form without its CSRF token is refused, and
+that an operator pauses and resumes auto-promotion with a reason.
 Takes the README's screenshots (docs/screenshots/) on the way.
 """
 
@@ -17,12 +18,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from registry.canary.outcome_input import Outcome
 from registry.canary.outcomes import store_outcomes
 from registry.db import unit_of_work
 from registry.jobs import events
-from registry.tenants import PolicyChanges, set_policy
+from registry.models import AuditEvent
+from registry.tenants import PolicyChanges, find_tenant, get_policy, set_policy
 from tests.factories import deploy_new, make_run, make_tenant
 from tests.harness import REPO
 from tests.worker.api_stack import ApiServer, ApiStack
@@ -275,3 +278,32 @@ def test_a_form_without_its_csrf_token_is_refused(page: Page, api: ApiStack) -> 
     response = navigation.value
     assert response is not None and response.status == 403
     expect(page.locator("main")).to_contain_text("CSRF")
+
+
+def test_an_operator_pauses_and_resumes_auto_promotion(page: Page, api: ApiStack) -> None:
+    sign_in(page, api, "ops-promo", "/tenants/promo")
+    form = page.locator("form#hold")
+    form.get_by_label("Reason").fill("incident 42")
+    form.get_by_role("button", name="Pause auto-promotion").click()
+    banner = page.locator("#paused")
+    expect(banner).to_contain_text("Auto-promotion is paused")
+    expect(banner).to_contain_text("incident 42")
+    page.goto("/?attention=1")
+    expect(page.locator("tr", has_text="promo")).to_contain_text("auto-promotion is paused")
+    page.goto("/tenants/promo")
+    form.get_by_label("Reason").fill("incident over")
+    form.get_by_role("button", name="Resume auto-promotion").click()
+    expect(form.get_by_role("button", name="Pause auto-promotion")).to_be_visible()
+    expect(page.locator("#paused")).to_have_count(0)
+    with unit_of_work() as session:
+        tenant = find_tenant(session, "promo")
+        audited = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.tenant_id == tenant.id, AuditEvent.action.in_(["pause", "resume"]))
+            .order_by(AuditEvent.id)
+        )
+        assert [(a.action, a.actor, a.reason) for a in audited] == [
+            ("pause", "ops-promo", "incident 42"),
+            ("resume", "ops-promo", "incident over"),
+        ]
+        assert not get_policy(session, tenant.id).paused

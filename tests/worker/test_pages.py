@@ -13,7 +13,8 @@ from starlette.testclient import TestClient
 
 from registry import keys
 from registry.db import unit_of_work
-from registry.models import Operation, Tenant
+from registry.models import AuditEvent, Operation, Tenant
+from registry.tenants import get_policy
 from tests.factories import deploy_new, make_tenant
 from worker.http.app import create_app
 from worker.http.pages.render import SECURITY_HEADERS
@@ -168,3 +169,77 @@ def test_a_header_key_reads_pages_without_a_session(app: TestClient) -> None:
 def _operations() -> int:
     with unit_of_work() as session:
         return len(session.scalars(select(Operation)).all())
+
+
+def _hold(slug: str) -> tuple[bool, str | None, list[tuple[str, str, str | None]]]:
+    """The tenant's pause (paused, reason) and its audited pauses and resumes."""
+    with unit_of_work() as session:
+        tenant = session.scalars(select(Tenant).where(Tenant.slug == slug)).one()
+        policy = get_policy(session, tenant.id)
+        audited = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.tenant_id == tenant.id, AuditEvent.action.in_(["pause", "resume"]))
+            .order_by(AuditEvent.id)
+        )
+        return (
+            bool(policy.paused),
+            policy.paused_reason,
+            [(a.action, a.actor, a.reason) for a in audited],
+        )
+
+
+def test_a_read_key_cannot_pause_or_resume(app: TestClient) -> None:
+    csrf = sign_in(app, "reader")
+    assert "Pause auto-promotion" not in app.get("/tenants/alpha").text
+    for action in ("pause", "resume"):
+        forged = app.post(
+            f"/tenants/alpha/{action}",
+            data={"csrf": csrf, "reason": "forged"},
+            follow_redirects=False,
+        )
+        assert forged.status_code == 403 and "operate key" in forged.text
+    header = app.post(
+        "/tenants/alpha/pause",
+        data={"reason": "forged"},
+        headers={"Authorization": f"Bearer {KEYS['reader']}"},
+    )
+    assert header.status_code == 403
+    assert _hold("alpha") == (False, None, [])
+
+
+def test_an_operator_pauses_and_resumes_its_tenant_with_a_reason(app: TestClient) -> None:
+    csrf = sign_in(app, "ops-alpha")
+    page = app.get("/tenants/alpha")
+    assert 'action="/tenants/alpha/pause"' in page.text
+    assert "Auto-promotion is paused" not in page.text
+    hidden = app.post("/tenants/beta/pause", data={"csrf": csrf, "reason": "no"})
+    assert hidden.status_code == 404
+    no_token = app.post("/tenants/alpha/pause", data={"reason": "incident 42"})
+    assert no_token.status_code == 403 and "CSRF" in no_token.text
+    no_reason = app.post("/tenants/alpha/pause", data={"csrf": csrf, "reason": " "})
+    assert no_reason.status_code == 422 and "reason" in no_reason.text
+    assert _hold("alpha") == (False, None, []) and _hold("beta") == (False, None, [])
+
+    paused = app.post(
+        "/tenants/alpha/pause",
+        data={"csrf": csrf, "reason": "incident 42"},
+        follow_redirects=False,
+    )
+    assert paused.status_code == 303 and paused.headers["location"] == "/tenants/alpha#live"
+    assert _hold("alpha") == (True, "incident 42", [("pause", "ops-alpha", "incident 42")])
+    shown = app.get("/tenants/alpha").text
+    assert "Auto-promotion is paused" in shown and 'action="/tenants/alpha/resume"' in shown
+    assert "auto-promotion is paused" in app.get("/?attention=1").text
+
+    resumed = app.post(
+        "/tenants/alpha/resume",
+        data={"csrf": csrf, "reason": "incident over"},
+        follow_redirects=False,
+    )
+    assert resumed.status_code == 303
+    assert _hold("alpha") == (
+        False,
+        None,
+        [("pause", "ops-alpha", "incident 42"), ("resume", "ops-alpha", "incident over")],
+    )
+    assert "Auto-promotion is paused" not in app.get("/tenants/alpha").text

@@ -8,7 +8,10 @@ secret that is set but malformed refuses the start, as `ftdeploy webhooks serve`
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -34,6 +37,21 @@ def webhook_configured(settings: Settings) -> bool:
     return bool(secret.strip())
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Started: what the process holds now (modules, the app and its routes, SQLAlchemy's
+    metadata, ~200,000 objects) lives as long as the server, so it is frozen out of the cyclic
+    garbage collector. Otherwise every full collection walks all of it again, and a page of
+    thousands of rows (the fleet) sets one off every few requests: ~100 ms each, measured.
+    Stopped: unfrozen, so a process that builds apps one after another (tests) can free them."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API. Raises InvalidInput when a webhook secret is set but malformed."""
     settings = settings or get_settings()
@@ -42,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         max_body_size=settings.api_max_body_bytes,
+        lifespan=lifespan,
     )
     problems.install(app)
     sessions = session_factory()

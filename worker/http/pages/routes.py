@@ -1,7 +1,8 @@
 """The dashboard's pages and fragments: the fleet at `/`, a tenant at `/tenants/{tenant}`, the
 live fragments the page script re-reads when the change stream says so, previews, and the
 actions, which queue the same operations as the CLI and the API (`operators._queue`: the same
-registry call, the key's name as actor). Each handler reads through `registry.views` and only
+registry call, the key's name as actor), and pause/resume of auto-promotion (the registry calls
+of `ftdeploy tenant pause|resume`). Each handler reads through `registry.views` and only
 renders what it returns.
 """
 
@@ -25,6 +26,7 @@ from registry.db import session_factory, unit_of_work
 from registry.errors import FtdeployError, InvalidInput, OperationNotFound
 from registry.models import KeyRole, OperationKind, Tenant
 from registry.operations import check_reason
+from registry.tenants import pause_tenant, resume_tenant
 from registry.versions import current_split
 from registry.views import fleet, preview, tenant
 from registry.views.splits import shares
@@ -228,6 +230,29 @@ async def rollback(request: Request, tenant_ref: schemas.TenantRef, who: Operato
 @router.post("/tenants/{tenant_ref}/switch")
 async def switch(request: Request, tenant_ref: schemas.TenantRef, who: Operator) -> Response:
     return await run_in_threadpool(_act, who, tenant_ref, "switch", await _form(request))
+
+
+@router.post("/tenants/{tenant_ref}/pause")
+async def pause(request: Request, tenant_ref: schemas.TenantRef, who: Operator) -> Response:
+    return await run_in_threadpool(_hold, who, tenant_ref, True, await _form(request))
+
+
+@router.post("/tenants/{tenant_ref}/resume")
+async def resume(request: Request, tenant_ref: schemas.TenantRef, who: Operator) -> Response:
+    return await run_in_threadpool(_hold, who, tenant_ref, False, await _form(request))
+
+
+def _hold(who: Viewer, ref: str, paused: bool, form: FormData) -> Response:
+    """Pause or resume the tenant's auto-promotion: the registry call `ftdeploy tenant
+    pause|resume` makes, in one unit of work, with the key's name as the actor. Not queued: it
+    changes no traffic, only whether the sweep acts (and it is idempotent)."""
+    with unit_of_work() as session:
+        # The tenant first: a tenant the key may not see is absent, whatever the form holds.
+        found = _tenant(session, who, ref)
+        change = pause_tenant if paused else resume_tenant
+        change(session, found.id, actor=who.principal.name, reason=_reason(form))
+        slug = found.slug
+    return RedirectResponse(f"/tenants/{slug}#live", status_code=303)
 
 
 # -- live ------------------------------------------------------------------------------------
