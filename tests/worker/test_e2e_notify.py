@@ -244,7 +244,8 @@ def test_bad_input_at_the_cli_is_refused_in_one_line(
         (["notify", "add", "x3", "--url", "https://e.com/", "--events", "canary.exploded"], 2,
          "invalid event type: 'canary.exploded'"),
         (["notify", "add", "x4", "--url", "https://e.com/", "--format", "teams"], 2, "format"),
-        (["notify", "add", "badin-hook", "--url", "https://e.com/"], 1, "already exists"),
+        (["notify", "add", "badin-hook", "--url", "https://e.com/", "--tenant", "badin"], 1,
+         "already exists"),  # names are unique per owner: the same tenant's
         (["notify", "add", "x5", "--url", "https://e.com/", "--tenant", "nobody"], 3, "nobody"),
         (["notify", "remove", "nope"], 3, "not found: 'nope'"),
         (["notify", "deliveries", "nope"], 3, "not found: 'nope'"),
