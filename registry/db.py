@@ -142,8 +142,10 @@ def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction
 @event.listens_for(Session, "after_transaction_end")
 def _end_of_transaction(session: Session, transaction: SessionTransaction) -> None:
     # Locks end with the transaction, and PostgreSQL also releases those taken inside a savepoint
-    # that is rolled back: forget them at the end of any transaction, nested or not.
-    session.info.pop(LOCKED_TENANTS_KEY, None)
+    # that is rolled back: forget them at the end of the transaction or of any savepoint. Not at
+    # the end of the subtransaction every flush opens: that ends nothing on the database.
+    if transaction.nested or transaction.parent is None:
+        session.info.pop(LOCKED_TENANTS_KEY, None)
     if transaction.parent is None:
         # Committed (and already run by now), rolled back or closed: nothing carries over to the
         # session's next transaction.
