@@ -18,9 +18,9 @@ from worker.demo.fake_openai import FakeOpenAI
 
 # Per event, both units of work (the attempt's, then the deploying one). A fresh event of a tenant
 # that already serves a version; a redelivery of an event already done.
-FRESH_IMMEDIATE = 40
-FRESH_CANARY = 38
-REDELIVERED = 10
+FRESH_IMMEDIATE = 21
+FRESH_CANARY = 20
+REDELIVERED = 6
 
 
 @pytest.fixture
