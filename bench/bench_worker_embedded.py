@@ -41,7 +41,7 @@ BROKER = "filesystem://"
 
 
 def run(env: BenchEnv) -> list[Row]:
-    events, noops = (200, 1_000) if env.quick else (3_000, 3_000)
+    events, noops = (200, 1_000) if env.quick else (2_000, 3_000)
     with tempfile.TemporaryDirectory(prefix="ftdeploy-bench-embedded-") as tmp:
         work = Path(tmp)
         noop_rate = _noop_rate(noops, work / "noop")
