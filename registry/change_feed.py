@@ -55,11 +55,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from sqlalchemy import func, select, text
+from sqlalchemy import String, Uuid, cast, func, literal, select, true
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry import clock
-from registry.models import RoutingGeneration
+from registry import clock, dialect
+from registry.models import RoutingGeneration, UTCDateTime
 
 log = logging.getLogger("ftdeploy.routing")
 
@@ -90,20 +90,33 @@ def note_change(session: Session, tenant_id: uuid.UUID) -> int:
     strictly from one change to the next. The generation is one more than the highest of any
     tenant, so on SQLite (one writer at a time) it also grows in commit order. On PostgreSQL
     a notification is queued, delivered to every listener when the transaction commits.
+    One statement: the row is upserted from the highest generation (and, on PostgreSQL, the
+    notification queued by the same statement).
     """
-    highest = session.scalar(select(func.coalesce(func.max(RoutingGeneration.generation), 0)))
-    generation = int(highest or 0) + 1
-    row = session.get(RoutingGeneration, tenant_id)
-    if row is None:
-        session.add(RoutingGeneration(tenant_id=tenant_id, generation=generation))
-    else:
-        row.generation, row.changed_at = generation, clock.now()
-    session.flush()
-    if session.get_bind().dialect.name == "postgresql":
-        payload = f"{tenant_id} {generation}"
-        session.execute(text("SELECT pg_notify(:channel, :payload)"),
-                        {"channel": CHANNEL, "payload": payload})  # fmt: skip
-    return generation
+    generations = RoutingGeneration.__table__
+    highest = select(
+        literal(tenant_id, Uuid()),
+        func.coalesce(func.max(generations.c.generation), 0) + 1,
+        literal(clock.now(), UTCDateTime()),
+    ).where(true())  # SQLite: without a WHERE, "ON CONFLICT" would parse as a join's ON
+    insert = dialect.insert(session, RoutingGeneration)
+    bump = (
+        insert.from_select(["tenant_id", "generation", "changed_at"], highest)
+        .on_conflict_do_update(
+            index_elements=["tenant_id"],
+            set_={
+                "generation": insert.excluded.generation,
+                "changed_at": insert.excluded.changed_at,
+            },
+        )
+        .returning(generations.c.generation)
+    )
+    if session.get_bind().dialect.name != "postgresql":
+        return int(session.execute(bump).scalar_one())
+    bumped = bump.cte("bumped")
+    payload = literal(f"{tenant_id} ") + cast(bumped.c.generation, String)
+    notified = select(bumped.c.generation, func.pg_notify(CHANNEL, payload))
+    return int(session.execute(notified).scalar_one())
 
 
 class ChangeFeed:

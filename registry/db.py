@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import ColumnElement, Engine, create_engine, event, select, text
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from registry.models import Tenant
@@ -142,8 +142,10 @@ def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction
 @event.listens_for(Session, "after_transaction_end")
 def _end_of_transaction(session: Session, transaction: SessionTransaction) -> None:
     # Locks end with the transaction, and PostgreSQL also releases those taken inside a savepoint
-    # that is rolled back: forget them at the end of any transaction, nested or not.
-    session.info.pop(LOCKED_TENANTS_KEY, None)
+    # that is rolled back: forget them at the end of the transaction or of any savepoint. Not at
+    # the end of the subtransaction every flush opens: that ends nothing on the database.
+    if transaction.nested or transaction.parent is None:
+        session.info.pop(LOCKED_TENANTS_KEY, None)
     if transaction.parent is None:
         # Committed (and already run by now), rolled back or closed: nothing carries over to the
         # session's next transaction.
@@ -162,18 +164,34 @@ def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
     locked: dict[uuid.UUID, Tenant] = session.info.setdefault(LOCKED_TENANTS_KEY, {})
     if tenant_id in locked:
         return locked[tenant_id]
-    tenant = session.scalars(
-        select(Tenant)
-        .where(Tenant.id == tenant_id)
-        .with_for_update(key_share=True)
-        # The ORM may hold this row from before the lock: take what is committed now.
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    tenant = _lock_where(session, Tenant.id == tenant_id)
     if tenant is None:
         from registry.errors import TenantNotFound
 
         raise TenantNotFound(str(tenant_id))
-    locked[tenant_id] = tenant
+    return tenant
+
+
+def lock_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
+    """`lock_tenant` for a tenant named by its slug, found and locked in one statement; None
+    when no tenant has that slug."""
+    locked: dict[uuid.UUID, Tenant] = session.info.setdefault(LOCKED_TENANTS_KEY, {})
+    for tenant in locked.values():
+        if tenant.slug == slug:
+            return tenant
+    return _lock_where(session, Tenant.slug == slug)
+
+
+def _lock_where(session: Session, condition: ColumnElement[bool]) -> Tenant | None:
+    tenant = session.scalars(
+        select(Tenant)
+        .where(condition)
+        .with_for_update(key_share=True)
+        # The ORM may hold this row from before the lock: take what is committed now.
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if tenant is not None:
+        session.info.setdefault(LOCKED_TENANTS_KEY, {})[tenant.id] = tenant
     return tenant
 
 

@@ -19,10 +19,17 @@ from registry.models import (
     ModelVersion,
     Recommendation,
     Strategy,
+    Tenant,
 )
 from registry.notify import notices
 from registry.tenants import find_tenant, get_policy, initial_canary_percent
-from registry.versions import apply_split, check_and_audit, current_split, register_version
+from registry.versions import (
+    apply_split,
+    check_and_audit,
+    production_versions,
+    register_version,
+    split_of,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,21 @@ def deploy(
     """
     tenant = lock_tenant(session, find_tenant(session, tenant_ref).id)
     run = session.get_one(FinetuningRun, run_id, populate_existing=True)
+    return deploy_run(session, tenant, run, actor=actor)
+
+
+def deploy_run(
+    session: Session,
+    tenant: Tenant,
+    run: FinetuningRun,
+    *,
+    actor: str = "worker",
+    first_record: bool = False,
+) -> DeployResult:
+    """`deploy`, for a tenant already locked and its run read (or written) under that lock.
+
+    `first_record`: the run row was created in this transaction, so nothing refers to it yet
+    (no deployment, no evaluation): they are not looked up."""
     if run.tenant_id != tenant.id:
         raise TenantMismatch(
             run.openai_job_id, {"run row": str(run.tenant_id), "deploy": tenant.slug}
@@ -61,9 +83,11 @@ def deploy(
     if run.status != "succeeded" or not run.fine_tuned_model:
         raise RunNotDeployable(run.openai_job_id, run.status)
 
-    deployment = session.scalars(
-        select(Deployment).where(Deployment.run_id == run.id).with_for_update()
-    ).one_or_none()
+    deployment = None
+    if not first_record:
+        deployment = session.scalars(
+            select(Deployment).where(Deployment.run_id == run.id).with_for_update()
+        ).one_or_none()
     if deployment is not None and deployment.status != DeploymentStatus.AWAITING_EVALUATION:
         return _result(session, deployment, newly_applied=False)
 
@@ -71,6 +95,7 @@ def deploy(
     now = clock.now()
     if deployment is None:
         deployment = Deployment(
+            id=uuid.uuid4(),
             tenant_id=tenant.id,
             run_id=run.id,
             strategy=policy.strategy,
@@ -79,9 +104,8 @@ def deploy(
             status=DeploymentStatus.AWAITING_EVALUATION,
             created_at=now,
         )
-        session.add(deployment)
 
-    evaluation = latest_evaluation(session, run.id)
+    evaluation = None if first_record else latest_evaluation(session, run.id)
     if evaluation is not None and evaluation.recommendation == Recommendation.REJECT:
         return _decided(
             session,
@@ -98,28 +122,33 @@ def deploy(
         )
 
     version = register_version(session, tenant, run, evaluation)
-    deployment.version_id = version.id
-    before = current_split(session, tenant.id)
+    serving = production_versions(session, tenant.id)
+    before = split_of(serving)
     strategy = Strategy(deployment.strategy)
+    target: traffic.Split | None = None
     if strategy is Strategy.BLUE_GREEN:
         share, status = 0, DeploymentStatus.STAGED
         reason = f"v{version.version} staged at 0% until an operator switches it"
-        session.flush()
     else:
         wanted = 100 if strategy is Strategy.IMMEDIATE else initial_canary_percent(policy)
         target = traffic.after_promote(before, version.version, wanted)
-        apply_split(session, tenant, target, now=now, promoted=version)
         share = target[version.version]
         status = DeploymentStatus.PROMOTED if share == 100 else DeploymentStatus.ACTIVE
         reason = f"v{version.version} {strategy.value} at {share}%"
         if share != wanted:
             reason += f" (nothing else serves, so it takes all traffic, not {wanted}%)"
+    # Decided before it is written: the row is inserted once, complete (apply_split finds it
+    # already in the state it would give it).
+    deployment.version_id = version.id
     deployment.initial_traffic = share
     deployment.status = status
     deployment.reason = reason
     deployment.step_started_at = now if share else None
     deployment.updated_at = now
-    check_and_audit(
+    session.add(deployment)
+    if target is not None:
+        apply_split(session, tenant, target, now=now, promoted=version, serving=serving)
+    change = check_and_audit(
         session,
         tenant,
         action="deploy",
@@ -129,7 +158,7 @@ def deploy(
         reason=reason,
         now=now,
     )
-    notices.deployment_decided(session, deployment)
+    notices.deployment_decided(session, deployment, change=change)
     return DeployResult(status, version.version, share, reason, newly_applied=True)
 
 
@@ -139,6 +168,7 @@ def _decided(
     status: DeploymentStatus,
     reason: str,
 ) -> DeployResult:
+    session.add(deployment)
     deployment.status = status
     deployment.reason = reason
     deployment.updated_at = clock.now()

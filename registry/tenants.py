@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry import audit_events, clock, validation
-from registry.db import lock_tenant
+from registry.db import lock_tenant, lock_tenant_by_slug
 from registry.errors import InvalidInput, TenantExists, TenantNotFound
 from registry.models import DeploymentPolicy, Metric, Strategy, Tenant
 
@@ -44,6 +44,21 @@ def find_tenant(session: Session, ref: str | uuid.UUID) -> Tenant:
         else:
             validation.tenant_slug(ref)
             tenant = session.scalars(select(Tenant).where(Tenant.slug == ref)).one_or_none()
+    if tenant is None:
+        raise TenantNotFound(str(ref))
+    return tenant
+
+
+def lock_named_tenant(session: Session, ref: str | uuid.UUID) -> Tenant:
+    """`find_tenant`, then `lock_tenant`, in one statement. Raises what `find_tenant` raises."""
+    tenant_id = ref if isinstance(ref, uuid.UUID) else validation.as_uuid(ref)
+    if tenant_id is not None:
+        try:
+            return lock_tenant(session, tenant_id)
+        except TenantNotFound:
+            raise TenantNotFound(str(ref)) from None
+    validation.tenant_slug(str(ref))
+    tenant = lock_tenant_by_slug(session, str(ref))
     if tenant is None:
         raise TenantNotFound(str(ref))
     return tenant

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from registry import clock, routing, traffic, validation
@@ -46,6 +46,7 @@ class Change:
     before: traffic.Split
     after: traffic.Split
     reason: str
+    actor: str = "operator"
 
 
 def production_versions(session: Session, tenant_id: uuid.UUID) -> list[ModelVersion]:
@@ -137,31 +138,39 @@ def apply_split(
     now: datetime,
     promoted: ModelVersion | None = None,
     rolled_back: ModelVersion | None = None,
+    serving: list[ModelVersion] | None = None,
 ) -> None:
     """Make `target` the tenant's production split (tenant already locked).
 
     Versions in `target` become production with their share; production versions not in it become
     deprecated at 0%. Deployment rows follow: `promoted`'s deployment starts a new step (`active`,
     or `promoted` at 100%), any active deployment left at 100% is `promoted`, and one whose
-    version left is `superseded` (`rolled_back` for `rolled_back`).
+    version left is `superseded` (`rolled_back` for `rolled_back`). `serving`: the tenant's
+    production versions as `production_versions` read them under the lock in this transaction
+    (read here when not given). The deployments of every version touched are read in one query.
     """
-    before = production_versions(session, tenant.id)
+    before = production_versions(session, tenant.id) if serving is None else serving
     touched = {v.version: v for v in before}
+    for version in (promoted, rolled_back):
+        if version is not None and version.version in target:
+            touched.setdefault(version.version, version)
     for number in target:
         if number not in touched:
             touched[number] = find_version(session, tenant, number)
+    deployments = _deployments_of(session, list(touched.values()))
     for number, version in touched.items():
         share = target.get(number, 0)
         was_serving = version.status == VersionStatus.PRODUCTION
+        deployment = deployments.get(version.id)
         if share > 0:
             if not was_serving or version.deployed_at is None:
                 version.deployed_at = now
             version.status = VersionStatus.PRODUCTION
             version.traffic_percent = share
             if version is promoted:
-                _start_step(session, version, share, now)
+                _start_step(deployment, share, now)
             elif share == 100:
-                _set_deployment_status(session, version, DeploymentStatus.PROMOTED, now)
+                _set_deployment_status(deployment, DeploymentStatus.PROMOTED, now)
         elif was_serving:
             version.status = VersionStatus.DEPRECATED
             version.traffic_percent = 0
@@ -171,12 +180,11 @@ def apply_split(
                 if version is rolled_back
                 else DeploymentStatus.SUPERSEDED
             )
-            _set_deployment_status(session, version, left_as, now)
+            _set_deployment_status(deployment, left_as, now)
     session.flush()
 
 
-def _start_step(session: Session, version: ModelVersion, share: int, now: datetime) -> None:
-    deployment = _deployment_of(session, version)
+def _start_step(deployment: Deployment | None, share: int, now: datetime) -> None:
     if deployment is None:
         return
     deployment.step_started_at = now
@@ -185,19 +193,22 @@ def _start_step(session: Session, version: ModelVersion, share: int, now: dateti
 
 
 def _set_deployment_status(
-    session: Session, version: ModelVersion, status: DeploymentStatus, now: datetime
+    deployment: Deployment | None, status: DeploymentStatus, now: datetime
 ) -> None:
-    deployment = _deployment_of(session, version)
     # A deployment that was rejected or is still awaiting its evaluation has no live version.
     if deployment is not None and deployment.status not in (status, DeploymentStatus.REJECTED):
         deployment.status = status
         deployment.updated_at = now
 
 
-def _deployment_of(session: Session, version: ModelVersion) -> Deployment | None:
-    return session.scalars(
-        select(Deployment).where(Deployment.version_id == version.id)
-    ).one_or_none()
+def _deployments_of(session: Session, versions: list[ModelVersion]) -> dict[uuid.UUID, Deployment]:
+    """The deployment of each version that has one, by version id: one query."""
+    if not versions:
+        return {}
+    found = session.scalars(
+        select(Deployment).where(Deployment.version_id.in_([v.id for v in versions]))
+    )
+    return {d.version_id: d for d in found if d.version_id is not None}
 
 
 def check_and_audit(
@@ -218,16 +229,23 @@ def check_and_audit(
     Raises InvariantViolation (the transaction must then be rolled back) if production traffic
     does not sum to 100 with every share in 1..100, or if a non-production version has traffic.
     """
-    after = current_split(session, tenant.id)
-    stray = session.scalar(
-        select(func.count())
-        .select_from(ModelVersion)
-        .where(
+    # Flushed first (autoflush), then read back from the database in one query: the production
+    # versions and any other version that has traffic (which breaks the invariant).
+    rows = session.execute(
+        select(ModelVersion.version, ModelVersion.status, ModelVersion.traffic_percent).where(
             ModelVersion.tenant_id == tenant.id,
-            ModelVersion.status != VersionStatus.PRODUCTION,
-            ModelVersion.traffic_percent != 0,
+            or_(
+                ModelVersion.status == VersionStatus.PRODUCTION,
+                ModelVersion.traffic_percent != 0,
+            ),
         )
-    )
+    ).all()
+    after = {
+        row.version: row.traffic_percent
+        for row in rows
+        if row.status == VersionStatus.PRODUCTION and row.traffic_percent > 0
+    }
+    stray = any(row.status != VersionStatus.PRODUCTION for row in rows)
     if not traffic.is_valid(after) or stray:
         raise InvariantViolation(tenant.slug, after)
     session.add(
@@ -247,7 +265,7 @@ def check_and_audit(
     # this process's own Routers at once, after the commit (read your own writes).
     generation = note_change(session, tenant.id)
     after_commit(session, partial(routing.forget_tenant, tenant.id, generation))
-    return Change(tenant.slug, action, version, before, after, reason)
+    return Change(tenant.slug, action, version, before, after, reason, actor)
 
 
 def promote(

@@ -6,14 +6,15 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, case, func, literal, select, true, update
 from sqlalchemy.orm import Session
 
 from registry import audit_events, clock, dialect, messages, validation
 from registry.errors import EventClaimRefused, FtdeployError
 from registry.masking import mask
-from registry.models import EventState, FinetuningRun, JobEvent, Tenant
+from registry.models import EventState, FinetuningRun, JobEvent, Tenant, UTCDateTime
 from registry.tenants import find_tenant
 
 
@@ -148,9 +149,18 @@ def find_event(session: Session, job_id: str) -> JobEvent | None:
     ).one_or_none()
 
 
+@dataclass(frozen=True)
+class AttemptCount:
+    """The event as one attempt found it, once counted."""
+
+    tenant_hint: str | None
+    crashes: int
+    received_at: datetime
+
+
 def start_attempt(
     session: Session, job_id: str, tenant: str | None, *, redelivered: bool = True
-) -> JobEvent:
+) -> AttemptCount:
     """Count one more attempt at the event, creating it if it came straight from the broker.
 
     A redelivered message whose previous attempt is still marked in flight counts a crash: the
@@ -158,9 +168,19 @@ def start_attempt(
     gives up on an event that crashes too often, so a poison event cannot loop forever. A fresh
     duplicate (`redelivered=False`: the event was sent twice) running beside another attempt is
     no crash.
+
+    The claim is `claim_event`'s (a failed event is reopened, a done one left done, another
+    tenant refused); when the message names no tenant or the one the event has, that claim and
+    the count are one upsert, which locks the row, so duplicates starting side by side are
+    counted one after the other and none is lost.
     """
+    job_id = validation.job_id(job_id)
+    tenant = validation.optional_tenant_ref(tenant)
+    counted = session.execute(_count_attempt(session, job_id, tenant, redelivered)).one_or_none()
+    if counted is not None:
+        return AttemptCount(counted.tenant_hint, counted.crashes, counted.received_at)
+    # The message names a tenant the event does not: the claim decides (refusal or attribution).
     event = accept_event(session, job_id, tenant, "broker")
-    # Duplicates start side by side: read and count under the row's lock, so none is lost.
     session.refresh(event, with_for_update=True)
     now = clock.now()
     if event.in_flight_since is not None and redelivered:
@@ -171,7 +191,42 @@ def start_attempt(
     if event.enqueued_at is None:
         event.enqueued_at = now
     session.flush()
-    return event
+    return AttemptCount(event.tenant_hint, event.crashes, event.received_at)
+
+
+def _count_attempt(session: Session, job_id: str, tenant: str | None, redelivered: bool) -> Any:
+    """INSERT the event counted once, or on conflict count one more attempt (reopening a failed
+    event, as `claim_event` does), unless the message names another tenant than the event."""
+    now = clock.now()
+    events = JobEvent.__table__.c
+    reopened = events.state == EventState.FAILED
+    statement = dialect.insert(session, JobEvent).values(
+        id=uuid.uuid4(),
+        openai_job_id=job_id,
+        tenant_hint=tenant,
+        source="broker",
+        state=EventState.RECEIVED,
+        received_at=now,
+        updated_at=now,
+        enqueued_at=now,
+        in_flight_since=now,
+        attempts=1,
+        crashes=0,
+    )
+    same_tenant = true() if tenant is None else events.tenant_hint.is_not_distinct_from(tenant)
+    return statement.on_conflict_do_update(
+        index_elements=["openai_job_id"],
+        set_={
+            "crashes": events.crashes
+            + case((and_(events.in_flight_since.is_not(None), literal(redelivered)), 1), else_=0),
+            "attempts": case((reopened, 1), else_=events.attempts + 1),
+            "state": case((reopened, EventState.RECEIVED.value), else_=events.state),
+            "in_flight_since": now,
+            "updated_at": now,
+            "enqueued_at": func.coalesce(events.enqueued_at, literal(now, UTCDateTime())),
+        },
+        where=same_tenant,
+    ).returning(JobEvent.tenant_hint, JobEvent.crashes, JobEvent.received_at)
 
 
 def end_attempt(session: Session, job_id: str) -> None:

@@ -19,8 +19,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from registry import clock, validation
-from registry.db import lock_tenant
-from registry.deployments import DeployResult, deploy
+from registry.deployments import DeployResult, deploy, deploy_run
 from registry.errors import (
     FtdeployError,
     InvalidInput,
@@ -31,7 +30,7 @@ from registry.errors import (
 from registry.jobs import resumes
 from registry.jobs.events import end_attempt, finish_event, start_attempt
 from registry.jobs.openai_jobs import JobSnapshot
-from registry.jobs.runs import record_run, tenant_for_job
+from registry.jobs.runs import lock_job_tenant, write_run
 from registry.models import Evaluation, EventState, FinetuningRun
 from registry.notify import notices
 
@@ -92,17 +91,16 @@ def complete_job(
     written then (the caller's transaction rolls back). Idempotent: a second call for the same
     job updates the run row and finds its deployment already decided.
     """
-    tenant = tenant_for_job(session, job.job_id, from_event=tenant_hint, from_job=job.tenant)
-
-    lock_tenant(session, tenant.id)
-    run = record_run(session, tenant, job, result_metrics)
+    tenant, run = lock_job_tenant(session, job.job_id, from_event=tenant_hint, from_job=job.tenant)
+    first_record = run is None
+    run = write_run(session, tenant, job, run, result_metrics)
     if job.status != "succeeded":
         summary = (
             f"job {job.status}" + (f": {job.error}" if job.error else "") + "; nothing deployed"
         )
         finish_event(session, job.job_id, EventState.DONE, summary)
         return JobOutcome(tenant.slug, job.status, None, summary)
-    result = deploy(session, tenant.id, run.id)
+    result = deploy_run(session, tenant, run, first_record=first_record)
     summary = f"deployment {result.status}" + (f": {result.reason}" if result.reason else "")
     if not result.newly_applied:
         summary = f"already handled ({summary})"

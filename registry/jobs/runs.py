@@ -9,11 +9,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry.db import lock_tenant
 from registry.errors import InvalidInput, RunNotFound, TenantMismatch, TenantUnknownForJob
 from registry.jobs import resumes
 from registry.jobs.openai_jobs import JobSnapshot
 from registry.models import Evaluation, FinetuningRun, Recommendation, Tenant
-from registry.tenants import find_tenant
+from registry.tenants import find_tenant, lock_named_tenant
 
 MAX_METRICS = 100
 
@@ -36,20 +37,60 @@ def tenant_for_job(
     TenantMismatch, none at all TenantUnknownForJob. Unknown names raise TenantNotFound.
     """
     claims: dict[str, Tenant] = {}
-    run = session.scalars(
-        select(FinetuningRun).where(FinetuningRun.openai_job_id == job_id)
-    ).one_or_none()
+    run = _find_run(session, job_id)
     if run is not None:
         claims["run row"] = session.get_one(Tenant, run.tenant_id)
     if from_event:
         claims["event"] = find_tenant(session, from_event)
     if from_job:
         claims["job metadata"] = find_tenant(session, from_job)
+    return _agreed(job_id, claims)
+
+
+def lock_job_tenant(
+    session: Session, job_id: str, *, from_event: str | None, from_job: str | None
+) -> tuple[Tenant, FinetuningRun | None]:
+    """`tenant_for_job`, with the tenant locked (`lock_tenant`) and the job's run row (None
+    before it is first recorded) read under that lock, in as few statements as the sources
+    allow: the first tenant named is found and locked at once. Raises what `tenant_for_job`
+    raises, and then leaves nothing written."""
+    named = [
+        (source, ref)
+        for source, ref in (("event", from_event), ("job metadata", from_job))
+        if ref is not None and ref
+    ]
+    if named:
+        tenant = lock_named_tenant(session, named[0][1])
+    else:
+        owner = session.scalar(
+            select(FinetuningRun.tenant_id).where(FinetuningRun.openai_job_id == job_id)
+        )
+        if owner is None:
+            raise TenantUnknownForJob(job_id)
+        tenant = lock_tenant(session, owner)
+    run = _find_run(session, job_id, fresh=True)
+    claims: dict[str, Tenant] = {}
+    if run is not None:
+        claims["run row"] = session.get_one(Tenant, run.tenant_id)
+    for source, ref in named:
+        same = ref == named[0][1]
+        claims[source] = tenant if same else find_tenant(session, ref)
+    return _agreed(job_id, claims), run
+
+
+def _agreed(job_id: str, claims: dict[str, Tenant]) -> Tenant:
     if not claims:
         raise TenantUnknownForJob(job_id)
     if len({tenant.id for tenant in claims.values()}) > 1:
         raise TenantMismatch(job_id, {source: t.slug for source, t in claims.items()})
     return next(iter(claims.values()))
+
+
+def _find_run(session: Session, job_id: str, *, fresh: bool = False) -> FinetuningRun | None:
+    query = select(FinetuningRun).where(FinetuningRun.openai_job_id == job_id)
+    if fresh:  # read under the tenant's lock: what is committed now, not what the ORM holds
+        query = query.execution_options(populate_existing=True)
+    return session.scalars(query).one_or_none()
 
 
 def record_run(
@@ -60,11 +101,25 @@ def record_run(
 ) -> FinetuningRun:
     """Create or update the run row of `job` for `tenant`. Idempotent; the caller holds the
     tenant's lock, so two events for one job cannot both insert (and the job id is unique)."""
-    run = session.scalars(
-        select(FinetuningRun).where(FinetuningRun.openai_job_id == job.job_id)
-    ).one_or_none()
+    run = write_run(session, tenant, job, _find_run(session, job.job_id), result_metrics)
+    session.flush()
+    return run
+
+
+def write_run(
+    session: Session,
+    tenant: Tenant,
+    job: JobSnapshot,
+    run: FinetuningRun | None,
+    result_metrics: dict[str, float] | None = None,
+) -> FinetuningRun:
+    """`record_run` given the job's run row (None: there is none yet) as read under the
+    tenant's lock in this transaction (`lock_job_tenant`). Raises TenantMismatch when the row is
+    another tenant's."""
     if run is None:
-        run = FinetuningRun(tenant_id=tenant.id, openai_job_id=job.job_id, status=job.status)
+        run = FinetuningRun(
+            id=uuid.uuid4(), tenant_id=tenant.id, openai_job_id=job.job_id, status=job.status
+        )
         session.add(run)
     elif run.tenant_id != tenant.id:
         raise TenantMismatch(job.job_id, {"run row": str(run.tenant_id), "event": tenant.slug})
@@ -76,7 +131,6 @@ def record_run(
     run.finished_at = job.finished_at
     if result_metrics:
         run.result_metrics = dict(result_metrics)
-    session.flush()
     return run
 
 

@@ -42,7 +42,7 @@ from registry.models import (
 from registry.notify.outbox import emit
 from registry.notify.types import EventType
 from registry.settings import get_settings
-from registry.versions import current_split
+from registry.versions import Change, current_split
 
 _DEPLOYMENT_TYPES = {
     DeploymentStatus.ACTIVE: EventType.DEPLOYMENT_APPLIED,
@@ -63,17 +63,18 @@ def tenant_data(session: Session, tenant_id: uuid.UUID | None) -> dict[str, str]
     return {"id": str(tenant.id), "slug": tenant.slug} if tenant else None
 
 
-def deployment_decided(session: Session, deployment: Deployment) -> None:
+def deployment_decided(
+    session: Session, deployment: Deployment, *, change: Change | None = None
+) -> None:
     """The deployment was decided (or re-decided): applied, staged, rejected or waiting for an
-    evaluation. Once per deployment and outcome, however often a redelivery decides it again."""
+    evaluation. Once per deployment and outcome, however often a redelivery decides it again.
+    `change`: the traffic change the decision just made (`versions.check_and_audit`), if any."""
     kind = _DEPLOYMENT_TYPES.get(DeploymentStatus(deployment.status))
     if kind is None:
         return
     session.flush()
     version = session.get(ModelVersion, deployment.version_id) if deployment.version_id else None
-    job_id = session.scalar(
-        select(FinetuningRun.openai_job_id).where(FinetuningRun.id == deployment.run_id)
-    )
+    run = session.get(FinetuningRun, deployment.run_id)
     data: dict[str, Any] = {
         "tenant": tenant_data(session, deployment.tenant_id),
         "deployment": {
@@ -81,15 +82,25 @@ def deployment_decided(session: Session, deployment: Deployment) -> None:
             "status": deployment.status,
             "strategy": deployment.strategy,
             "auto_promote": deployment.auto_promote,
-            "job_id": job_id,
+            "job_id": run.openai_job_id if run else None,
         },
         "version": version.version if version else None,
         "model_id": version.model_id if version else None,
         "traffic_percent": version.traffic_percent if version else 0,
         "reason": deployment.reason,
     }
-    audit = _latest_audit(session, deployment.tenant_id)
-    if version is not None and audit is not None and audit.version == version.version:
+    if version is not None and change is not None and change.version == version.version:
+        data.update(
+            split_before=traffic.as_json(change.before),
+            split_after=traffic.as_json(change.after),
+            actor=change.actor,
+            reason=change.reason,
+        )
+    elif (
+        version is not None
+        and (audit := _latest_audit(session, deployment.tenant_id))
+        and (audit.version == version.version)
+    ):
         data.update(_audit_data(audit))
     else:
         split = traffic.as_json(_split(session, deployment.tenant_id))

@@ -8,7 +8,8 @@ exists and will be attempted (at least once). The endpoints that got deliveries 
 sent (`send_pending`, through `registry.messages`); if that send never happens (a crash right
 after the commit), beat's reconciler finds the pending deliveries.
 
-Numbers are taken under the stream row's lock (`SELECT … FOR UPDATE`; SQLite serializes writers),
+Numbers are taken under the stream row's lock (an upsert that counts one more, which locks the
+row; SQLite serializes writers),
 held until the commit: two transactions of one tenant commit their events in number order, so a
 reader never sees n+1 committed while n is still to come.
 """
@@ -22,11 +23,9 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import ColumnElement, event, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry import clock, messages
+from registry import clock, dialect, messages
 from registry.db import after_commit
 from registry.notify.models import (
     NotificationDelivery,
@@ -62,16 +61,19 @@ def emit(
     """
     kind = EventType(type_)
     stream = stream_of(tenant_id)
-    last_seq = _lock_stream(session, stream)
+    seq = _take_number(session, stream)
     if dedupe_key is not None and session.scalar(
         select(OutboxEvent.id).where(OutboxEvent.dedupe_key == dedupe_key)
     ):
+        # Nobody else can have seen the number (the stream stays locked until the end): give it
+        # back, so the stream has no gap.
+        session.execute(
+            update(NotificationStream)
+            .where(NotificationStream.stream == stream)
+            .values(last_seq=seq - 1)
+        )
         return None
     now = clock.now()
-    seq = last_seq + 1
-    session.execute(
-        update(NotificationStream).where(NotificationStream.stream == stream).values(last_seq=seq)
-    )
     row = OutboxEvent(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
@@ -131,21 +133,19 @@ def _endpoints_for(session: Session, tenant_id: uuid.UUID | None) -> list[Notifi
     )
 
 
-def _lock_stream(session: Session, stream: str) -> int:
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(
-        insert(NotificationStream)
-        .values(stream=stream, last_seq=0)
-        .on_conflict_do_nothing(index_elements=["stream"])
-    )
+def _take_number(session: Session, stream: str) -> int:
+    """The stream's next number, taken under the stream row's lock (created at 0 on first use):
+    one upsert that locks the row, counts one more and returns it."""
+    streams = NotificationStream.__table__.c
+    insert = dialect.insert(session, NotificationStream)
     return int(
-        session.scalar(
-            select(NotificationStream.last_seq)
-            .where(NotificationStream.stream == stream)
-            .with_for_update()
-        )
-        or 0
+        session.execute(
+            insert.values(stream=stream, last_seq=1)
+            .on_conflict_do_update(
+                index_elements=["stream"], set_={"last_seq": streams.last_seq + 1}
+            )
+            .returning(streams.last_seq)
+        ).scalar_one()
     )
 
 
