@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 import openai
-from celery import Task
+from celery import Task, signals
 from sqlalchemy.exc import SQLAlchemyError
 
 from registry import operations, stranded_operations, validation
@@ -45,6 +45,19 @@ def openai_client() -> openai.OpenAI:
         base_url=settings.openai_base_url,
         timeout=settings.openai_timeout_seconds,
     )
+
+
+@signals.worker_init.connect
+def _build_openai_client(**_: Any) -> None:
+    # Before the pool forks (no connection is open yet, so none is shared): every pool process
+    # inherits the client with the SDK's resource modules loaded and the CA store read, which
+    # otherwise costs the first task of each process seconds of its time limit under load.
+    try:
+        client = openai_client()
+    except openai.OpenAIError:
+        return  # no key: the first task reports it
+    resources = (client.fine_tuning.jobs, client.files)  # the SDK imports these on first use
+    del resources
 
 
 def _job_fields(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
