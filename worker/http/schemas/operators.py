@@ -125,6 +125,10 @@ class CanaryStatus(BaseModel):
     paused: bool = False
 
 
+ENQUEUED = (
+    "its message reached the broker; false: recorded, and beat's reconciler sends it when the "
+    "broker is back"
+)
 FORCE = "apply it even if the tenant's split changed after it was queued (else it ends stale)"
 
 
@@ -157,6 +161,7 @@ class Operation(BaseModel):
     error: str | None
     created_at: str | None
     finished_at: str | None
+    enqueued: bool = Field(description=ENQUEUED)
 
 
 class JobFinishedIn(Strict):
@@ -166,7 +171,8 @@ class JobFinishedIn(Strict):
 class JobQueued(BaseModel):
     job_id: str
     tenant: str | None
-    queued: bool
+    queued: bool = Field(description="the event is recorded and will be worked on")
+    enqueued: bool = Field(description=ENQUEUED)
 
 
 class EvaluationIn(Strict):
@@ -182,3 +188,7 @@ class EvaluationOut(BaseModel):
     job_id: str
     recommendation: str
     metrics: dict[str, float]
+    resume_enqueued: bool | None = Field(
+        description="the resume's message reached the broker (null: no resume was asked; false: "
+        "recorded, beat's reconciler sends it when the broker is back)"
+    )
