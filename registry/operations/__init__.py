@@ -33,7 +33,6 @@ from registry.operations.queueing import (
     list_operations,
     queue_operation,
     send,
-    submit_operation,
 )
 from registry.operations.running import Asked, run_operation, split_change, split_text
 
@@ -51,5 +50,4 @@ __all__ = [
     "send",
     "split_change",
     "split_text",
-    "submit_operation",
 ]

@@ -68,37 +68,10 @@ def default_ttl() -> timedelta:
     return timedelta(seconds=get_settings().operation_ttl_seconds)
 
 
-def submit_operation(
-    session: Session,
-    tenant_ref: str | uuid.UUID,
-    kind: str,
-    *,
-    version: object = None,
-    traffic_percent: object = None,
-    actor: str = "operator",
-    reason: str | None = None,
-    force: bool = False,
-) -> Operation:
-    """Queue an operation (`queue_operation`) and ask the worker to run it after the commit;
-    once the broker has the message, the operation is marked enqueued (`enqueued_at`). A
-    message that is never sent leaves it queued and unenqueued: the reconciler sends it."""
-    operation = queue_operation(
-        session,
-        tenant_ref,
-        kind,
-        version=version,
-        traffic_percent=traffic_percent,
-        actor=actor,
-        reason=reason,
-        force=force,
-    )
-    send(session, operation, str(tenant_ref))
-    return operation
-
-
 def send(session: Session, operation: Operation, tenant: str | None = None) -> None:
     """Ask the worker, after the commit, to run the operation (`tenant`: how the door named the
-    tenant, default its id); `enqueued_at` is set once the broker has it."""
+    tenant, default its id); `enqueued_at` is set once the broker has it. A message that is
+    never sent leaves the operation queued and unenqueued: the reconciler sends it."""
     arguments: dict[str, Any] = {
         "tenant": tenant or str(operation.tenant_id),
         "operation_id": str(operation.id),

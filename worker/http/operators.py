@@ -173,9 +173,10 @@ def _queue(
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
         held = messages.hold_messages(session)
-        operation = operations.submit_operation(
+        operation = operations.queue_operation(
             session, found.id, kind, actor=principal.name, **args
         )
+        operations.send(session, operation)
         data = _operation(operation, found.slug)
     data["enqueued"] = _send_held(held)
     response.headers["Location"] = f"/v1/operations/{data['operation_id']}"
