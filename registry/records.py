@@ -124,6 +124,8 @@ def operation(o: Operation) -> dict[str, Any]:
         "error": o.error,
         "created_at": when(o.created_at),
         "finished_at": when(o.finished_at),
+        # Its message reached the broker; false while the reconciler still has to send it.
+        "enqueued": o.enqueued_at is not None,
     }
 
 

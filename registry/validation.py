@@ -136,7 +136,7 @@ def one_of(field: str, value: object, enum: type[_E]) -> _E:
     raise InvalidInput(field, f"{value!r} is not one of {allowed}")
 
 
-MAX_REASON = 500  # as `registry.operations.MAX_REASON`
+MAX_REASON = 500
 
 
 def reason(value: object) -> str | None:

@@ -16,7 +16,7 @@ down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# As registry.models.JSONType and registry.notify.models.BigId (not imported from there).
+# As registry.models.JSONType and registry.models.BigInt (not imported from there).
 JSON_TYPE = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 

@@ -27,7 +27,7 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from registry.models import Tenant
-from registry.notify import outbox, secrets
+from registry.notify import endpoints, secrets
 from registry.notify.errors import SecretUnreadable
 from registry.notify.models import (
     DeliveryAttempt,
@@ -37,7 +37,7 @@ from registry.notify.models import (
 )
 from registry.notify.render import Message
 from registry.notify.sender import Sent
-from registry.notify.types import TEST_EVENT, DeliveryStatus, EventType
+from registry.notify.types import TEST_EVENT, DeliveryStatus
 
 
 class Outcome(StrEnum):
@@ -239,28 +239,9 @@ def record_attempt(
             since = endpoint.failing_since.isoformat()
             disabled = f"every attempt failed for {failing_for:.0f} s (since {since})"
     if disabled is not None:
-        _disable(session, endpoint, disabled, now)
+        endpoints.disable(session, endpoint, disabled, now)
     session.flush()
     return Recorded(outcome, next_at, disabled)
-
-
-def _disable(session: Session, endpoint: NotificationEndpoint, reason: str, now: datetime) -> None:
-    endpoint.enabled = False
-    endpoint.disabled_reason = reason
-    endpoint.disabled_at = now
-    endpoint.leased_until = None
-    session.flush()  # before the notice: it must not go to this endpoint
-    tenant = session.get(Tenant, endpoint.tenant_id) if endpoint.tenant_id else None
-    outbox.emit(
-        session,
-        endpoint.tenant_id,
-        EventType.ENDPOINT_DISABLED,
-        {
-            "tenant": {"id": str(tenant.id), "slug": tenant.slug} if tenant else None,
-            "endpoint": endpoint.name,
-            "reason": reason,
-        },
-    )
 
 
 def has_due(session: Session, endpoint_id: uuid.UUID, now: datetime) -> bool:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from registry import clock, records, validation
 from registry.errors import InvalidInput, TenantNotFound
+from registry.models import Tenant
 from registry.notify import outbox, secrets
 from registry.notify.errors import EndpointExists
 from registry.notify.models import (
@@ -35,7 +36,7 @@ from registry.notify.models import (
     OutboxEvent,
 )
 from registry.notify.owners import Owner, Visible, find_endpoint, owned_by, sees, tenant_slugs
-from registry.notify.types import DeliveryStatus, EndpointFormat, parse_event_types
+from registry.notify.types import DeliveryStatus, EndpointFormat, EventType, parse_event_types
 from registry.tenants import find_tenant
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -207,16 +208,36 @@ def disable_endpoint(
 ) -> NotificationEndpoint:
     """Stop sending to the endpoint: its pending deliveries wait, and events written while it
     is disabled make none for it (until `replay`). Idempotent: a disabled endpoint keeps its
-    first reason. Raises InvalidInput (actor, reason) and what `find_endpoint` raises."""
+    first reason. The other endpoints are told (`disable`). Raises InvalidInput (actor, reason)
+    and what `find_endpoint` raises."""
     actor, reason = validation.actor(actor), validation.reason(reason)
     endpoint = find_endpoint(session, name, owner=owner, visible=visible)
     if endpoint.enabled:
-        endpoint.enabled = False
-        endpoint.disabled_reason = f"disabled by {actor}" + (f": {reason}" if reason else "")
-        endpoint.disabled_at = clock.now()
-        endpoint.leased_until = None
-        session.flush()
+        why = f"disabled by {actor}" + (f": {reason}" if reason else "")
+        disable(session, endpoint, why, clock.now())
     return endpoint
+
+
+def disable(session: Session, endpoint: NotificationEndpoint, reason: str, now: datetime) -> None:
+    """Stop sending to the endpoint, and tell the tenant's other endpoints (`endpoint.disabled`):
+    whether a receiver's 410, failing too long, or an operator disabled it, those watching hear
+    of it."""
+    endpoint.enabled = False
+    endpoint.disabled_reason = reason
+    endpoint.disabled_at = now
+    endpoint.leased_until = None
+    session.flush()  # before the notice: it must not go to this endpoint
+    tenant = session.get(Tenant, endpoint.tenant_id) if endpoint.tenant_id else None
+    outbox.emit(
+        session,
+        endpoint.tenant_id,
+        EventType.ENDPOINT_DISABLED,
+        {
+            "tenant": {"id": str(tenant.id), "slug": tenant.slug} if tenant else None,
+            "endpoint": endpoint.name,
+            "reason": reason,
+        },
+    )
 
 
 def list_endpoints(

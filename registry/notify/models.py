@@ -36,17 +36,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from registry import clock
-from registry.models import Base, JSONType, UTCDateTime, _one_of
+from registry.models import Base, BigInt, JSONType, UTCDateTime, one_of
 from registry.notify.types import DeliveryStatus, EndpointFormat
-
-# 64-bit ids that stay INTEGER PRIMARY KEY (autoincrement) on SQLite.
-BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
 class NotificationEndpoint(Base):
     __tablename__ = "ai_notification_endpoints"
     __table_args__ = (
-        CheckConstraint(_one_of("format", EndpointFormat), name="format"),
+        CheckConstraint(one_of("format", EndpointFormat), name="format"),
         # A name is unique per owner: per tenant, and apart from them among the global endpoints
         # (NULL tenants are distinct in a UNIQUE index, hence the partial one). Unique across
         # tenants, a taken name would tell a tenant what another one calls its endpoints.
@@ -106,7 +103,7 @@ class OutboxEvent(Base):
 class NotificationDelivery(Base):
     __tablename__ = "ai_notification_deliveries"
     __table_args__ = (
-        CheckConstraint(_one_of("status", DeliveryStatus), name="status"),
+        CheckConstraint(one_of("status", DeliveryStatus), name="status"),
         Index(
             "uq_ai_notification_deliveries_event_endpoint", "event_id", "endpoint_id", unique=True
         ),
@@ -115,7 +112,7 @@ class NotificationDelivery(Base):
         Index("ix_ai_notification_deliveries_due", "status", "next_attempt_at"),
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
     event_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("ai_notification_outbox.id", ondelete="CASCADE"), nullable=False
     )
@@ -136,7 +133,7 @@ class NotificationDelivery(Base):
 class DeliveryAttempt(Base):
     __tablename__ = "ai_notification_attempts"
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
     delivery_id: Mapped[int] = mapped_column(
         ForeignKey("ai_notification_deliveries.id", ondelete="CASCADE"),
         nullable=False,

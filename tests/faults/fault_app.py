@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import select
 
 import registry.jobs.pipeline
-import registry.operations
+import registry.operations.running
 import worker.tasks
 from registry.models import Tenant
 from registry.settings import get_settings
@@ -140,7 +140,7 @@ def _install() -> None:
         (worker.tasks, "fetch_job"),
         (worker.tasks, "unit_of_work"),
         # run_operation takes the tenant's lock through this name, after locking the row.
-        (registry.operations, "lock_tenant"),
+        (registry.operations.running, "lock_tenant"),
     ):
         if not callable(getattr(module, name, None)):
             raise RuntimeError(f"fault app: {module.__name__}.{name} is gone")
@@ -151,7 +151,9 @@ def _install() -> None:
     if POINTS.get("poison"):
         worker.tasks.fetch_job = _wrap_fetch_job(worker.tasks.fetch_job)
     if POINTS.get("hold_operation"):
-        registry.operations.lock_tenant = _wrap_lock_tenant(registry.operations.lock_tenant)
+        registry.operations.running.lock_tenant = _wrap_lock_tenant(
+            registry.operations.running.lock_tenant
+        )
     visibility = os.environ.get(VISIBILITY_ENV)
     if visibility:
         seconds = int(visibility)

@@ -133,7 +133,8 @@ def test_operations_and_evaluations_ask_the_worker_after_the_commit(
         run = make_run(session, tenant)
         run_id, job_id = str(run.id), run.openai_job_id
     with unit_of_work(db_url) as session:
-        operation = operations.submit_operation(session, "acme", "rollback", actor="alice")
+        operation = operations.queue_operation(session, "acme", "rollback", actor="alice")
+        operations.send(session, operation, "acme")
         evaluation = runs.record_evaluation(session, job_id, "approve", resume=True)
         runs.record_evaluation(session, job_id, "approve")  # no resume: no message
         assert sent_messages == []

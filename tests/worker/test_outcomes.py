@@ -149,6 +149,7 @@ def test_an_operations_transient_error_is_retried_then_ends_failed(
     from registry import operations
     from registry.db import unit_of_work
     from registry.models import OperationKind, OperationStatus
+    from registry.operations import running
     from tests.factories import deploy_new, make_tenant
     from worker import tasks
 
@@ -160,7 +161,7 @@ def test_an_operations_transient_error_is_retried_then_ends_failed(
     def flaky(*args: Any, **kwargs: Any) -> Any:
         raise UpstreamTransient("-", "the database of a dependency is away")
 
-    monkeypatch.setattr(operations, "rollback", flaky)
+    monkeypatch.setattr(running, "rollback", flaky)
     arguments = (OperationKind.ROLLBACK, "acme", operation_id)
     with pytest.raises(Retried):
         outcomes.run(FakeTask(), tasks.OPERATIONS, tasks._run_operation, *arguments)  # type: ignore[arg-type]

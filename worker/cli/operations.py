@@ -74,7 +74,7 @@ def _queue(args: argparse.Namespace, kind: OperationKind, **arguments: Any) -> i
     with unit_of_work() as session:
         # Sent by this door after the commit, so that it can tell when the broker is away.
         held = messages.hold_messages(session)
-        operation = operations.submit_operation(
+        operation = operations.queue_operation(
             session,
             args.slug,
             kind,
@@ -83,6 +83,7 @@ def _queue(args: argparse.Namespace, kind: OperationKind, **arguments: Any) -> i
             force=args.force,
             **arguments,
         )
+        operations.send(session, operation, args.slug)
         operation_id = str(operation.id)
     unsent = messages.deliver_held(held)
     if unsent is not None:

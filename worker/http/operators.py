@@ -7,6 +7,7 @@ evaluations; `admin` keys add tenants and change policies. A scoped key sees onl
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -15,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 
-from registry import audit, clock, keys, operations, records, validation, versions
+from registry import audit, clock, keys, messages, operations, records, validation, versions
 from registry.canary.canaries import assess, read_live_canaries
 from registry.db import unit_of_work
 from registry.errors import OperationNotFound, RunNotFound
@@ -30,6 +31,7 @@ OperateKey = Annotated[keys.Principal, authorize(KeyRole.OPERATE)]
 AdminKey = Annotated[keys.Principal, authorize(KeyRole.ADMIN)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
+log = logging.getLogger("ftdeploy.http")
 router = APIRouter(tags=["operators"])
 Row = TypeVar("Row")
 NOT_FOUND = problems.common(404)
@@ -170,13 +172,24 @@ def _queue(
 ) -> dict[str, Any]:
     with unit_of_work() as session:
         found = visible_tenant(session, principal, tenant)
-        # The worker is asked to run it after the commit.
-        operation = operations.submit_operation(
+        held = messages.hold_messages(session)
+        operation = operations.queue_operation(
             session, found.id, kind, actor=principal.name, **args
         )
+        operations.send(session, operation)
         data = _operation(operation, found.slug)
+    data["enqueued"] = _send_held(held)
     response.headers["Location"] = f"/v1/operations/{data['operation_id']}"
     return data
+
+
+def _send_held(held: list[messages.Message]) -> bool:
+    """Send, after the commit, the messages the unit of work held; False when the broker did not
+    take them (the request is recorded all the same, and the reconciler sends them)."""
+    unsent = messages.deliver_held(held)
+    if unsent is not None:
+        log.warning("message.unsent", extra={"ftdeploy_fields": {"error": unsent}})
+    return unsent is None
 
 
 @router.post(
@@ -294,11 +307,11 @@ def job_finished(
         raise problems.Forbidden("a key scoped to tenants must name the job's tenant")
     with unit_of_work() as session:
         slug = visible_tenant(session, principal, tenant).slug if tenant else None
-        # Sent to the worker after the commit, then marked enqueued (else the reconciler sends it).
+        held = messages.hold_messages(session)
         refusal = events.publish_event(session, job_id, slug, "api")
     if refusal is not None:
         raise refusal  # after the commit: the refusal stays in the audit trail (409)
-    return {"job_id": job_id, "tenant": slug, "queued": True}
+    return {"job_id": job_id, "tenant": slug, "queued": True, "enqueued": _send_held(held)}
 
 
 @router.post(
@@ -316,12 +329,15 @@ def evaluation(
         run = runs.find_run(session, job_id)
         if not principal.sees(run.tenant_id):
             raise RunNotFound(job_id)
+        held = messages.hold_messages(session)
         recorded = runs.record_evaluation(
             session, job_id, body.recommendation, metrics, resume=body.resume
         )
-        return {
+        data: dict[str, Any] = {
             "evaluation_id": str(recorded.id),
             "job_id": job_id,
             "recommendation": recorded.recommendation,
             "metrics": recorded.metrics,
         }
+    data["resume_enqueued"] = _send_held(held) if body.resume else None
+    return data

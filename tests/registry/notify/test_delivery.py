@@ -142,3 +142,26 @@ def test_one_lease_per_endpoint(sessions: sessionmaker[Session]) -> None:
         assert delivery.claim(session, hook.id, later, 30)
         delivery.release(session, hook.id)
         assert delivery.due_endpoints(session, later) == [hook.id]
+
+
+def test_an_operator_disabling_an_endpoint_tells_the_others(
+    sessions: sessionmaker[Session],
+) -> None:
+    moving = add(sessions, "moving").endpoint
+    watcher = add(sessions, "watcher", events=["endpoint.disabled"]).endpoint
+    with sessions() as session, session.begin():
+        endpoints.disable_endpoint(session, "moving", actor="ops", reason="receiver moving")
+    told = next_due(sessions, watcher.id, clock.now())
+    assert told is not None and told.message.type == "endpoint.disabled"
+    assert told.message.data["endpoint"] == "moving"
+    assert told.message.data["reason"] == "disabled by ops: receiver moving"
+    assert next_due(sessions, moving.id, clock.now()) is None  # not to itself
+
+    # Disabling again changes nothing and tells nobody twice.
+    with sessions() as session, session.begin():
+        endpoints.disable_endpoint(session, "moving", actor="ops", reason="again")
+    with sessions() as session:
+        assert session.get_one(NotificationEndpoint, moving.id).disabled_reason == (
+            "disabled by ops: receiver moving"
+        )
+    assert [d.status for d in deliveries(sessions, watcher.id)] == ["pending"]

@@ -25,7 +25,6 @@ from registry import clock, validation
 from registry.db import session_factory, unit_of_work
 from registry.errors import FtdeployError, InvalidInput, OperationNotFound
 from registry.models import KeyRole, OperationKind, Tenant
-from registry.operations import check_reason
 from registry.tenants import pause_tenant, resume_tenant
 from registry.versions import current_split
 from registry.views import fleet, preview, tenant
@@ -181,7 +180,7 @@ def operation_fragment(
 
 
 def _reason(form: FormData) -> str:
-    reason = check_reason(form.get("reason"))
+    reason = validation.reason(form.get("reason"))
     if reason is None:
         raise InvalidInput("reason", "say why: the reason is kept in the audit trail")
     return reason
