@@ -290,6 +290,8 @@ def _check_steps(steps: Sequence[int]) -> None:
 
 
 def _finite(value: object) -> bool:
+    if type(value) is float or type(value) is int:  # the usual case, without the isinstance walk
+        return math.isfinite(value)
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -337,7 +339,8 @@ def _validated(policy: CanaryPolicy) -> None:
 
 
 def _validate_state(state: CanaryState, now: datetime) -> None:
-    if isinstance(state.traffic_percent, bool) or not isinstance(state.traffic_percent, int):
+    percent = state.traffic_percent
+    if type(percent) is not int and (isinstance(percent, bool) or not isinstance(percent, int)):
         raise InvalidInput("traffic_percent", f"{state.traffic_percent!r} is not a whole number")
     if not 1 <= state.traffic_percent <= 99:
         raise InvalidInput("traffic_percent", f"{state.traffic_percent} is not a canary's 1..99")
