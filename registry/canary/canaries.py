@@ -150,10 +150,11 @@ def counts_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]
     for prefix, side in (("c", own), ("s", ~own)):
         for name in _SUMS:
             zero = 0.0 if name in _FLOATS else 0
-            total = func.sum(case((side, getattr(counter, name)), else_=zero))
-            # PostgreSQL sums integers as numeric, which arrives as a Decimal (slow to make and to
-            # convert); the counters' sums fit a bigint.
-            total = total if name in _FLOATS else cast(total, BigInteger)
+            total: ColumnElement[Any] = func.sum(case((side, getattr(counter, name)), else_=zero))
+            if name not in _FLOATS:
+                # PostgreSQL sums integers as numeric, which arrives as a Decimal (slow to make and
+                # to convert); the counters' sums fit a bigint.
+                total = cast(total, BigInteger)
             sums.append(total.label(f"{prefix}_{name}"))
     return (
         select(Deployment.id, *sums)
