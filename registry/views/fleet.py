@@ -110,7 +110,9 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
     # third more per row, and a fleet has thousands of rows.
     read = session.connection().execute
     rows: dict[uuid.UUID, FleetRow] = {}
-    for tenant_id, slug, strategy, auto_promote, paused in read(tenants.order_by(Tenant.slug)):
+    for tenant_id, slug, strategy, auto_promote, paused in read(
+        tenants.order_by(Tenant.slug)
+    ).all():
         rows[tenant_id] = FleetRow(
             slug, tenant_id, strategy or Strategy.IMMEDIATE, bool(auto_promote), paused=bool(paused)
         )
@@ -123,7 +125,7 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
         select(ModelVersion.tenant_id, ModelVersion.version, ModelVersion.traffic_percent).where(
             ModelVersion.status == VersionStatus.PRODUCTION, *_within(ModelVersion.tenant_id, scope)
         )
-    ):
+    ).all():
         splits[tenant_id].append((number, percent))
     for tenant_id, split in splits.items():
         if tenant_id in rows:
@@ -140,7 +142,7 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
         .outerjoin(ModelVersion, ModelVersion.id == Deployment.version_id)
         .where(Deployment.status.in_(pending), *_within(Deployment.tenant_id, scope))
         .order_by(ModelVersion.version)
-    ):
+    ).all():
         row = rows.get(tenant_id)
         if row is None:
             continue
