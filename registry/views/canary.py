@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from registry.canary.analysis import CanaryState, Counts, Evidence, Metric, evidence
+from registry.canary.analysis import Action, CanaryState, Counts, Evidence, Metric, evidence
 from registry.canary.canaries import Assessment, samples
 
 # A holding canary within this share of its progress deadline needs an operator's eye.
@@ -75,7 +75,7 @@ def panel(assessment: Assessment, now: datetime, *, explain: bool = True) -> Can
         bake_left = max(0.0, policy.bake_seconds - in_step)
         deadline_at = canary.step_started_at + timedelta(seconds=policy.deadline_seconds)
         deadline_left = max(0.0, policy.deadline_seconds - in_step)
-        holding = decision is not None and decision.action.value == "hold"
+        holding = decision is not None and decision.action is Action.HOLD
         waiting = holding and (seen < policy.min_samples or bake_left > 0)
         near = holding and deadline_left <= NEAR_DEADLINE_SHARE * policy.deadline_seconds
     return CanaryPanel(
