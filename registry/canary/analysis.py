@@ -290,6 +290,8 @@ def _check_steps(steps: Sequence[int]) -> None:
 
 
 def _finite(value: object) -> bool:
+    if type(value) is float or type(value) is int:  # the usual case, without the isinstance walk
+        return math.isfinite(value)
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -324,11 +326,9 @@ def _check_policy(policy: CanaryPolicy) -> None:
     """`validate_policy`, once per distinct policy: a fleet's canaries share a few policies, and
     the dashboard and the sweep decide every one of them."""
     try:
-        hash(policy)
+        _validated(policy)
     except TypeError:  # a field of an unhashable type (steps as a list): checked every time
         validate_policy(policy)
-    else:
-        _validated(policy)
 
 
 @lru_cache(maxsize=1024)
@@ -337,7 +337,8 @@ def _validated(policy: CanaryPolicy) -> None:
 
 
 def _validate_state(state: CanaryState, now: datetime) -> None:
-    if isinstance(state.traffic_percent, bool) or not isinstance(state.traffic_percent, int):
+    percent = state.traffic_percent
+    if type(percent) is not int and (isinstance(percent, bool) or not isinstance(percent, int)):
         raise InvalidInput("traffic_percent", f"{state.traffic_percent!r} is not a whole number")
     if not 1 <= state.traffic_percent <= 99:
         raise InvalidInput("traffic_percent", f"{state.traffic_percent} is not a canary's 1..99")
@@ -352,7 +353,8 @@ def _validate_state(state: CanaryState, now: datetime) -> None:
             raise InvalidInput(side, "score sums are not finite")
         # Scores lie in 0..1, so 0 <= sum of squares <= sum <= count, and by Cauchy-Schwarz
         # sum^2 <= count * sum of squares (with room for rounding).
-        eps = 1e-9 * max(1, n)
+        at_least_one = max(1, n)
+        eps = 1e-9 * at_least_one
         within = -eps <= squares <= total + eps and total <= n + eps
-        if not within or total**2 > n * squares + eps * max(1, n):
+        if not within or total**2 > n * squares + eps * at_least_one:
             raise InvalidInput(side, f"scores sum {total} / squares {squares} over {n} scores")

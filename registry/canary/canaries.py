@@ -20,6 +20,7 @@ takes a lock.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, select
+from sqlalchemy import BigInteger, ColumnElement, Select, String, and_, case, cast, func, select
 from sqlalchemy.orm import Session, aliased
 
 from registry.canary.analysis import (
@@ -126,7 +127,8 @@ def canaries_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...
             policy.metric,
             policy.min_samples,
             policy.bake_seconds,
-            policy.canary_steps,
+            # As text: parsed and checked once per distinct value (`_steps`), not once per row.
+            cast(policy.canary_steps, String).label("canary_steps"),
             policy.progress_deadline_seconds,
             policy.auto_rollback,
             policy.paused,
@@ -150,8 +152,12 @@ def counts_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]
     for prefix, side in (("c", own), ("s", ~own)):
         for name in _SUMS:
             zero = 0.0 if name in _FLOATS else 0
-            value = case((side, getattr(counter, name)), else_=zero)
-            sums.append(func.sum(value).label(f"{prefix}_{name}"))
+            total: ColumnElement[Any] = func.sum(case((side, getattr(counter, name)), else_=zero))
+            if name not in _FLOATS:
+                # PostgreSQL sums integers as numeric, which arrives as a Decimal (slow to make and
+                # to convert); the counters' sums fit a bigint.
+                total = cast(total, BigInteger)
+            sums.append(total.label(f"{prefix}_{name}"))
     return (
         select(Deployment.id, *sums)
         .select_from(Deployment)
@@ -186,12 +192,14 @@ def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> 
     """
     if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-    # Plain rows through the session's connection: the ORM's result machinery adds a third
-    # per row, and the fleet page and the sweep read one row per live canary.
+    # Plain rows through the session's connection, fetched at once: the ORM's result machinery
+    # adds a third per row, and iterating a result fetches row by row; the fleet page and the
+    # sweep read one row per live canary.
     read = session.connection().execute
     canaries = read(canaries_query(tenant_id)).all()
-    counts = {row[0]: row for row in read(counts_query(tenant_id))}
-    return [_canary(row._mapping, counts.get(row[0])) for row in canaries]
+    # Merged by the deployment id's integer: a UUID's hash and equality are Python code.
+    counts = {row[0].int: row for row in read(counts_query(tenant_id)).all()}
+    return [_canary(row, counts.get(row[0].int)) for row in canaries]
 
 
 def _side(sums: Any, prefix: str) -> Counts:
@@ -213,47 +221,54 @@ _FIRST = {"c": 1, "s": 1 + len(_SUMS)}
 _NO_COUNTS = Counts()
 
 
-def _pick(row: Any, column: str) -> Any:
-    value = row[column]
+def _or_default(value: Any, column: str) -> Any:
     return _default(column) if value is None else value
 
 
 def _canary(row: Any, sums: Any) -> LiveCanary:
+    # By position, in the order of `canaries_query`'s columns (a name lookup per column costs
+    # more than the rest of this function).
+    (
+        deployment_id, tenant_id, slug, version_id, version, traffic_percent, step_started_at,
+        threshold, policy_threshold, metric, min_samples, bake_seconds, steps, deadline_seconds,
+        auto_rollback, paused,
+    ) = row  # fmt: skip
     policy: CanaryPolicy | None = None
     error: str | None = None
-    threshold = row["auto_promote_threshold"]
     if threshold is None:
-        threshold = row["policy_threshold"]
+        threshold = policy_threshold
     try:
         policy = canary_policy(
             DEFAULT_THRESHOLD if threshold is None else threshold,
-            _pick(row, "metric"),
-            _pick(row, "min_samples"),
-            _pick(row, "bake_seconds"),
-            _steps(row["canary_steps"]),
-            _pick(row, "progress_deadline_seconds"),
-            _pick(row, "auto_rollback"),
+            _or_default(metric, "metric"),
+            _or_default(min_samples, "min_samples"),
+            _or_default(bake_seconds, "bake_seconds"),
+            _steps(steps),
+            _or_default(deadline_seconds, "progress_deadline_seconds"),
+            _or_default(auto_rollback, "auto_rollback"),
         )
     except InvalidInput as refused:
         error = f"the tenant's policy cannot be used: {refused}"
     return LiveCanary(
-        deployment_id=row["id"],
-        tenant_id=row["tenant_id"],
-        tenant=row["slug"],
-        version_id=row["version_id"],
-        version=row["version"],
-        traffic_percent=row["traffic_percent"],
-        step_started_at=row["step_started_at"],
+        deployment_id=deployment_id,
+        tenant_id=tenant_id,
+        tenant=slug,
+        version_id=version_id,
+        version=version,
+        traffic_percent=traffic_percent,
+        step_started_at=step_started_at,
         canary=_side(sums, "c"),
         stable=_side(sums, "s"),
         policy=policy,
         policy_error=error,
-        paused=bool(row["paused"]),
+        paused=bool(paused),
     )
 
 
-def _steps(stored: Any) -> tuple[int, ...]:
-    """The stored steps (JSON), or one jump to 100 when there are none."""
+@lru_cache(maxsize=1024)  # a fleet shares few policies
+def _steps(text: str | None) -> tuple[int, ...]:
+    """The stored steps (JSON, as text), or one jump to 100 when there are none."""
+    stored = None if text is None else json.loads(text)
     if not stored:
         return (100,)
     if not isinstance(stored, list) or not all(type(step) is int for step in stored):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from registry.canary.analysis import CanaryState, Counts, Evidence, Metric, evidence
+from registry.canary.analysis import Action, CanaryState, Counts, Evidence, Metric, evidence
 from registry.canary.canaries import Assessment, samples
 
 # A holding canary within this share of its progress deadline needs an operator's eye.
@@ -61,20 +61,22 @@ def panel(assessment: Assessment, now: datetime, *, explain: bool = True) -> Can
     proof: Evidence | None = None
     steps = step_number = deadline_at = bake_left = deadline_left = None
     near = waiting = False
+    seen = samples(canary)
     if policy is not None:
-        state = CanaryState(
-            canary.traffic_percent, canary.step_started_at, canary.canary, canary.stable
-        )
         # Counts that decide() refused have no evidence to show: the panel shows its error.
-        proof = evidence(state, policy) if decision is not None and explain else None
+        if decision is not None and explain:
+            state = CanaryState(
+                canary.traffic_percent, canary.step_started_at, canary.canary, canary.stable
+            )
+            proof = evidence(state, policy)
         steps = policy.steps
         if canary.traffic_percent in steps:
             step_number = steps.index(canary.traffic_percent) + 1
         bake_left = max(0.0, policy.bake_seconds - in_step)
         deadline_at = canary.step_started_at + timedelta(seconds=policy.deadline_seconds)
         deadline_left = max(0.0, policy.deadline_seconds - in_step)
-        holding = decision is not None and decision.action.value == "hold"
-        waiting = holding and (samples(canary) < policy.min_samples or bake_left > 0)
+        holding = decision is not None and decision.action is Action.HOLD
+        waiting = holding and (seen < policy.min_samples or bake_left > 0)
         near = holding and deadline_left <= NEAR_DEADLINE_SHARE * policy.deadline_seconds
     return CanaryPanel(
         tenant=canary.tenant,
@@ -87,7 +89,7 @@ def panel(assessment: Assessment, now: datetime, *, explain: bool = True) -> Can
         canary=canary.canary,
         stable=canary.stable,
         evidence=proof,
-        samples=samples(canary),
+        samples=seen,
         min_samples=policy.min_samples if policy else None,
         threshold=policy.threshold if policy else None,
         bake_seconds=policy.bake_seconds if policy else None,

@@ -110,7 +110,9 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
     # third more per row, and a fleet has thousands of rows.
     read = session.connection().execute
     rows: dict[uuid.UUID, FleetRow] = {}
-    for tenant_id, slug, strategy, auto_promote, paused in read(tenants.order_by(Tenant.slug)):
+    for tenant_id, slug, strategy, auto_promote, paused in read(
+        tenants.order_by(Tenant.slug)
+    ).all():
         rows[tenant_id] = FleetRow(
             slug, tenant_id, strategy or Strategy.IMMEDIATE, bool(auto_promote), paused=bool(paused)
         )
@@ -118,19 +120,23 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
         return Fleet([], now)
     scope = list(rows) if tenant_ids is not None else None
 
-    splits: dict[uuid.UUID, list[tuple[int, int]]] = defaultdict(list)
+    # The rows again, by the id's integer, for the lookups made per tenant: a UUID's hash and
+    # equality are Python code.
+    by_id = {tenant_id.int: row for tenant_id, row in rows.items()}
+    splits: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for tenant_id, number, percent in read(
         select(ModelVersion.tenant_id, ModelVersion.version, ModelVersion.traffic_percent).where(
             ModelVersion.status == VersionStatus.PRODUCTION, *_within(ModelVersion.tenant_id, scope)
         )
-    ):
-        splits[tenant_id].append((number, percent))
-    for tenant_id, split in splits.items():
-        if tenant_id in rows:
-            rows[tenant_id].split = shares_of(tuple(split))
+    ).all():
+        splits[tenant_id.int].append((number, percent))
+    for key, split in splits.items():
+        row = by_id.get(key)
+        if row is not None:
+            row.split = shares_of(tuple(split))
 
     for assessment in assess(read_live_canaries(session), now):
-        row = rows.get(assessment.canary.tenant_id)
+        row = by_id.get(assessment.canary.tenant_id.int)
         if row is not None:
             row.canary = panel(assessment, now, explain=False)
 
@@ -140,7 +146,7 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
         .outerjoin(ModelVersion, ModelVersion.id == Deployment.version_id)
         .where(Deployment.status.in_(pending), *_within(Deployment.tenant_id, scope))
         .order_by(ModelVersion.version)
-    ):
+    ).all():
         row = rows.get(tenant_id)
         if row is None:
             continue

@@ -9,13 +9,13 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import operations, records, versions
 from registry.canary.canaries import assess, read_live_canaries
 from registry.jobs import events
-from registry.models import Tenant, TrafficEvent
+from registry.models import DeploymentPolicy, Tenant, TrafficEvent
 from registry.tenants import PolicyChanges, set_policy
 from registry.views import fleet, preview, tenant
 from registry.views.splits import shares, text
@@ -111,6 +111,26 @@ def test_the_explainer_uses_the_sweeps_words(sessions: sessionmaker[Session], cl
     assert [c.action for c in page.changes][-1] == "deploy"
     assert page.chart[-1].end == clock.now and text(page.chart[-1].split) == "v1 90% · v2 10%"
     assert ("steps", "10% → 25% → 50% → 100%") in page.policy
+
+
+def test_a_stored_policy_that_cannot_be_used_is_shown_not_decided(
+    sessions: sessionmaker[Session], clock: Clock
+) -> None:
+    """Steps are read as stored (JSON): a list that is not of whole numbers refuses the policy,
+    with the same sentence whichever canary of the fleet shares it."""
+    canary_tenant(sessions, "odd")
+    canary_tenant(sessions, "odder")
+    with sessions() as session, session.begin():
+        session.execute(update(DeploymentPolicy).values(canary_steps=[10, True, 100]))
+    with sessions() as session:
+        assessed = assess(read_live_canaries(session), clock.now)
+        rows = {row.tenant: row for row in fleet.fleet(session, None, clock.now).rows}
+    assert [a.action for a in assessed] == ["error", "error"]
+    assert {a.reason for a in assessed} == {
+        "the tenant's policy cannot be used: invalid steps: [10, True, 100] is not a list of whole"
+        " numbers"
+    }
+    assert rows["odd"].attention == ["canary v2 cannot be decided"]
 
 
 def test_preview_is_the_registrys_change_and_changes_nothing(

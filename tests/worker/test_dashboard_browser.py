@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from registry import versions
 from registry.canary.outcome_input import Outcome
 from registry.canary.outcomes import store_outcomes
 from registry.db import unit_of_work
@@ -238,7 +239,22 @@ def test_an_operator_promotes_with_a_reason(page: Page, api: ApiStack) -> None:
     expect(row).to_contain_text("v2 100% → v1 30% · v2 70%", timeout=5_000)
     expect(row.locator(".actor")).to_have_text("operator:ops-promo")  # the key's name
     expect(row).to_contain_text("v1 answers billing questions better")
+    # The form's list follows the live update too (it said 100% and 0% until reloaded).
+    form = page.locator("form[data-action=promote]")
+    version = form.get_by_label("Version")
+    expect(version.locator("option[value='2']")).to_have_text("v2 (production, 70%)")
+    expect(version.locator("option[value='1']")).to_have_text("v1 (production, 30%)")
     _shot(page, "tenant-operator.png")
+    # A change while the operator is filling in the form: the list is refreshed, their choice
+    # and their reason are kept.
+    version.select_option("1")
+    form.get_by_label("Reason").fill("half and half, for now")
+    with unit_of_work() as session:
+        versions.promote(session, "promo", 1, 50, actor="operator:test", reason="elsewhere")
+    expect(page.locator("#live")).to_contain_text("v1 50% · v2 50%", timeout=5_000)
+    expect(version.locator("option[value='2']")).to_have_text("v2 (production, 50%)")
+    expect(version).to_have_value("1")
+    expect(form.get_by_label("Reason")).to_have_value("half and half, for now")
 
 
 def test_a_read_key_finds_no_buttons_and_its_forged_post_is_refused(

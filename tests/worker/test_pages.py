@@ -166,6 +166,23 @@ def test_a_header_key_reads_pages_without_a_session(app: TestClient) -> None:
         assert session.scalars(select(Tenant).where(Tenant.slug == "beta")).one()
 
 
+def test_the_live_part_carries_the_promote_forms_versions(app: TestClient) -> None:
+    """The summary an operator's page re-reads holds the promote form's options, read with the
+    split it shows (the script puts them into the form); a read key's has none."""
+    options = 'data-options-for="promote-version"'
+    operator = {"Authorization": f"Bearer {KEYS['ops-alpha']}"}
+    live = app.get("/tenants/alpha/fragments/live?part=summary", headers=operator)
+    assert live.status_code == 200 and options in live.text
+    template = live.text[live.text.index(options) :]
+    assert '<option value="2">v2 (production, 10%)</option>' in template
+    assert '<option value="1">v1 (production, 90%)</option>' in template
+    reader = {"Authorization": f"Bearer {KEYS['reader']}"}
+    read = app.get("/tenants/alpha/fragments/live?part=summary", headers=reader)
+    assert read.status_code == 200 and options not in read.text
+    chosen = app.get("/tenants/alpha?action=promote&version=1&percent=50", headers=operator)
+    assert '<option value="1" selected>v1 (production, 90%)</option>' in chosen.text
+
+
 def _operations() -> int:
     with unit_of_work() as session:
         return len(session.scalars(select(Operation)).all())

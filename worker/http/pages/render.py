@@ -26,6 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from registry.errors import FtdeployError
 from registry.views.canary import CanaryPanel
+from registry.views.fleet import FleetRow
 from registry.views.splits import Share
 from registry.views.splits import text as split_text
 from registry.views.tenant import Interval
@@ -124,6 +125,37 @@ def _canary_cell(
     )
 
 
+def fleet_row(row: FleetRow) -> Markup:
+    """One tenant's row of the fleet table. Built here rather than in the template: a fleet page
+    has thousands of rows, and the template's attribute lookups, escapes and chunks were most of
+    its render time. What rows share (the strategy's words, the reasons, the bar, the canary's
+    cell) is built once per distinct value; only the slug is escaped per row."""
+    slug = escape(row.tenant)
+    reasons = tuple(row.attention)
+    marked = ' class="attention"' if reasons else ""
+    return Markup(
+        f'<tr{marked}><th scope="row" data-label="Tenant">'
+        f'<a href="/tenants/{slug}">{slug}</a>{_meta(row.strategy, row.auto_promote)}</th>'
+        f'<td data-label="Live split">{bar(row.split)}</td>'
+        f'<td data-label="Canary">{canary_cell(row.canary)}</td>'
+        f'<td data-label="Needs attention">{_reasons(reasons)}</td></tr>\n'
+    )
+
+
+@lru_cache(maxsize=64)
+def _meta(strategy: str, auto_promote: bool) -> Markup:
+    words = strategy.replace("_", "-") + (", auto-promote" if auto_promote else "")
+    return Markup(f'<span class="meta">{escape(words)}</span>')
+
+
+@lru_cache(maxsize=4096)
+def _reasons(reasons: tuple[str, ...]) -> Markup:
+    if not reasons:
+        return Markup('<span class="meta">nothing</span>')
+    items = "".join(f"<li>{escape(reason)}</li>" for reason in reasons)
+    return Markup(f'<ul class="reasons">{items}</ul>')
+
+
 def when(moment: datetime | None) -> Markup:
     """A `<time>` in UTC; the page script shows it in the viewer's zone (UTC stays on hover)."""
     if moment is None:
@@ -148,6 +180,7 @@ environment.filters.update(
     split_text=split_text,
     bar=bar,
     canary_cell=canary_cell,
+    fleet_row=fleet_row,
     when=when,
 )
 

@@ -3,6 +3,8 @@
  *   tenant, when it names none), every data-every seconds, and stop once [data-final] appears
  *   if data-until-final is set.
  * - form[data-preview]: show the resulting split as the action's values change.
+ * - template[data-options-for]: a re-read part's options for a form's list (the promote form's
+ *   versions), put into the list without losing the user's choice.
  * - <time datetime>: shown in the viewer's time zone; the title keeps UTC.
  * - the chart: the readout says which versions served at the hovered or focused time.
  * No inline script anywhere (CSP: script-src 'self'). */
@@ -37,7 +39,32 @@
     });
   }
 
-  function enhance(root) { localTimes(root); chartReadout(root); }
+  // A re-read part may carry the options of a form's list (<template data-options-for=ID>):
+  // they replace the list's when they differ (a version's status or traffic changed), and the
+  // option the user chose stays chosen while it exists. Other fields are not touched.
+  function signature(options) {
+    return Array.prototype.map.call(options, function (o) {
+      return o.value + "\u0000" + o.textContent;
+    }).join("\u0001");
+  }
+
+  function formOptions(root) {
+    root.querySelectorAll("template[data-options-for]").forEach(function (template) {
+      var select = document.getElementById(template.dataset.optionsFor);
+      if (!select || select.tagName !== "SELECT") return;
+      var fresh = template.content.querySelectorAll("option");
+      if (signature(select.options) === signature(fresh)) return;
+      var chosen = select.value;
+      select.replaceChildren.apply(select, Array.prototype.map.call(fresh, function (o) {
+        return document.importNode(o, true);
+      }));
+      if (Array.prototype.some.call(select.options, function (o) { return o.value === chosen; })) {
+        select.value = chosen;
+      }
+    });
+  }
+
+  function enhance(root) { localTimes(root); chartReadout(root); formOptions(root); }
 
   var busy = new WeakMap();
   function refresh(el) {
