@@ -14,10 +14,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, create_engine, event, select, text
-from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy import ColumnElement, Engine, Table, bindparam, create_engine, event, select, text
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import update as sa_update
+from sqlalchemy.orm import Session, SessionTransaction, make_transient_to_detached, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql.dml import Insert, Update
 
 from registry.models import Tenant
 
@@ -26,6 +31,8 @@ log = logging.getLogger("ftdeploy.db")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 LOCKED_TENANTS_KEY = "ftdeploy.locked_tenants"
 AFTER_COMMIT_KEY = "ftdeploy.after_commit"
+
+_T = TypeVar("_T")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -193,6 +200,71 @@ def _lock_where(session: Session, condition: ColumnElement[bool]) -> Tenant | No
     if tenant is not None:
         session.info.setdefault(LOCKED_TENANTS_KEY, {})[tenant.id] = tenant
     return tenant
+
+
+def insert_row(session: Session, instance: _T) -> _T:
+    """INSERT the new `instance` now, in one cached statement, and attach it to the session as
+    if it had just been loaded: what a flush does for one row, without the unit of work's
+    bookkeeping (the hot path's writes: a flush costs several times the statement it sends).
+
+    Python-side column defaults are applied to the instance first. Pending ORM changes are
+    flushed before, so the row can reference them. For models whose rows get a value from the
+    database (an autoincrement key, a server default left unset): ValueError, use a flush.
+    """
+    mapper = sa_inspect(type(instance))
+    values: dict[str, Any] = {}
+    for prop in mapper.column_attrs:
+        column = prop.columns[0]
+        if prop.key not in instance.__dict__:
+            default = column.default
+            if default is not None and getattr(default, "is_scalar", False):
+                setattr(instance, prop.key, default.arg)
+            elif default is not None and getattr(default, "is_callable", False):
+                setattr(instance, prop.key, default.arg(None))
+            elif column.server_default is not None or column.autoincrement is True:
+                raise ValueError(f"{column} is filled by the database: flush instead")
+            else:
+                setattr(instance, prop.key, None)
+        values[column.key] = instance.__dict__[prop.key]
+    session.flush()  # nothing to do (and no statement) unless ORM changes are pending
+    session.execute(_insert_of(mapper.local_table), values)
+    make_transient_to_detached(instance)
+    session.add(instance)
+    return instance
+
+
+def update_row(session: Session, instance: object, **values: Any) -> bool:
+    """UPDATE the persistent `instance`'s row now with the attributes in `values` that differ
+    from its own, in one cached statement, and set them on the instance as loaded (a later flush
+    does not write them again). False, and no statement, when nothing differs."""
+    session.flush()  # its loaded state is then the row's
+    changed = {key: value for key, value in values.items() if getattr(instance, key) != value}
+    if not changed:
+        return False
+    mapper = sa_inspect(type(instance))
+    keys = tuple(sorted(changed))
+    params = {f"set_{mapper.get_property(k).columns[0].key}": v for k, v in changed.items()}
+    for column in mapper.primary_key:
+        params[f"pk_{column.key}"] = getattr(instance, mapper.get_property_by_column(column).key)
+    columns = tuple(mapper.get_property(k).columns[0].key for k in keys)
+    session.execute(_update_of(mapper.local_table, columns), params)
+    for key, value in changed.items():
+        set_committed_value(instance, key, value)
+    return True
+
+
+@lru_cache(maxsize=64)
+def _insert_of(table: Table) -> Insert:
+    return sa_insert(table)
+
+
+@lru_cache(maxsize=256)
+def _update_of(table: Table, columns: tuple[str, ...]) -> Update:
+    # Built once per shape: a prebuilt statement's cache key is memoized, a new one's is not.
+    where = [column == bindparam(f"pk_{column.key}") for column in table.primary_key.columns]
+    return (
+        sa_update(table).where(*where).values({name: bindparam(f"set_{name}") for name in columns})
+    )
 
 
 def ping(session: Session) -> None:

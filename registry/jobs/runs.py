@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.db import lock_tenant
+from registry.db import insert_row, lock_tenant
 from registry.errors import InvalidInput, RunNotFound, TenantMismatch, TenantUnknownForJob
 from registry.jobs import resumes
 from registry.jobs.openai_jobs import JobSnapshot
@@ -117,11 +117,23 @@ def write_run(
     tenant's lock in this transaction (`lock_job_tenant`). Raises TenantMismatch when the row is
     another tenant's."""
     if run is None:
-        run = FinetuningRun(
-            id=uuid.uuid4(), tenant_id=tenant.id, openai_job_id=job.job_id, status=job.status
+        # Inserted whole, at once (a run is not written again in this transaction).
+        return insert_row(
+            session,
+            FinetuningRun(
+                id=uuid.uuid4(),
+                tenant_id=tenant.id,
+                openai_job_id=job.job_id,
+                status=job.status,
+                base_model=job.base_model,
+                fine_tuned_model=job.fine_tuned_model,
+                trained_tokens=job.trained_tokens,
+                error=job.error,
+                finished_at=job.finished_at,
+                result_metrics=dict(result_metrics or {}),
+            ),
         )
-        session.add(run)
-    elif run.tenant_id != tenant.id:
+    if run.tenant_id != tenant.id:
         raise TenantMismatch(job.job_id, {"run row": str(run.tenant_id), "event": tenant.slug})
     run.status = job.status
     run.base_model = job.base_model
