@@ -11,8 +11,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import cast
 
-from sqlalchemy import bindparam, func, insert, or_, select
+from sqlalchemy import Table, bindparam, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from registry import clock, routing, traffic, validation
@@ -45,7 +46,7 @@ _SERVING_OR_STRAY = select(_versions.version, _versions.status, _versions.traffi
     _versions.tenant_id == bindparam("tenant_id"),
     or_(_versions.status == VersionStatus.PRODUCTION, _versions.traffic_percent != 0),
 )
-_AUDIT_INSERT = insert(TrafficEvent.__table__)
+_AUDIT_INSERT = insert(cast(Table, TrafficEvent.__table__))
 
 
 @dataclass(frozen=True)
