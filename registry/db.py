@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, Table, bindparam, create_engine, event, select, text
 from sqlalchemy import insert as sa_insert
@@ -31,8 +31,6 @@ log = logging.getLogger("ftdeploy.db")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 LOCKED_TENANTS_KEY = "ftdeploy.locked_tenants"
 AFTER_COMMIT_KEY = "ftdeploy.after_commit"
-
-_T = TypeVar("_T")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -202,7 +200,7 @@ def _lock_where(session: Session, condition: ColumnElement[bool]) -> Tenant | No
     return tenant
 
 
-def insert_row(session: Session, instance: _T) -> _T:
+def insert_row(session: Session, instance: object, *, unless_exists: str | None = None) -> bool:
     """INSERT the new `instance` now, in one cached statement, and attach it to the session as
     if it had just been loaded: what a flush does for one row, without the unit of work's
     bookkeeping (the hot path's writes: a flush costs several times the statement it sends).
@@ -210,6 +208,8 @@ def insert_row(session: Session, instance: _T) -> _T:
     Python-side column defaults are applied to the instance first. Pending ORM changes are
     flushed before, so the row can reference them. For models whose rows get a value from the
     database (an autoincrement key, a server default left unset): ValueError, use a flush.
+    `unless_exists`: a unique column; a row that already has the instance's value there is left
+    as it is, nothing is written, and False is returned (ON CONFLICT DO NOTHING).
     """
     mapper = sa_inspect(type(instance))
     values: dict[str, Any] = {}
@@ -227,10 +227,13 @@ def insert_row(session: Session, instance: _T) -> _T:
                 setattr(instance, prop.key, None)
         values[column.key] = instance.__dict__[prop.key]
     session.flush()  # nothing to do (and no statement) unless ORM changes are pending
-    session.execute(_insert_of(mapper.local_table), values)
+    dialect_name = session.get_bind().dialect.name
+    result = session.execute(_insert_of(mapper.local_table, dialect_name, unless_exists), values)
+    if unless_exists is not None and result.rowcount == 0:  # type: ignore[attr-defined]
+        return False
     make_transient_to_detached(instance)
     session.add(instance)
-    return instance
+    return True
 
 
 def update_row(session: Session, instance: object, **values: Any) -> bool:
@@ -254,8 +257,14 @@ def update_row(session: Session, instance: object, **values: Any) -> bool:
 
 
 @lru_cache(maxsize=64)
-def _insert_of(table: Table) -> Insert:
-    return sa_insert(table)
+def _insert_of(table: Table, dialect_name: str, unless_exists: str | None) -> Insert:
+    if unless_exists is None:
+        return sa_insert(table)
+    from registry import dialect
+
+    return dialect.insert_for(dialect_name, table).on_conflict_do_nothing(
+        index_elements=[unless_exists]
+    )
 
 
 @lru_cache(maxsize=256)

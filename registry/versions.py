@@ -137,7 +137,8 @@ def register_version(
         metrics=metrics,
         traffic_percent=0,
     )
-    return insert_row(session, version)
+    insert_row(session, version)
+    return version
 
 
 def apply_split(

@@ -118,21 +118,20 @@ def write_run(
     another tenant's."""
     if run is None:
         # Inserted whole, at once (a run is not written again in this transaction).
-        return insert_row(
-            session,
-            FinetuningRun(
-                id=uuid.uuid4(),
-                tenant_id=tenant.id,
-                openai_job_id=job.job_id,
-                status=job.status,
-                base_model=job.base_model,
-                fine_tuned_model=job.fine_tuned_model,
-                trained_tokens=job.trained_tokens,
-                error=job.error,
-                finished_at=job.finished_at,
-                result_metrics=dict(result_metrics or {}),
-            ),
+        run = FinetuningRun(
+            id=uuid.uuid4(),
+            tenant_id=tenant.id,
+            openai_job_id=job.job_id,
+            status=job.status,
+            base_model=job.base_model,
+            fine_tuned_model=job.fine_tuned_model,
+            trained_tokens=job.trained_tokens,
+            error=job.error,
+            finished_at=job.finished_at,
+            result_metrics=dict(result_metrics or {}),
         )
+        insert_row(session, run)
+        return run
     if run.tenant_id != tenant.id:
         raise TenantMismatch(job.job_id, {"run row": str(run.tenant_id), "event": tenant.slug})
     run.status = job.status
