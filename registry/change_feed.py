@@ -109,7 +109,7 @@ def _bump_statement(dialect_name: str) -> Executable:
         func.coalesce(func.max(generations.c.generation), 0) + 1,
         bindparam("changed_at", type_=UTCDateTime()),
     ).where(true())  # SQLite: without a WHERE, "ON CONFLICT" would parse as a join's ON
-    insert = dialect.insert_for(dialect_name, RoutingGeneration)
+    insert = dialect.insert_for(dialect_name, generations)
     bump = (
         insert.from_select(["tenant_id", "generation", "changed_at"], highest)
         .on_conflict_do_update(

@@ -209,7 +209,7 @@ def _count_statement(dialect_name: str, names_tenant: bool) -> Any:
     events = JobEvent.__table__.c
     now = bindparam("now", type_=UTCDateTime())
     reopened = events.state == EventState.FAILED
-    statement = dialect.insert_for(dialect_name, JobEvent).values(
+    statement = dialect.insert_for(dialect_name, JobEvent.__table__).values(
         id=bindparam("id"),
         openai_job_id=bindparam("job_id"),
         tenant_hint=bindparam("tenant"),

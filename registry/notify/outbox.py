@@ -152,7 +152,7 @@ _GIVE_BACK = (
 
 @lru_cache(maxsize=4)
 def _take_statement(dialect_name: str) -> Any:
-    insert = dialect.insert_for(dialect_name, NotificationStream)
+    insert = dialect.insert_for(dialect_name, NotificationStream.__table__)
     return (
         insert.values(stream=bindparam("stream"), last_seq=1)
         .on_conflict_do_update(index_elements=["stream"], set_={"last_seq": _streams.last_seq + 1})
