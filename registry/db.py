@@ -14,9 +14,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, Table, bindparam, create_engine, event, select, text
+from sqlalchemy import (
+    Engine,
+    Executable,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    select,
+    text,
+)
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import update as sa_update
@@ -31,6 +40,8 @@ log = logging.getLogger("ftdeploy.db")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 LOCKED_TENANTS_KEY = "ftdeploy.locked_tenants"
 AFTER_COMMIT_KEY = "ftdeploy.after_commit"
+
+_M = TypeVar("_M")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -169,7 +180,7 @@ def lock_tenant(session: Session, tenant_id: uuid.UUID) -> Tenant:
     locked: dict[uuid.UUID, Tenant] = session.info.setdefault(LOCKED_TENANTS_KEY, {})
     if tenant_id in locked:
         return locked[tenant_id]
-    tenant = _lock_where(session, Tenant.id == tenant_id)
+    tenant = _lock_where(session, "id", tenant_id)
     if tenant is None:
         from registry.errors import TenantNotFound
 
@@ -184,20 +195,26 @@ def lock_tenant_by_slug(session: Session, slug: str) -> Tenant | None:
     for tenant in locked.values():
         if tenant.slug == slug:
             return tenant
-    return _lock_where(session, Tenant.slug == slug)
+    return _lock_where(session, "slug", slug)
 
 
-def _lock_where(session: Session, condition: ColumnElement[bool]) -> Tenant | None:
-    tenant = session.scalars(
-        select(Tenant)
-        .where(condition)
-        .with_for_update(key_share=True)
-        # The ORM may hold this row from before the lock: take what is committed now.
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+def _lock_where(session: Session, by: str, value: object) -> Tenant | None:
+    # The ORM may hold this row from before the lock: load_rows takes what is committed now.
+    found = load_rows(session, Tenant, _lock_statement(by), {"value": value})
+    tenant = found[0] if found else None
     if tenant is not None:
         session.info.setdefault(LOCKED_TENANTS_KEY, {})[tenant.id] = tenant
     return tenant
+
+
+@lru_cache(maxsize=2)
+def _lock_statement(by: str) -> Executable:
+    tenants = Tenant.__table__
+    return (
+        select(tenants)
+        .where(tenants.c[by] == bindparam("value"))
+        .with_for_update(key_share=True)  # FOR NO KEY UPDATE (dropped on SQLite)
+    )
 
 
 def insert_row(session: Session, instance: object, *, unless_exists: str | None = None) -> bool:
@@ -229,7 +246,7 @@ def insert_row(session: Session, instance: object, *, unless_exists: str | None 
     session.flush()  # nothing to do (and no statement) unless ORM changes are pending
     dialect_name = session.get_bind().dialect.name
     result = session.execute(_insert_of(mapper.local_table, dialect_name, unless_exists), values)
-    if unless_exists is not None and result.rowcount == 0:  # type: ignore[attr-defined]
+    if unless_exists is not None and result.first() is None:  # nothing came back: skipped
         return False
     make_transient_to_detached(instance)
     session.add(instance)
@@ -256,14 +273,45 @@ def update_row(session: Session, instance: object, **values: Any) -> bool:
     return True
 
 
+def load_rows(
+    session: Session, model: type[_M], statement: Executable, params: dict[str, Any]
+) -> list[_M]:
+    """The `model` instances for the rows `statement` (a Core SELECT of every column of the
+    model's table) returns, as a `populate_existing` ORM query would give them: an instance the
+    session already holds is updated to the row, any other is attached as loaded. For the hot
+    path's reads, where the ORM's per-query setup costs several times the statement. Pending ORM
+    changes are flushed first, so the rows include them."""
+    session.flush()
+    mapper = sa_inspect(model)
+    props = [(prop.key, prop.columns[0].key) for prop in mapper.column_attrs]
+    primary = [column.key for column in mapper.primary_key]
+    found: list[_M] = []
+    for row in session.execute(statement, params).mappings():
+        key = mapper.identity_key_from_primary_key([row[name] for name in primary])
+        instance: Any = session.identity_map.get(key)
+        fresh = instance is None
+        if fresh:
+            instance = mapper.class_manager.new_instance()
+        for attribute, column in props:
+            set_committed_value(instance, attribute, row[column])
+        if fresh:
+            make_transient_to_detached(instance)
+            session.add(instance)
+        found.append(instance)
+    return found
+
+
 @lru_cache(maxsize=64)
 def _insert_of(table: Table, dialect_name: str, unless_exists: str | None) -> Insert:
     if unless_exists is None:
         return sa_insert(table)
     from registry import dialect
 
-    return dialect.insert_for(dialect_name, table).on_conflict_do_nothing(
-        index_elements=[unless_exists]
+    # RETURNING tells whether the row went in (rowcount is not reliable for an INSERT).
+    return (
+        dialect.insert_for(dialect_name, table)
+        .on_conflict_do_nothing(index_elements=[unless_exists])
+        .returning(*table.primary_key.columns)
     )
 
 

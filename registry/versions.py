@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from registry import clock, routing, traffic, validation
 from registry.change_feed import note_change
-from registry.db import after_commit, insert_row, lock_tenant, update_row
+from registry.db import after_commit, insert_row, load_rows, lock_tenant, update_row
 from registry.errors import (
     InvariantViolation,
     NothingToRollBack,
@@ -46,6 +46,17 @@ _SERVING_OR_STRAY = select(_versions.version, _versions.status, _versions.traffi
     _versions.tenant_id == bindparam("tenant_id"),
     or_(_versions.status == VersionStatus.PRODUCTION, _versions.traffic_percent != 0),
 )
+_PRODUCTION_VERSIONS = (
+    select(ModelVersion.__table__)
+    .where(
+        _versions.tenant_id == bindparam("tenant_id"),
+        _versions.status == VersionStatus.PRODUCTION,
+    )
+    .order_by(_versions.version)
+)
+_DEPLOYMENTS_OF = select(Deployment.__table__).where(
+    Deployment.__table__.c.version_id.in_(bindparam("ids", expanding=True))
+)
 _AUDIT_INSERT = insert(cast(Table, TrafficEvent.__table__))
 
 
@@ -64,17 +75,7 @@ class Change:
 
 def production_versions(session: Session, tenant_id: uuid.UUID) -> list[ModelVersion]:
     """The tenant's production versions, freshly read (call after taking the tenant's lock)."""
-    return list(
-        session.scalars(
-            select(ModelVersion)
-            .where(
-                ModelVersion.tenant_id == tenant_id,
-                ModelVersion.status == VersionStatus.PRODUCTION,
-            )
-            .order_by(ModelVersion.version)
-            .execution_options(populate_existing=True)
-        )
-    )
+    return load_rows(session, ModelVersion, _PRODUCTION_VERSIONS, {"tenant_id": tenant_id})
 
 
 def split_of(versions: list[ModelVersion]) -> traffic.Split:
@@ -226,9 +227,7 @@ def _deployments_of(session: Session, versions: list[ModelVersion]) -> dict[uuid
     """The deployment of each version that has one, by version id: one query."""
     if not versions:
         return {}
-    found = session.scalars(
-        select(Deployment).where(Deployment.version_id.in_([v.id for v in versions]))
-    )
+    found = load_rows(session, Deployment, _DEPLOYMENTS_OF, {"ids": [v.id for v in versions]})
     return {d.version_id: d for d in found if d.version_id is not None}
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import Table, bindparam, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry import clock, dialect, messages
-from registry.db import after_commit, insert_row
+from registry.db import after_commit, insert_row, load_rows
 from registry.notify.models import (
     NotificationDelivery,
     NotificationEndpoint,
@@ -79,7 +79,7 @@ def emit(
     if not insert_row(session, row, unless_exists=unless):
         # Nobody else can have seen the number (the stream stays locked until the end): give it
         # back, so the stream has no gap.
-        session.execute(_GIVE_BACK, {"stream": stream, "seq": seq - 1})
+        session.execute(_GIVE_BACK, {"b_stream": stream, "b_seq": seq - 1})
         return None
     endpoints = [e for e in _endpoints_for(session, tenant_id) if wants(e, kind)]
     for endpoint in endpoints:
@@ -118,8 +118,8 @@ def wants(endpoint: NotificationEndpoint, kind: EventType) -> bool:
 
 def _endpoints_for(session: Session, tenant_id: uuid.UUID | None) -> list[NotificationEndpoint]:
     if tenant_id is None:
-        return list(session.scalars(_GLOBAL_ENDPOINTS))
-    return list(session.scalars(_ENDPOINTS, {"tenant_id": tenant_id}))
+        return load_rows(session, NotificationEndpoint, _GLOBAL_ENDPOINTS, {})
+    return load_rows(session, NotificationEndpoint, _ENDPOINTS, {"tenant_id": tenant_id})
 
 
 def _take_number(session: Session, stream: str) -> int:
@@ -131,22 +131,18 @@ def _take_number(session: Session, stream: str) -> int:
 
 # Built once (building a statement costs more than running it; a prebuilt one's cache key is
 # memoized).
-_ENABLED = NotificationEndpoint.enabled.is_(True)
-_GLOBAL_ENDPOINTS = select(NotificationEndpoint).where(
-    _ENABLED, NotificationEndpoint.tenant_id.is_(None)
-)
-_ENDPOINTS = select(NotificationEndpoint).where(
+_endpoints = NotificationEndpoint.__table__
+_ENABLED = _endpoints.c.enabled.is_(True)
+_GLOBAL_ENDPOINTS = select(_endpoints).where(_ENABLED, _endpoints.c.tenant_id.is_(None))
+_ENDPOINTS = select(_endpoints).where(
     _ENABLED,
-    or_(
-        NotificationEndpoint.tenant_id.is_(None),
-        NotificationEndpoint.tenant_id == bindparam("tenant_id"),
-    ),
+    or_(_endpoints.c.tenant_id.is_(None), _endpoints.c.tenant_id == bindparam("tenant_id")),
 )
 _streams = NotificationStream.__table__.c
 _GIVE_BACK = (
     update(cast(Table, NotificationStream.__table__))
-    .where(_streams.stream == bindparam("stream"))
-    .values(last_seq=bindparam("seq"))
+    .where(_streams.stream == bindparam("b_stream"))
+    .values(last_seq=bindparam("b_seq"))
 )
 
 
