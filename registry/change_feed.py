@@ -53,9 +53,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import TracebackType
 
-from sqlalchemy import String, Uuid, cast, func, literal, select, true
+from sqlalchemy import Executable, String, Uuid, bindparam, cast, func, select, true
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import clock, dialect
@@ -93,13 +94,22 @@ def note_change(session: Session, tenant_id: uuid.UUID) -> int:
     One statement: the row is upserted from the highest generation (and, on PostgreSQL, the
     notification queued by the same statement).
     """
+    statement = _bump_statement(session.get_bind().dialect.name)
+    params = {"tenant_id": tenant_id, "changed_at": clock.now(), "payload_prefix": f"{tenant_id} "}
+    return int(session.execute(statement, params).scalar_one())
+
+
+@lru_cache(maxsize=4)
+def _bump_statement(dialect_name: str) -> Executable:
+    # Built once per database: building it costs more than running it, and a prebuilt
+    # statement's cache key is memoized.
     generations = RoutingGeneration.__table__
     highest = select(
-        literal(tenant_id, Uuid()),
+        bindparam("tenant_id", type_=Uuid()),
         func.coalesce(func.max(generations.c.generation), 0) + 1,
-        literal(clock.now(), UTCDateTime()),
+        bindparam("changed_at", type_=UTCDateTime()),
     ).where(true())  # SQLite: without a WHERE, "ON CONFLICT" would parse as a join's ON
-    insert = dialect.insert(session, RoutingGeneration)
+    insert = dialect.insert_for(dialect_name, generations)
     bump = (
         insert.from_select(["tenant_id", "generation", "changed_at"], highest)
         .on_conflict_do_update(
@@ -111,12 +121,11 @@ def note_change(session: Session, tenant_id: uuid.UUID) -> int:
         )
         .returning(generations.c.generation)
     )
-    if session.get_bind().dialect.name != "postgresql":
-        return int(session.execute(bump).scalar_one())
+    if dialect_name != "postgresql":
+        return bump
     bumped = bump.cte("bumped")
-    payload = literal(f"{tenant_id} ") + cast(bumped.c.generation, String)
-    notified = select(bumped.c.generation, func.pg_notify(CHANNEL, payload))
-    return int(session.execute(notified).scalar_one())
+    payload = bindparam("payload_prefix", type_=String()) + cast(bumped.c.generation, String)
+    return select(bumped.c.generation, func.pg_notify(CHANNEL, payload))
 
 
 class ChangeFeed:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from registry import clock, traffic
-from registry.db import lock_tenant
+from registry.db import insert_row, lock_tenant
 from registry.errors import RunNotDeployable, TenantMismatch
 from registry.jobs.runs import latest_evaluation
 from registry.models import (
@@ -145,7 +145,10 @@ def deploy_run(
     deployment.reason = reason
     deployment.step_started_at = now if share else None
     deployment.updated_at = now
-    session.add(deployment)
+    if inspect(deployment).persistent:
+        pass  # a deployment that waited for its evaluation: the changes above are flushed
+    else:
+        insert_row(session, deployment)
     if target is not None:
         apply_split(session, tenant, target, now=now, promoted=version, serving=serving)
     change = check_and_audit(

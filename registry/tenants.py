@@ -6,11 +6,11 @@ import uuid
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from registry import audit_events, clock, validation
-from registry.db import lock_tenant, lock_tenant_by_slug
+from registry.db import load_rows, lock_tenant, lock_tenant_by_slug
 from registry.errors import InvalidInput, TenantExists, TenantNotFound
 from registry.models import DeploymentPolicy, Metric, Strategy, Tenant
 
@@ -73,10 +73,13 @@ def get_policy(session: Session, tenant_id: uuid.UUID) -> DeploymentPolicy:
     """The tenant's policy. Read only: a tenant created by the host SaaS, not by us, has no row
     yet, and gets the defaults as an object that is not added to the session (the row is created
     by the first change, `set_policy`)."""
-    policy = session.get(DeploymentPolicy, tenant_id)
-    if policy is None:
-        policy = default_policy(tenant_id)
-    return policy
+    found = load_rows(session, DeploymentPolicy, _POLICY_OF, {"tenant_id": tenant_id})
+    return found[0] if found else default_policy(tenant_id)
+
+
+_POLICY_OF = select(DeploymentPolicy.__table__).where(
+    DeploymentPolicy.__table__.c.tenant_id == bindparam("tenant_id")
+)
 
 
 def default_policy(tenant_id: uuid.UUID) -> DeploymentPolicy:

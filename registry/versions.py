@@ -11,13 +11,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from typing import cast
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Table, bindparam, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from registry import clock, routing, traffic, validation
 from registry.change_feed import note_change
-from registry.db import after_commit, lock_tenant
+from registry.db import after_commit, insert_row, load_rows, lock_tenant, update_row
 from registry.errors import (
     InvariantViolation,
     NothingToRollBack,
@@ -35,6 +36,29 @@ from registry.models import (
 )
 from registry.tenants import find_tenant
 
+# The hot path's statements, built once: a prebuilt statement's cache key is memoized, while
+# building one per call costs more than running it.
+_versions = ModelVersion.__table__.c
+_LATEST_NUMBER = select(func.max(_versions.version)).where(
+    _versions.tenant_id == bindparam("tenant_id")
+)
+_SERVING_OR_STRAY = select(_versions.version, _versions.status, _versions.traffic_percent).where(
+    _versions.tenant_id == bindparam("tenant_id"),
+    or_(_versions.status == VersionStatus.PRODUCTION, _versions.traffic_percent != 0),
+)
+_PRODUCTION_VERSIONS = (
+    select(ModelVersion.__table__)
+    .where(
+        _versions.tenant_id == bindparam("tenant_id"),
+        _versions.status == VersionStatus.PRODUCTION,
+    )
+    .order_by(_versions.version)
+)
+_DEPLOYMENTS_OF = select(Deployment.__table__).where(
+    Deployment.__table__.c.version_id.in_(bindparam("ids", expanding=True))
+)
+_AUDIT_INSERT = insert(cast(Table, TrafficEvent.__table__))
+
 
 @dataclass(frozen=True)
 class Change:
@@ -51,17 +75,7 @@ class Change:
 
 def production_versions(session: Session, tenant_id: uuid.UUID) -> list[ModelVersion]:
     """The tenant's production versions, freshly read (call after taking the tenant's lock)."""
-    return list(
-        session.scalars(
-            select(ModelVersion)
-            .where(
-                ModelVersion.tenant_id == tenant_id,
-                ModelVersion.status == VersionStatus.PRODUCTION,
-            )
-            .order_by(ModelVersion.version)
-            .execution_options(populate_existing=True)
-        )
-    )
+    return load_rows(session, ModelVersion, _PRODUCTION_VERSIONS, {"tenant_id": tenant_id})
 
 
 def split_of(versions: list[ModelVersion]) -> traffic.Split:
@@ -109,12 +123,11 @@ def register_version(
     run is a database constraint. Does not write an audit event: the caller's change does.
     """
     lock_tenant(session, tenant.id)
-    latest = session.scalar(
-        select(func.max(ModelVersion.version)).where(ModelVersion.tenant_id == tenant.id)
-    )
+    latest = session.scalar(_LATEST_NUMBER, {"tenant_id": tenant.id})
     number = (latest or 0) + 1
     metrics = {**(run.result_metrics or {}), **(evaluation.metrics if evaluation else {})}
     version = ModelVersion(
+        id=uuid.uuid4(),
         tenant_id=tenant.id,
         name=f"v{number}",
         model_id=run.fine_tuned_model,
@@ -125,8 +138,7 @@ def register_version(
         metrics=metrics,
         traffic_percent=0,
     )
-    session.add(version)
-    session.flush()
+    insert_row(session, version)
     return version
 
 
@@ -163,51 +175,59 @@ def apply_split(
         was_serving = version.status == VersionStatus.PRODUCTION
         deployment = deployments.get(version.id)
         if share > 0:
-            if not was_serving or version.deployed_at is None:
-                version.deployed_at = now
-            version.status = VersionStatus.PRODUCTION
-            version.traffic_percent = share
+            deployed_at = now if not was_serving or version.deployed_at is None else None
+            update_row(
+                session,
+                version,
+                status=VersionStatus.PRODUCTION,
+                traffic_percent=share,
+                **({"deployed_at": deployed_at} if deployed_at else {}),
+            )
             if version is promoted:
-                _start_step(deployment, share, now)
+                _start_step(session, deployment, share, now)
             elif share == 100:
-                _set_deployment_status(deployment, DeploymentStatus.PROMOTED, now)
+                _set_deployment_status(session, deployment, DeploymentStatus.PROMOTED, now)
         elif was_serving:
-            version.status = VersionStatus.DEPRECATED
-            version.traffic_percent = 0
-            version.deprecated_at = now
+            update_row(
+                session,
+                version,
+                status=VersionStatus.DEPRECATED,
+                traffic_percent=0,
+                deprecated_at=now,
+            )
             left_as = (
                 DeploymentStatus.ROLLED_BACK
                 if version is rolled_back
                 else DeploymentStatus.SUPERSEDED
             )
-            _set_deployment_status(deployment, left_as, now)
-    session.flush()
+            _set_deployment_status(session, deployment, left_as, now)
 
 
-def _start_step(deployment: Deployment | None, share: int, now: datetime) -> None:
+# Each row is written at once by one cached UPDATE (`update_row`), not by a flush.
+
+
+def _start_step(session: Session, deployment: Deployment | None, share: int, now: datetime) -> None:
     if deployment is None:
         return
-    deployment.step_started_at = now
-    deployment.status = DeploymentStatus.PROMOTED if share == 100 else DeploymentStatus.ACTIVE
-    deployment.updated_at = now
+    status = DeploymentStatus.PROMOTED if share == 100 else DeploymentStatus.ACTIVE
+    if deployment.status == status and deployment.step_started_at == now:
+        return  # inserted in this state by the deploy that started it
+    update_row(session, deployment, step_started_at=now, status=status, updated_at=now)
 
 
 def _set_deployment_status(
-    deployment: Deployment | None, status: DeploymentStatus, now: datetime
+    session: Session, deployment: Deployment | None, status: DeploymentStatus, now: datetime
 ) -> None:
     # A deployment that was rejected or is still awaiting its evaluation has no live version.
     if deployment is not None and deployment.status not in (status, DeploymentStatus.REJECTED):
-        deployment.status = status
-        deployment.updated_at = now
+        update_row(session, deployment, status=status, updated_at=now)
 
 
 def _deployments_of(session: Session, versions: list[ModelVersion]) -> dict[uuid.UUID, Deployment]:
     """The deployment of each version that has one, by version id: one query."""
     if not versions:
         return {}
-    found = session.scalars(
-        select(Deployment).where(Deployment.version_id.in_([v.id for v in versions]))
-    )
+    found = load_rows(session, Deployment, _DEPLOYMENTS_OF, {"ids": [v.id for v in versions]})
     return {d.version_id: d for d in found if d.version_id is not None}
 
 
@@ -229,17 +249,10 @@ def check_and_audit(
     Raises InvariantViolation (the transaction must then be rolled back) if production traffic
     does not sum to 100 with every share in 1..100, or if a non-production version has traffic.
     """
-    # Flushed first (autoflush), then read back from the database in one query: the production
-    # versions and any other version that has traffic (which breaks the invariant).
-    rows = session.execute(
-        select(ModelVersion.version, ModelVersion.status, ModelVersion.traffic_percent).where(
-            ModelVersion.tenant_id == tenant.id,
-            or_(
-                ModelVersion.status == VersionStatus.PRODUCTION,
-                ModelVersion.traffic_percent != 0,
-            ),
-        )
-    ).all()
+    # Flushed first, then read back from the database in one query: the production versions
+    # and any other version that has traffic (which breaks the invariant).
+    session.flush()
+    rows = session.execute(_SERVING_OR_STRAY, {"tenant_id": tenant.id}).all()
     after = {
         row.version: row.traffic_percent
         for row in rows
@@ -248,19 +261,20 @@ def check_and_audit(
     stray = any(row.status != VersionStatus.PRODUCTION for row in rows)
     if not traffic.is_valid(after) or stray:
         raise InvariantViolation(tenant.slug, after)
-    session.add(
-        TrafficEvent(
-            tenant_id=tenant.id,
-            action=action,
-            version=version,
-            actor=actor,
-            reason=reason,
-            split_before=traffic.as_json(before),
-            split_after=traffic.as_json(after),
-            created_at=now,
-        )
+    # The audit event, written at once (nothing reads it back in this transaction).
+    session.execute(
+        _AUDIT_INSERT,
+        {
+            "tenant_id": tenant.id,
+            "action": action,
+            "version": version,
+            "actor": actor,
+            "reason": reason,
+            "split_before": traffic.as_json(before),
+            "split_after": traffic.as_json(after),
+            "created_at": now,
+        },
     )
-    session.flush()
     # The change feed: routing caches everywhere learn of it when the transaction commits;
     # this process's own Routers at once, after the commit (read your own writes).
     generation = note_change(session, tenant.id)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import partial
-from typing import Any
+from functools import lru_cache, partial
+from typing import Any, cast
 
-from sqlalchemy import and_, case, func, literal, select, true, update
+from sqlalchemy import Boolean, Table, and_, bindparam, case, func, select, true, update
 from sqlalchemy.orm import Session
 
 from registry import audit_events, clock, dialect, messages, validation
@@ -176,7 +176,7 @@ def start_attempt(
     """
     job_id = validation.job_id(job_id)
     tenant = validation.optional_tenant_ref(tenant)
-    counted = session.execute(_count_attempt(session, job_id, tenant, redelivered)).one_or_none()
+    counted = _count_attempt(session, job_id, tenant, redelivered).one_or_none()
     if counted is not None:
         return AttemptCount(counted.tenant_hint, counted.crashes, counted.received_at)
     # The message names a tenant the event does not: the claim decides (refusal or attribution).
@@ -197,13 +197,22 @@ def start_attempt(
 def _count_attempt(session: Session, job_id: str, tenant: str | None, redelivered: bool) -> Any:
     """INSERT the event counted once, or on conflict count one more attempt (reopening a failed
     event, as `claim_event` does), unless the message names another tenant than the event."""
+    statement = _count_statement(session.get_bind().dialect.name, tenant is not None)
     now = clock.now()
+    params = {"id": uuid.uuid4(), "job_id": job_id, "tenant": tenant, "now": now}
+    return session.execute(statement, {**params, "redelivered": redelivered})
+
+
+@lru_cache(maxsize=8)
+def _count_statement(dialect_name: str, names_tenant: bool) -> Any:
+    # Built once per database and shape: building it costs more than running it.
     events = JobEvent.__table__.c
+    now = bindparam("now", type_=UTCDateTime())
     reopened = events.state == EventState.FAILED
-    statement = dialect.insert(session, JobEvent).values(
-        id=uuid.uuid4(),
-        openai_job_id=job_id,
-        tenant_hint=tenant,
+    statement = dialect.insert_for(dialect_name, JobEvent.__table__).values(
+        id=bindparam("id"),
+        openai_job_id=bindparam("job_id"),
+        tenant_hint=bindparam("tenant"),
         source="broker",
         state=EventState.RECEIVED,
         received_at=now,
@@ -213,20 +222,23 @@ def _count_attempt(session: Session, job_id: str, tenant: str | None, redelivere
         attempts=1,
         crashes=0,
     )
-    same_tenant = true() if tenant is None else events.tenant_hint.is_not_distinct_from(tenant)
+    redelivered = bindparam("redelivered", type_=Boolean())
+    same_tenant = (
+        events.tenant_hint.is_not_distinct_from(bindparam("tenant")) if names_tenant else true()
+    )
     return statement.on_conflict_do_update(
         index_elements=["openai_job_id"],
         set_={
             "crashes": events.crashes
-            + case((and_(events.in_flight_since.is_not(None), literal(redelivered)), 1), else_=0),
+            + case((and_(events.in_flight_since.is_not(None), redelivered), 1), else_=0),
             "attempts": case((reopened, 1), else_=events.attempts + 1),
             "state": case((reopened, EventState.RECEIVED.value), else_=events.state),
             "in_flight_since": now,
             "updated_at": now,
-            "enqueued_at": func.coalesce(events.enqueued_at, literal(now, UTCDateTime())),
+            "enqueued_at": func.coalesce(events.enqueued_at, now),
         },
         where=same_tenant,
-    ).returning(JobEvent.tenant_hint, JobEvent.crashes, JobEvent.received_at)
+    ).returning(events.tenant_hint, events.crashes, events.received_at)
 
 
 def end_attempt(session: Session, job_id: str) -> None:
@@ -239,17 +251,31 @@ def end_attempt(session: Session, job_id: str) -> None:
 def finish_event(session: Session, job_id: str, state: EventState, outcome: str) -> None:
     """End the event as done or failed, with what happened. Idempotent. Done stays done: a late
     duplicate's failure does not mark work that was committed as failed."""
-    condition = [JobEvent.openai_job_id == job_id]
-    if state == EventState.FAILED:
-        condition.append(JobEvent.state != EventState.DONE)
-    session.execute(
-        update(JobEvent)
+    # The outcome may quote an external error (a driver's, an HTTP library's): masked.
+    params = {"job_id": job_id, "state": state, "outcome": mask(outcome)[:2000], "now": clock.now()}
+    session.execute(_FINISH_FAILED if state == EventState.FAILED else _FINISH, params)
+
+
+def _finish_statement(*, unless_done: bool) -> Any:
+    events = JobEvent.__table__.c
+    condition = [events.openai_job_id == bindparam("job_id")]
+    if unless_done:
+        condition.append(events.state != EventState.DONE)
+    return (
+        update(cast(Table, JobEvent.__table__))
         .where(*condition)
-        # The outcome may quote an external error (a driver's, an HTTP library's): masked.
         .values(
-            state=state, outcome=mask(outcome)[:2000], updated_at=clock.now(), in_flight_since=None
+            state=bindparam("state"),
+            outcome=bindparam("outcome"),
+            updated_at=bindparam("now", type_=UTCDateTime()),
+            in_flight_since=None,
         )
     )
+
+
+# Built once (building costs more than running); a failure never overwrites done.
+_FINISH = _finish_statement(unless_done=False)
+_FINISH_FAILED = _finish_statement(unless_done=True)
 
 
 def mark_enqueued(session: Session, job_id: str) -> None:

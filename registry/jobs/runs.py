@@ -6,10 +6,10 @@ import math
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from registry.db import lock_tenant
+from registry.db import insert_row, load_rows, lock_tenant
 from registry.errors import InvalidInput, RunNotFound, TenantMismatch, TenantUnknownForJob
 from registry.jobs import resumes
 from registry.jobs.openai_jobs import JobSnapshot
@@ -87,10 +87,16 @@ def _agreed(job_id: str, claims: dict[str, Tenant]) -> Tenant:
 
 
 def _find_run(session: Session, job_id: str, *, fresh: bool = False) -> FinetuningRun | None:
-    query = select(FinetuningRun).where(FinetuningRun.openai_job_id == job_id)
     if fresh:  # read under the tenant's lock: what is committed now, not what the ORM holds
-        query = query.execution_options(populate_existing=True)
+        found = load_rows(session, FinetuningRun, _RUN_OF_JOB, {"job_id": job_id})
+        return found[0] if found else None
+    query = select(FinetuningRun).where(FinetuningRun.openai_job_id == job_id)
     return session.scalars(query).one_or_none()
+
+
+_RUN_OF_JOB = select(FinetuningRun.__table__).where(
+    FinetuningRun.__table__.c.openai_job_id == bindparam("job_id")
+)
 
 
 def record_run(
@@ -117,11 +123,22 @@ def write_run(
     tenant's lock in this transaction (`lock_job_tenant`). Raises TenantMismatch when the row is
     another tenant's."""
     if run is None:
+        # Inserted whole, at once (a run is not written again in this transaction).
         run = FinetuningRun(
-            id=uuid.uuid4(), tenant_id=tenant.id, openai_job_id=job.job_id, status=job.status
+            id=uuid.uuid4(),
+            tenant_id=tenant.id,
+            openai_job_id=job.job_id,
+            status=job.status,
+            base_model=job.base_model,
+            fine_tuned_model=job.fine_tuned_model,
+            trained_tokens=job.trained_tokens,
+            error=job.error,
+            finished_at=job.finished_at,
+            result_metrics=dict(result_metrics or {}),
         )
-        session.add(run)
-    elif run.tenant_id != tenant.id:
+        insert_row(session, run)
+        return run
+    if run.tenant_id != tenant.id:
         raise TenantMismatch(job.job_id, {"run row": str(run.tenant_id), "event": tenant.slug})
     run.status = job.status
     run.base_model = job.base_model

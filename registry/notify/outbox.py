@@ -19,14 +19,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from functools import partial
-from typing import Any
+from functools import lru_cache, partial
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, event, or_, select, update
+from sqlalchemy import Table, bindparam, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry import clock, dialect, messages
-from registry.db import after_commit
+from registry.db import after_commit, insert_row, load_rows
 from registry.notify.models import (
     NotificationDelivery,
     NotificationEndpoint,
@@ -62,17 +62,6 @@ def emit(
     kind = EventType(type_)
     stream = stream_of(tenant_id)
     seq = _take_number(session, stream)
-    if dedupe_key is not None and session.scalar(
-        select(OutboxEvent.id).where(OutboxEvent.dedupe_key == dedupe_key)
-    ):
-        # Nobody else can have seen the number (the stream stays locked until the end): give it
-        # back, so the stream has no gap.
-        session.execute(
-            update(NotificationStream)
-            .where(NotificationStream.stream == stream)
-            .values(last_seq=seq - 1)
-        )
-        return None
     now = clock.now()
     row = OutboxEvent(
         id=uuid.uuid4(),
@@ -85,8 +74,13 @@ def emit(
         dedupe_key=dedupe_key,
         created_at=now,
     )
-    session.add(row)
-    session.flush()
+    # One statement: the insert is skipped when the key is already there.
+    unless = "dedupe_key" if dedupe_key is not None else None
+    if not insert_row(session, row, unless_exists=unless):
+        # Nobody else can have seen the number (the stream stays locked until the end): give it
+        # back, so the stream has no gap.
+        session.execute(_GIVE_BACK, {"b_stream": stream, "b_seq": seq - 1})
+        return None
     endpoints = [e for e in _endpoints_for(session, tenant_id) if wants(e, kind)]
     for endpoint in endpoints:
         session.add(
@@ -123,29 +117,42 @@ def wants(endpoint: NotificationEndpoint, kind: EventType) -> bool:
 
 
 def _endpoints_for(session: Session, tenant_id: uuid.UUID | None) -> list[NotificationEndpoint]:
-    scope: ColumnElement[bool] = NotificationEndpoint.tenant_id.is_(None)
-    if tenant_id is not None:
-        scope = or_(scope, NotificationEndpoint.tenant_id == tenant_id)
-    return list(
-        session.scalars(
-            select(NotificationEndpoint).where(NotificationEndpoint.enabled.is_(True), scope)
-        )
-    )
+    if tenant_id is None:
+        return load_rows(session, NotificationEndpoint, _GLOBAL_ENDPOINTS, {})
+    return load_rows(session, NotificationEndpoint, _ENDPOINTS, {"tenant_id": tenant_id})
 
 
 def _take_number(session: Session, stream: str) -> int:
     """The stream's next number, taken under the stream row's lock (created at 0 on first use):
     one upsert that locks the row, counts one more and returns it."""
-    streams = NotificationStream.__table__.c
-    insert = dialect.insert(session, NotificationStream)
-    return int(
-        session.execute(
-            insert.values(stream=stream, last_seq=1)
-            .on_conflict_do_update(
-                index_elements=["stream"], set_={"last_seq": streams.last_seq + 1}
-            )
-            .returning(streams.last_seq)
-        ).scalar_one()
+    statement = _take_statement(session.get_bind().dialect.name)
+    return int(session.execute(statement, {"stream": stream}).scalar_one())
+
+
+# Built once (building a statement costs more than running it; a prebuilt one's cache key is
+# memoized).
+_endpoints = NotificationEndpoint.__table__
+_ENABLED = _endpoints.c.enabled.is_(True)
+_GLOBAL_ENDPOINTS = select(_endpoints).where(_ENABLED, _endpoints.c.tenant_id.is_(None))
+_ENDPOINTS = select(_endpoints).where(
+    _ENABLED,
+    or_(_endpoints.c.tenant_id.is_(None), _endpoints.c.tenant_id == bindparam("tenant_id")),
+)
+_streams = NotificationStream.__table__.c
+_GIVE_BACK = (
+    update(cast(Table, NotificationStream.__table__))
+    .where(_streams.stream == bindparam("b_stream"))
+    .values(last_seq=bindparam("b_seq"))
+)
+
+
+@lru_cache(maxsize=4)
+def _take_statement(dialect_name: str) -> Any:
+    insert = dialect.insert_for(dialect_name, NotificationStream.__table__)
+    return (
+        insert.values(stream=bindparam("stream"), last_seq=1)
+        .on_conflict_do_update(index_elements=["stream"], set_={"last_seq": _streams.last_seq + 1})
+        .returning(_streams.last_seq)
     )
 
 
