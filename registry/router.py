@@ -2,7 +2,7 @@
 
 `registry.routing` is its entry point (`resolve`, the default Router, `forget_tenant`) and
 documents its guarantees; this module holds the class and how it keeps them: the fast path of a
-call, the feed's invalidations, the reads and the outages.
+call (the flat memo of placed subjects), the feed's invalidations, the reads and the outages.
 """
 
 from __future__ import annotations
