@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import threading
 import time
 import uuid
@@ -33,11 +32,6 @@ log = logging.getLogger("ftdeploy.routing")
 
 # Invalidations remembered for the reads under way (a read overlapping more is not kept).
 LEARNED_LOG = 1024
-# Bytes a placed subject costs beyond its name's and subject's own sizes: the key tuple, the dict
-# slot and index, its place in its tenant's list.
-PLACED_ENTRY_BYTES = 160
-
-PlacedKey = tuple[Any, str]
 
 
 class Router:
@@ -75,15 +69,13 @@ class Router:
         self._learned.append((0, None, 0.0))
         # Reentrant: the subject budget's spill (below) takes it, and may run inside it.
         self._lock = threading.RLock()
-        # Placed subjects of split tenants, one flat memo for the whole Router: (name as called,
-        # subject) -> model id. A hot call is one lookup here and a check of the feed's vouch, not
-        # a walk through per-tenant objects scattered in memory (that walk is what made 10,000
-        # tenants cost several times 10). An entry stands for its tenant's current snapshot: it
-        # goes (`_forget_placed`) whenever that snapshot is marked stale or replaced. Only with
-        # a feed: without one, validity is per snapshot, and the snapshot's own memo serves.
-        # It draws on the snapshots' subject budget; a spill empties both.
-        self._placed: dict[PlacedKey, str] = {}
-        self._placed_by_tenant: dict[uuid.UUID, list[PlacedKey]] = {}
+        # Placed subjects of split tenants, one flat memo for the whole Router (`Memos.placed`):
+        # a hot call is one lookup there and a check of the feed's vouch, not a walk through
+        # per-tenant objects scattered in memory (that walk made 10,000 tenants cost several
+        # times 10). An entry stands for its tenant's current snapshot: it goes whenever that
+        # snapshot is marked stale or replaced. Only with a feed: without one, validity is per
+        # snapshot, and the snapshot's own memo serves. A spill (under the lock) empties both.
+        self._placed = self._memos.placed
         self._memos.budget.spill = self._spill_subjects
         self._outage = Outage()
         # (the feed's vouched_at, the expiry it grants): see `_extend`.
@@ -160,7 +152,7 @@ class Router:
             self._learned.append((self._generation, None, math.inf))
             for snapshot in self._snapshots.values():
                 snapshot.current, snapshot.expires = False, -math.inf
-            self._forget_placed(None)
+            self._memos.forget_placed(None)
             return
         generations = tenant_ids if isinstance(tenant_ids, Mapping) else {}
         for tenant_id in tenant_ids:
@@ -169,7 +161,7 @@ class Router:
             held = self._snapshots.get(tenant_id)
             if held is None or held.generation < generation:
                 # Also without a snapshot: one evicted may have left placed subjects.
-                self._forget_placed(tenant_id)
+                self._memos.forget_placed(tenant_id)
                 if held is not None:
                     held.current, held.expires = False, -math.inf
 
@@ -222,36 +214,15 @@ class Router:
         model = snapshot.place(subject)
         if not held or type(subject) is not str or tenant not in self._aliases:
             return model
-        cost = PLACED_ENTRY_BYTES + sys.getsizeof(tenant) + sys.getsizeof(subject)
-        budget = self._memos.budget
         with self._lock:
             # Checked again: a change learned meanwhile must not leave an entry behind.
-            if self._snapshots.get(snapshot.tenant_id) is not snapshot or not snapshot.current:
-                return model
-            if cost > budget.limit or key in self._placed:
-                return model
-            if budget.used + cost > budget.limit:
-                budget.spill()
-            self._placed[key] = model
-            self._placed_by_tenant.setdefault(snapshot.tenant_id, []).append(key)
-            budget.used += cost
+            if self._snapshots.get(snapshot.tenant_id) is snapshot and snapshot.current:
+                self._memos.place(key, snapshot.tenant_id, model)
         return model
-
-    def _forget_placed(self, tenant_id: uuid.UUID | None) -> None:
-        """Drop the tenant's placed subjects (everyone's when None) (locked). Their bytes stay
-        counted until the budget spills: a change is rare, a recount per change is not needed."""
-        if tenant_id is None:
-            self._placed.clear()
-            self._placed_by_tenant.clear()
-            return
-        for key in self._placed_by_tenant.pop(tenant_id, ()):
-            self._placed.pop(key, None)
 
     def _spill_subjects(self) -> None:
         """The subject budget is spent: every memo of placed subjects starts over."""
         with self._lock:
-            self._placed.clear()
-            self._placed_by_tenant.clear()
             self._memos.spill_subjects()
 
     # -- reading -----------------------------------------------------------------------------
@@ -303,7 +274,7 @@ class Router:
                                    now + self._staleness)  # fmt: skip
                 if tenant_id is not None:
                     self._memos.drop(tenant_id)
-                    self._forget_placed(tenant_id)
+                    self._memos.forget_placed(tenant_id)
             raise
         except SQLAlchemyError as error:
             self._outage.failed(error, now)
@@ -322,7 +293,7 @@ class Router:
             snapshot.expires, snapshot.generation = now + self._staleness, tenant_generation
             snapshot.current = True
             if snapshot is not previous:  # another split, or the first read: its own subjects
-                self._forget_placed(found_id)
+                self._memos.forget_placed(found_id)
             self._memos.store(snapshot, previous)
             self._memos.remember("aliases", tenant, found_id)
             self._memos.remember("aliases", slug, found_id)
