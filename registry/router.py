@@ -2,7 +2,7 @@
 
 `registry.routing` is its entry point (`resolve`, the default Router, `forget_tenant`) and
 documents its guarantees; this module holds the class and how it keeps them: the fast path of a
-call, the feed's invalidations, the reads and the outages.
+call (the flat memo of placed subjects), the feed's invalidations, the reads and the outages.
 """
 
 from __future__ import annotations
@@ -67,12 +67,22 @@ class Router:
         self._generation = 0
         self._learned: deque[tuple[int, uuid.UUID | None, float]] = deque(maxlen=LEARNED_LOG)
         self._learned.append((0, None, 0.0))
-        self._lock = threading.Lock()
+        # Reentrant: the subject budget's spill (below) takes it, and may run inside it.
+        self._lock = threading.RLock()
+        # Placed subjects of split tenants, one flat memo for the whole Router (`Memos.placed`):
+        # a hot call is one lookup there and a check of the feed's vouch, not a walk through
+        # per-tenant objects scattered in memory (that walk made 10,000 tenants cost several
+        # times 10). An entry stands for its tenant's current snapshot: it goes whenever that
+        # snapshot is marked stale or replaced. Only with a feed: without one, validity is per
+        # snapshot, and the snapshot's own memo serves. A spill (under the lock) empties both.
+        self._placed = self._memos.placed
+        self._memos.budget.spill = self._spill_subjects
         self._outage = Outage()
         # (the feed's vouched_at, the expiry it grants): see `_extend`.
         self._lease: tuple[float, float] = (-math.inf, -math.inf)
         self.reads = 0  # database reads made, for tests and benchmarks
         self._feed = feed
+        self._vouching: ChangeFeed | _NoFeed = feed if feed is not None else _NoFeed()
         self._unsubscribe = feed.subscribe(self._on_changes) if feed is not None else None
         ROUTERS.add(self)
 
@@ -90,13 +100,20 @@ class Router:
         Raises TenantNotFound (InvalidInput for a malformed name), InvariantViolation, or
         RoutingUnavailable when the database cannot be read and no usable split is known.
         """
+        if subject is not None:
+            model = self._placed.get((tenant, subject))
+            # Placed on the tenant's current split, which the feed vouches for (see _extend).
+            if model is not None and self._clock() < self._vouching.vouched_at + self._staleness:
+                return model
         snapshot = self._by_name.get(tenant)
-        if snapshot is not None:
-            now = self._clock()
+        if snapshot is None or not (
             # Within its bound, or untouched while the feed vouches for the changes since.
-            if now < snapshot.expires or self._extend(snapshot, now):
-                return snapshot.pick(subject)
-        return self._current(tenant).pick(subject)
+            (now := self._clock()) < snapshot.expires or self._extend(snapshot, now)
+        ):
+            snapshot = self._current(tenant)
+        if subject is None or snapshot.only is not None or self._feed is None:
+            return snapshot.pick(subject)
+        return self._place(tenant, subject, snapshot)
 
     def snapshot(self, tenant: str) -> Snapshot:
         """The tenant's current snapshot (refreshed first if due)."""
@@ -135,14 +152,18 @@ class Router:
             self._learned.append((self._generation, None, math.inf))
             for snapshot in self._snapshots.values():
                 snapshot.current, snapshot.expires = False, -math.inf
+            self._memos.forget_placed(None)
             return
         generations = tenant_ids if isinstance(tenant_ids, Mapping) else {}
         for tenant_id in tenant_ids:
             generation = generations.get(tenant_id, math.inf)
             self._learned.append((self._generation, tenant_id, generation))
             held = self._snapshots.get(tenant_id)
-            if held is not None and held.generation < generation:
-                held.current, held.expires = False, -math.inf
+            if held is None or held.generation < generation:
+                # Also without a snapshot: one evicted may have left placed subjects.
+                self._memos.forget_placed(tenant_id)
+                if held is not None:
+                    held.current, held.expires = False, -math.inf
 
     def _overtaken(self, since: int, tenant_id: uuid.UUID, generation: int) -> bool:
         """Whether a read that began at `since` and found `generation` missed a change learned
@@ -176,6 +197,33 @@ class Router:
                 snapshot.verified_at = vouched
             snapshot.expires = lease[1]
         return True
+
+    # -- placed subjects ---------------------------------------------------------------------
+
+    def _place(self, tenant: Any, subject: str, snapshot: Snapshot) -> str | None:
+        """The subject's model on a split of several versions (or none), remembered in the flat
+        memo while `snapshot` is its tenant's current one."""
+        key = (tenant, subject)
+        with self._lock:
+            held = self._snapshots.get(snapshot.tenant_id) is snapshot and snapshot.current
+            model = self._placed.get(key) if held else None
+        if model is not None:
+            return model
+        if not snapshot.model_ids:
+            return None
+        model = snapshot.place(subject)
+        if not held or type(subject) is not str or tenant not in self._aliases:
+            return model
+        with self._lock:
+            # Checked again: a change learned meanwhile must not leave an entry behind.
+            if self._snapshots.get(snapshot.tenant_id) is snapshot and snapshot.current:
+                self._memos.place(key, snapshot.tenant_id, model)
+        return model
+
+    def _spill_subjects(self) -> None:
+        """The subject budget is spent: every memo of placed subjects starts over."""
+        with self._lock:
+            self._memos.spill_subjects()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -226,13 +274,14 @@ class Router:
                                    now + self._staleness)  # fmt: skip
                 if tenant_id is not None:
                     self._memos.drop(tenant_id)
+                    self._memos.forget_placed(tenant_id)
             raise
         except SQLAlchemyError as error:
             self._outage.failed(error, now)
             return self._last_known(tenant, tenant_id, previous, now, type(error).__name__)
         self._recovered(now)
         if previous is not None and previous.signature == signature_of(rows):
-            snapshot = previous  # same split: keep the snapshot and its memo of placed subjects
+            snapshot = previous  # same split: keep the snapshot and its memos of placed subjects
         else:
             snapshot = build_snapshot(found_id, rows, now, now + self._staleness,
                                       slug=slug, budget=self._memos.budget)  # fmt: skip
@@ -243,6 +292,8 @@ class Router:
             snapshot.loaded_at = snapshot.verified_at = now
             snapshot.expires, snapshot.generation = now + self._staleness, tenant_generation
             snapshot.current = True
+            if snapshot is not previous:  # another split, or the first read: its own subjects
+                self._memos.forget_placed(found_id)
             self._memos.store(snapshot, previous)
             self._memos.remember("aliases", tenant, found_id)
             self._memos.remember("aliases", slug, found_id)
@@ -303,13 +354,19 @@ class Router:
             previous = next((s for s in known if s.slug == tenant), None)
         if previous is None:
             raise RoutingUnavailable(str(tenant), f"{reason}, and its split was never read")
-        age = now - previous.verified_at
+        verified_at = previous.verified_at
+        if previous.current and self._feed is not None:
+            # Calls answered from the flat memo leave verified_at behind: the split was still
+            # known current when the feed last vouched.
+            verified_at = max(verified_at, self._feed.vouched_at)
+        age = now - verified_at
         if age > self._max_stale:
             raise RoutingUnavailable(
                 str(tenant), f"{reason}, and its last known split is {age:.0f} s old"
             )
         with self._lock:  # served as it is until the next attempt
             retry_at = max(self._outage.retry_at, now)
+            previous.verified_at = max(previous.verified_at, verified_at)
             previous.expires = min(retry_at, previous.verified_at + self._max_stale)
         self._outage.served(previous.tenant_id, previous.slug or str(tenant), age, reason)
         return previous
@@ -322,6 +379,12 @@ class Router:
             for tenant_id in served:  # re-read at their next call, not at their retry time
                 if (snapshot := self._snapshots.get(tenant_id)) is not None:
                     snapshot.expires = -math.inf
+
+
+class _NoFeed:
+    """What a Router without a feed reads for its vouch: never."""
+
+    vouched_at = -math.inf
 
 
 # Every Router of the process, for `registry.routing.forget_tenant`.

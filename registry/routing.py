@@ -39,8 +39,15 @@ Guarantees:
 - **Bounded memory.** Snapshots are keyed by the tenant's id: a tenant named by its slug, or by
   its id spelled in any way `uuid.UUID` reads (case, dashes, braces, `urn:uuid:`), has one
   snapshot and costs one read. Names are mapped to ids through a memo, unknown names are
-  remembered for `staleness`, placed subjects per snapshot; each memo is bounded in bytes and
-  starts over when full, snapshots are evicted oldest-read first.
+  remembered for `staleness`, placed subjects (of splits of several versions) in one memo per
+  Router keyed by (name, subject); each memo is bounded in bytes and starts over when full,
+  snapshots are evicted oldest-read first.
+
+A hot call with a subject is one lookup in that flat memo and a check of the feed's vouch: its
+cost hardly grows with the number of tenants, since it touches no per-tenant object. An entry
+stands for its tenant's current snapshot and is dropped whenever that snapshot is marked stale or
+replaced (a change learned, an own commit, a resync), so the guarantees above hold unchanged;
+without a vouching feed, calls go through the snapshot and its own expiry.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
+from typing import Any
 
 from registry.errors import InvariantViolation
 
@@ -198,6 +199,11 @@ def signature_of(rows: Sequence[VersionRow]) -> tuple[VersionRow, ...]:
 # id object), and of a snapshot.
 NAME_ENTRY_BYTES = 240
 SNAPSHOT_BASE_BYTES = 2048
+# Bytes a placed subject of the flat memo costs beyond its name's and subject's own sizes: the key
+# tuple, the dict slot and index, its place in its tenant's list.
+PLACED_ENTRY_BYTES = 160
+
+PlacedKey = tuple[Any, str]  # (the tenant's name as called, the subject)
 SNAPSHOT_VERSION_BYTES = 320
 
 
@@ -215,6 +221,10 @@ class Memos:
         # the call down the slow path.
         self.by_name: dict[object, Snapshot] = {}
         self.missing: dict[object, float] = {}
+        # The Router's flat memo of placed subjects, (name, subject) -> model id, with each
+        # tenant's keys so that a change of the tenant drops exactly its entries.
+        self.placed: dict[PlacedKey, str] = {}
+        self._placed_by_tenant: dict[uuid.UUID, list[PlacedKey]] = {}
         self.budget = MemoBudget(subject_bytes, self.spill_subjects)
         self._name_limit, self._snapshot_limit = name_bytes, snapshot_bytes
         self._bytes = {"snapshots": 0, "aliases": 0, "missing": 0}
@@ -258,7 +268,29 @@ class Memos:
             self.by_name.clear()
         self._bytes[memo] = 0
 
+    def place(self, key: PlacedKey, tenant_id: uuid.UUID, model: str) -> None:
+        """Remember a placed subject in the flat memo, on the shared subject budget."""
+        cost = PLACED_ENTRY_BYTES + sys.getsizeof(key[0]) + sys.getsizeof(key[1])
+        if cost > self.budget.limit or key in self.placed:
+            return
+        if self.budget.used + cost > self.budget.limit:
+            self.budget.spill()
+        self.placed[key] = model
+        self._placed_by_tenant.setdefault(tenant_id, []).append(key)
+        self.budget.used += cost
+
+    def forget_placed(self, tenant_id: uuid.UUID | None) -> None:
+        """Drop the tenant's placed subjects (everyone's when None). Their bytes stay counted
+        until the budget spills: a change is rare, a recount per change is not needed."""
+        if tenant_id is None:
+            self.placed.clear()
+            self._placed_by_tenant.clear()
+            return
+        for key in self._placed_by_tenant.pop(tenant_id, ()):
+            self.placed.pop(key, None)
+
     def spill_subjects(self) -> None:
+        self.forget_placed(None)
         for snapshot in list(self.snapshots.values()):
             snapshot.forget_subjects()
         self.budget.used = 0

@@ -225,3 +225,83 @@ def test_subscription_merges_and_bounds_what_waits() -> None:
         feed._publish(ChangeBatch({c: 6}))  # a third tenant waiting: one resync instead
         assert changes.get(timeout=1) == ChangeBatch({}, resync=True)
     assert feed.closed
+
+
+def _split(url: str, slug: str, canary: int) -> tuple[str, str]:
+    m1, m2 = _two_versions(url, slug)
+    with unit_of_work(url) as session:
+        versions.promote(session, slug, 2, canary)
+    return m1, m2
+
+
+def test_placed_subjects_are_served_while_the_feed_vouches(db_url: str) -> None:
+    m1, _ = _split(db_url, "acme", 30)
+    clock, feed = Clock(), _Feed(1.0)
+    router = Router(session_factory(db_url), staleness=1.0, clock=clock, feed=feed)
+    feed.vouched_at = clock.now
+    subjects = [f"user-{n}" for n in range(200)]
+    picks = {s: router.resolve("acme", s) for s in subjects}
+    assert len(router._placed) == 200  # placed in the Router's flat memo
+    reads = router.reads
+    for _ in range(5):  # the feed keeps vouching: no read, the same picks
+        clock.now += 1.0
+        feed.vouched_at = clock.now - 0.5
+        assert {s: router.resolve("acme", s) for s in subjects} == picks
+    assert router.reads == reads
+
+    # A change the feed delivers: the next calls answer from the new split.
+    with unit_of_work(db_url) as session:
+        tenant_id = versions.find_tenant(session, "acme").id
+    _promote_in_another_process(db_url, "acme", 2)  # v2 to 100%, with no own-write hook here
+    feed._publish(ChangeBatch({tenant_id: 10**9}))
+    fresh = Router(session_factory(db_url), staleness=3600)
+    moved = {s: router.resolve("acme", s) for s in subjects}
+    assert moved == {s: fresh.resolve("acme", s) for s in subjects} != picks
+    assert router.reads == reads + 1
+
+    # An own commit: seen by the very next call, before any notice of the feed.
+    with unit_of_work(db_url) as session:
+        versions.promote(session, "acme", 1, 100)
+    assert {router.resolve("acme", s) for s in subjects} == {m1}
+
+    # The feed stops vouching: within `staleness` the snapshot is read again, as without a feed.
+    reads = router.reads
+    clock.now += 1.01
+    router.resolve("acme", subjects[0])
+    assert router.reads == reads + 1
+
+
+def test_placed_subjects_are_bounded_by_bytes_with_a_feed(db_url: str) -> None:
+    _split(db_url, "acme", 30)
+    clock, feed = Clock(), _Feed(1.0)
+    router = Router(session_factory(db_url), staleness=1.0, clock=clock, feed=feed,
+                    subject_memo_bytes=200_000)  # fmt: skip
+    feed.vouched_at = clock.now
+    fresh = Router(session_factory(db_url), staleness=3600)
+    long_subjects = [f"{n:06d}-" + "s" * 2000 for n in range(1000)]  # 2 MB of subjects
+    for subject in long_subjects:
+        assert router.resolve("acme", subject) == fresh.snapshot("acme").place(subject)
+        assert router.memo_bytes["subjects"] <= 200_000
+    assert [router.resolve("acme", s) for s in long_subjects[:50]] == [
+        fresh.resolve("acme", s) for s in long_subjects[:50]
+    ]
+    assert len(router._placed) * 2000 <= 200_000
+
+
+def test_last_known_split_counts_its_age_from_the_last_vouch(db_url: str) -> None:
+    _split(db_url, "other", 30)
+    clock, feed = Clock(), _Feed(1.0)
+    sessions = FlakySessions(session_factory(db_url))
+    router = Router(sessions, staleness=1.0, clock=clock, feed=feed, max_stale=10)  # type: ignore[arg-type]
+    feed.vouched_at = clock.now
+    placed = router.resolve("other", "user-1")
+    for _ in range(30):  # 30 s answered from the flat memo, the feed vouching all along
+        clock.now += 1.0
+        feed.vouched_at = clock.now
+        assert router.resolve("other", "user-1") == placed
+    sessions.down = True  # the database goes, and the feed with it
+    clock.now += 5.0
+    assert router.resolve("other", "user-1") == placed  # 5 s since the last vouch: served
+    clock.now += 6.0
+    with pytest.raises(RoutingUnavailable, match="old"):
+        router.resolve("other", "user-1")
