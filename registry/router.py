@@ -204,15 +204,15 @@ class Router:
         """The subject's model on a split of several versions (or none), remembered in the flat
         memo while `snapshot` is its tenant's current one."""
         key = (tenant, subject)
-        with self._lock:
-            held = self._snapshots.get(snapshot.tenant_id) is snapshot and snapshot.current
-            model = self._placed.get(key) if held else None
+        # Entries stand for the tenant's current snapshot only (dropped when it is replaced or
+        # marked stale), and `snapshot` was just found current: a hit needs no lock.
+        model = self._placed.get(key) if snapshot.current else None
         if model is not None:
             return model
         if not snapshot.model_ids:
             return None
         model = snapshot.place(subject)
-        if not held or type(subject) is not str or tenant not in self._aliases:
+        if not snapshot.current or type(subject) is not str or tenant not in self._aliases:
             return model
         with self._lock:
             # Checked again: a change learned meanwhile must not leave an entry behind.

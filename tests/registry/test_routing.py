@@ -5,6 +5,7 @@ are property-tested in test_properties.py.)"""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -228,8 +229,11 @@ def test_staleness_must_be_a_number_of_seconds(sessions: sessionmaker[Session]) 
 def test_each_version_gets_its_share_of_subjects() -> None:
     """Rendezvous picks split subjects by weight (within a point), and draws without a subject
     split requests by weight."""
+    # Fixed ids and a seeded draw: within a point is four standard deviations at 40,000 picks,
+    # which random ids and draws miss about once in a few thousand runs.
+    random.seed(228)
     for shares in ((90, 10), (75, 25), (50, 30, 20), (40, 30, 20, 5, 5), (99, 1)):
-        rows = [(uuid.uuid4(), n + 1, f"m{n + 1}", s) for n, s in enumerate(shares)]
+        rows = [(uuid.UUID(int=n + 1), n + 1, f"m{n + 1}", s) for n, s in enumerate(shares)]
         snapshot = build_snapshot(uuid.uuid4(), rows, 0.0)
         subjects = Counter(snapshot.pick(f"subject-{i}") for i in range(40_000))
         draws = Counter(snapshot.pick() for _ in range(40_000))
