@@ -1,6 +1,6 @@
 """The routing change feed: which tenants' splits changed, learned once per process.
 
-Every change of a tenant's traffic goes through `versions.check_and_audit`, which calls
+Every change of a tenant's traffic goes through `splits.check_and_audit`, which calls
 `note_change` in the change's own transaction, under the tenant's lock. That bumps the tenant's
 row in `ai_routing_generations` and, on PostgreSQL, queues `NOTIFY ftdeploy_routing, '<tenant
 id> <generation>'`. Both take effect with the commit and vanish with a rollback (a savepoint's
@@ -87,7 +87,7 @@ Callback = Callable[[ChangeBatch], None]
 def note_change(session: Session, tenant_id: uuid.UUID) -> int:
     """Record in this transaction that the tenant's split changed; returns its new generation.
 
-    Call with the tenant locked (as `versions.check_and_audit` does): its generation then grows
+    Call with the tenant locked (as `splits.check_and_audit` does): its generation then grows
     strictly from one change to the next. The generation is one more than the highest of any
     tenant, so on SQLite (one writer at a time) it also grows in commit order. On PostgreSQL
     a notification is queued, delivered to every listener when the transaction commits.

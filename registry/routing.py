@@ -18,7 +18,7 @@ Guarantees:
   connection dropped, the database is slow), a snapshot older than `staleness` is re-read before
   it is served, as without a feed. After the feed reconnects, every snapshot is re-read once.
 - **Read your own writes.** When this process commits a change of a tenant's traffic
-  (`versions.check_and_audit` registers `forget_tenant` with `registry.db.after_commit`), every
+  (`splits.check_and_audit` registers `forget_tenant` with `registry.db.after_commit`), every
   Router in the process marks that tenant's snapshot stale right after the commit: the next call
   sees the change. A read
   that was under way when a change was learned is used for its own call but not kept.
@@ -148,6 +148,6 @@ def change_feed() -> ChangeFeed:
 def forget_tenant(tenant_id: uuid.UUID, generation: float = math.inf) -> None:
     """Mark the tenant's snapshot stale in every Router of this process (one already read at
     `generation` or later is spared): the next call reads the split afresh.
-    `versions.check_and_audit` registers this to run after the change commits."""
+    `splits.check_and_audit` registers this to run after the change commits."""
     for router in list(ROUTERS):
         router.invalidate({tenant_id: generation})
