@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import fields
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
@@ -253,33 +254,20 @@ def reconcile_events() -> int:
     settings = get_settings()
     grace = timedelta(seconds=settings.reconcile_grace_seconds)
     stalled_after = timedelta(seconds=2 * settings.visibility_timeout_seconds)
-    with unit_of_work() as session:
-        found = events.reconcile(session, grace=grace, stalled_after=stalled_after)
-    if found.unsent or found.stalled:
-        event(log, "events.reconciled", unsent=len(found.unsent), stalled=len(found.stalled))
-    with unit_of_work() as session:
-        stranded = stranded_operations.reconcile(session, grace=grace, stalled_after=stalled_after)
-    if stranded.expired or stranded.unsent or stranded.stalled:
-        event(
-            log,
-            "operations.reconciled",
-            expired=len(stranded.expired),
-            unsent=len(stranded.unsent),
-            stalled=len(stranded.stalled),
-        )
-    with unit_of_work() as session:
-        resumed = resumes.reconcile(session, grace=grace, stalled_after=stalled_after)
-    if resumed.unsent or resumed.stalled or resumed.ended:
-        event(
-            log,
-            "resumes.reconciled",
-            unsent=len(resumed.unsent),
-            stalled=len(resumed.stalled),
-            ended=len(resumed.ended),
-        )
-    total = len(found.unsent) + len(found.stalled)
-    total += len(stranded.expired) + len(stranded.unsent) + len(stranded.stalled)
-    return total + len(resumed.unsent) + len(resumed.stalled) + len(resumed.ended)
+    total = 0
+    for what, reconcile in (
+        ("events", events.reconcile),
+        ("operations", stranded_operations.reconcile),
+        ("resumes", resumes.reconcile),
+    ):
+        with unit_of_work() as session:
+            found = reconcile(session, grace=grace, stalled_after=stalled_after)
+        # Each result is a dataclass of id lists (unsent, stalled, expired, ended, ...).
+        counts = {field.name: len(getattr(found, field.name)) for field in fields(found)}
+        if any(counts.values()):
+            event(log, f"{what}.reconciled", **counts)
+        total += sum(counts.values())
+    return total
 
 
 @app.task(name="ftdeploy.record_outcomes", bind=True, max_retries=10)
