@@ -9,7 +9,7 @@ import pytest
 
 from tests import services
 from tests.harness import fresh_broker_url, reset_settings, use_env, worker_env
-from tests.worker.cli_support import cli_db  # noqa: F401  (a fixture for every CLI test)
+from tests.worker.cli_support import broker_down, cli_db  # noqa: F401  (fixtures for CLI tests)
 from worker.demo.fake_openai import FakeOpenAI
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import redis
@@ -16,10 +16,7 @@ from registry import deployments
 from registry.db import unit_of_work
 from registry.jobs import resumes
 from registry.models import DeploymentStatus, Evaluation
-from tests import services
 from tests.factories import make_run, make_tenant
-from tests.harness import fresh_broker_url, reset_settings
-from tests.server_process import free_port
 from tests.worker.cli_support import run
 from worker.cli import output
 
@@ -34,48 +31,34 @@ def _waiting_run(url: str) -> str:
 
 
 def test_item5_broker_down_when_an_evaluation_is_recorded_is_one_line_then_the_reconciler_sends_it(
-    pg_url: str,
-    redis_service: services.Service,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    pg_url: str, broker_down: Callable[[], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FTDEPLOY_DATABASE_URL", pg_url)
-    monkeypatch.setenv("FTDEPLOY_DATA_DIR", str(tmp_path / "data"))
-    # Nothing listens there: the broker is down.
-    monkeypatch.setenv("FTDEPLOY_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
-    reset_settings()
-    try:
-        job_id = _waiting_run(pg_url)
-        code, out, err = run(capsys, "evaluation", "record", job_id, "--recommendation", "approve")
-        assert code == output.NOT_SENT and out == ""
-        assert len(err.splitlines()) == 1, err
-        assert "Traceback" not in err and "broker is unavailable" in err
-        assert "reconciler sends its resume when the broker is back" in err
-        evaluation_id = uuid.UUID(err.split("evaluation ", 1)[1].split()[0])
-        # Without a resume there is nothing to send: recorded, and the command succeeds.
-        code, out, err = run(
-            capsys, "evaluation", "record", job_id, "--recommendation", "approve",
-            "--no-resume", "--json",
-        )  # fmt: skip
-        assert code == output.OK, err
-        quiet = uuid.UUID(json.loads(out)["evaluation_id"])
-        with unit_of_work(pg_url) as session:
-            stored = session.get_one(Evaluation, evaluation_id)
-            assert stored.resume_requested_at is not None and stored.resume_sent_at is None
-            assert session.get_one(Evaluation, quiet).resume_requested_at is None
+    job_id = _waiting_run(pg_url)
+    code, out, err = run(capsys, "evaluation", "record", job_id, "--recommendation", "approve")
+    assert code == output.NOT_SENT and out == ""
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and "broker is unavailable" in err
+    assert "reconciler sends its resume when the broker is back" in err
+    evaluation_id = uuid.UUID(err.split("evaluation ", 1)[1].split()[0])
+    # Without a resume there is nothing to send: recorded, and the command succeeds.
+    code, out, err = run(
+        capsys, "evaluation", "record", job_id, "--recommendation", "approve",
+        "--no-resume", "--json",
+    )  # fmt: skip
+    assert code == output.OK, err
+    quiet = uuid.UUID(json.loads(out)["evaluation_id"])
+    with unit_of_work(pg_url) as session:
+        stored = session.get_one(Evaluation, evaluation_id)
+        assert stored.resume_requested_at is not None and stored.resume_sent_at is None
+        assert session.get_one(Evaluation, quiet).resume_requested_at is None
 
-        # The broker is back: beat's reconciler sends it (once past its grace period).
-        broker = fresh_broker_url(redis_service.url)
-        monkeypatch.setenv("FTDEPLOY_BROKER_URL", broker)
-        reset_settings()
-        with unit_of_work(pg_url) as session:
-            found = resumes.reconcile(session, grace=timedelta(0), stalled_after=timedelta(hours=2))
-        assert found == resumes.Reconciled([evaluation_id], [], [])
-        with unit_of_work(pg_url) as session:
-            assert session.get_one(Evaluation, evaluation_id).resume_sent_at is not None
-        queued = redis.Redis.from_url(broker).lrange("ftdeploy", 0, -1)
-        assert len(queued) == 1 and str(evaluation_id).encode() in queued[0]
-        assert b"ftdeploy.evaluation_recorded" in queued[0]
-    finally:
-        reset_settings()
+    # The broker is back: beat's reconciler sends it (once past its grace period).
+    broker = broker_down()  # brings a broker back
+    with unit_of_work(pg_url) as session:
+        found = resumes.reconcile(session, grace=timedelta(0), stalled_after=timedelta(hours=2))
+    assert found == resumes.Reconciled([evaluation_id], [], [])
+    with unit_of_work(pg_url) as session:
+        assert session.get_one(Evaluation, evaluation_id).resume_sent_at is not None
+    queued = redis.Redis.from_url(broker).lrange("ftdeploy", 0, -1)
+    assert len(queued) == 1 and str(evaluation_id).encode() in queued[0]
+    assert b"ftdeploy.evaluation_recorded" in queued[0]

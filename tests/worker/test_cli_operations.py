@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import redis
@@ -16,10 +16,7 @@ import redis
 from registry import operations, stranded_operations
 from registry.db import unit_of_work
 from registry.models import OperationStatus
-from tests import services
 from tests.factories import deploy_new, make_tenant
-from tests.harness import fresh_broker_url, reset_settings
-from tests.server_process import free_port
 from tests.worker.cli_support import ok_json, run
 from worker.cli import output
 
@@ -123,43 +120,29 @@ def test_item4_ctrl_c_during_wait_says_in_one_line_how_to_cancel(
 
 
 def test_item5_broker_down_when_queueing_is_one_line_then_the_reconciler_sends_it(
-    pg_url: str,
-    redis_service: services.Service,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    pg_url: str, broker_down: Callable[[], str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("FTDEPLOY_DATABASE_URL", pg_url)
-    monkeypatch.setenv("FTDEPLOY_DATA_DIR", str(tmp_path / "data"))
-    # Nothing listens there: the broker is down.
-    monkeypatch.setenv("FTDEPLOY_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
-    reset_settings()
-    try:
-        _canary_tenant(pg_url)
-        started = time.monotonic()
-        code, out, err = run(capsys, "promote", "acme", "2", "--traffic", "30", "--wait")
-        assert time.monotonic() - started < 60
-        assert code == output.NOT_SENT and out == ""
-        assert len(err.splitlines()) == 1, err
-        assert "Traceback" not in err and "broker is unavailable" in err
-        assert "reconciler sends it when the broker is back" in err
-        with unit_of_work(pg_url) as session:
-            ((operation, _),) = operations.list_operations(session, "acme")
-            assert str(operation.id) in err
-            assert operation.status == OperationStatus.QUEUED and operation.enqueued_at is None
+    _canary_tenant(pg_url)
+    started = time.monotonic()
+    code, out, err = run(capsys, "promote", "acme", "2", "--traffic", "30", "--wait")
+    assert time.monotonic() - started < 60
+    assert code == output.NOT_SENT and out == ""
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err and "broker is unavailable" in err
+    assert "reconciler sends it when the broker is back" in err
+    with unit_of_work(pg_url) as session:
+        ((operation, _),) = operations.list_operations(session, "acme")
+        assert str(operation.id) in err
+        assert operation.status == OperationStatus.QUEUED and operation.enqueued_at is None
 
-        # The broker is back: beat's reconciler sends it (once past its grace period).
-        broker = fresh_broker_url(redis_service.url)
-        monkeypatch.setenv("FTDEPLOY_BROKER_URL", broker)
-        reset_settings()
-        with unit_of_work(pg_url) as session:
-            found = stranded_operations.reconcile(
-                session, grace=timedelta(0), stalled_after=timedelta(hours=2)
-            )
-        assert found.unsent == [operation.id]
-        with unit_of_work(pg_url) as session:
-            assert operations.get_operation(session, operation.id).enqueued_at is not None
-        queued = redis.Redis.from_url(broker).lrange("ftdeploy", 0, -1)
-        assert len(queued) == 1 and str(operation.id).encode() in queued[0]
-    finally:
-        reset_settings()
+    # The broker is back: beat's reconciler sends it (once past its grace period).
+    broker = broker_down()  # brings a broker back
+    with unit_of_work(pg_url) as session:
+        found = stranded_operations.reconcile(
+            session, grace=timedelta(0), stalled_after=timedelta(hours=2)
+        )
+    assert found.unsent == [operation.id]
+    with unit_of_work(pg_url) as session:
+        assert operations.get_operation(session, operation.id).enqueued_at is not None
+    queued = redis.Redis.from_url(broker).lrange("ftdeploy", 0, -1)
+    assert len(queued) == 1 and str(operation.id).encode() in queued[0]
