@@ -36,7 +36,9 @@ from registry.canary.analysis import (
     CanaryState,
     Counts,
     Decision,
+    Ruling,
     decide,
+    rule,
     validate_policy,
 )
 from registry.errors import InvalidInput
@@ -316,14 +318,26 @@ def assess(canaries: Iterable[LiveCanary], now: datetime) -> list[Assessment]:
         if canary.policy is None:
             assessments.append(Assessment(canary, None, canary.policy_error))
             continue
-        state = CanaryState(
-            canary.traffic_percent, canary.step_started_at, canary.canary, canary.stable
-        )
         try:
-            assessments.append(Assessment(canary, decide(state, canary.policy, now), None))
+            assessments.append(Assessment(canary, decide(_state(canary), canary.policy, now), None))
         except InvalidInput as refused:
             assessments.append(Assessment(canary, None, f"cannot decide: {refused}"))
     return assessments
+
+
+def ruling(canary: LiveCanary, now: datetime) -> Ruling | None:
+    """`assess` of one canary without the sentence (None: it cannot be decided), for lists that
+    show only what the next sweep will do. Pure."""
+    if canary.policy is None:
+        return None
+    try:
+        return rule(_state(canary), canary.policy, now)
+    except InvalidInput:
+        return None
+
+
+def _state(canary: LiveCanary) -> CanaryState:
+    return CanaryState(canary.traffic_percent, canary.step_started_at, canary.canary, canary.stable)
 
 
 def samples(canary: LiveCanary) -> int:

@@ -17,7 +17,7 @@ from functools import cached_property
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from registry.canary.canaries import assess, read_live_canaries
+from registry.canary.canaries import read_live_canaries
 from registry.models import (
     Deployment,
     DeploymentPolicy,
@@ -32,7 +32,7 @@ from registry.models import (
     Tenant,
     VersionStatus,
 )
-from registry.views.canary import CanaryPanel, panel
+from registry.views.canary import FleetCanary, fleet_canary
 from registry.views.splits import Share, shares_of
 
 # Failed job events and failed operations ask for attention this long after they ended.
@@ -50,7 +50,7 @@ class FleetRow:
     strategy: str
     auto_promote: bool
     split: Sequence[Share] = ()
-    canary: CanaryPanel | None = None
+    canary: FleetCanary | None = None
     staged: list[int] = field(default_factory=list)  # blue-green versions waiting for a switch
     awaiting_evaluation: int = 0
     failed_events: int = 0
@@ -135,10 +135,10 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
         if row is not None:
             row.split = shares_of(tuple(split))
 
-    for assessment in assess(read_live_canaries(session), now):
-        row = by_id.get(assessment.canary.tenant_id.int)
+    for live in read_live_canaries(session):
+        row = by_id.get(live.tenant_id.int)
         if row is not None:
-            row.canary = panel(assessment, now, explain=False)
+            row.canary = fleet_canary(live, now)
 
     pending = (DeploymentStatus.STAGED, DeploymentStatus.AWAITING_EVALUATION)
     for tenant_id, status, number in read(

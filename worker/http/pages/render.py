@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from registry.errors import FtdeployError
-from registry.views.canary import CanaryPanel
+from registry.views.canary import FleetCanary
 from registry.views.fleet import FleetRow
 from registry.views.splits import Share
 from registry.views.splits import text as split_text
@@ -102,7 +102,7 @@ def _bar(split: tuple[Share, ...], label: str | None) -> Markup:
     )
 
 
-def canary_cell(canary: CanaryPanel | None) -> Markup:
+def canary_cell(canary: FleetCanary | None) -> Markup:
     """The fleet's canary column for one tenant: what it shows depends on a few fields that
     most canaries of a fleet share, so each distinct cell is built once (a fleet page has
     thousands of rows, and escaping each value of each row was a fifth of its render time)."""
