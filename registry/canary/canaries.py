@@ -28,7 +28,18 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Select, String, and_, case, cast, func, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    select,
+)
 from sqlalchemy.orm import Session, aliased
 
 from registry.canary.analysis import (
@@ -98,7 +109,7 @@ class Assessment:
         return self.decision.reason if self.decision is not None else str(self.error)
 
 
-def _live(tenant_id: uuid.UUID | None) -> list[ColumnElement[bool]]:
+def _live(one_tenant: bool) -> list[ColumnElement[bool]]:
     conditions = [
         Deployment.status == DeploymentStatus.ACTIVE,
         Deployment.auto_promote.is_(True),
@@ -107,12 +118,16 @@ def _live(tenant_id: uuid.UUID | None) -> list[ColumnElement[bool]]:
         ModelVersion.status == VersionStatus.PRODUCTION,
         ModelVersion.traffic_percent < 100,
     ]
-    if tenant_id is not None:
-        conditions.append(Deployment.tenant_id == tenant_id)
+    if one_tenant:
+        conditions.append(Deployment.tenant_id == bindparam("tenant_id"))
     return conditions
 
 
-def canaries_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]:
+# Both statements are built once per kind (every canary, or one tenant's, bound to the parameter
+# `tenant_id`): building a statement and its cache key is Python work that each sweep and each
+# fleet page would otherwise repeat, and it does not depend on the data.
+@lru_cache(maxsize=2)
+def canaries_query(one_tenant: bool = False) -> Select[*tuple[Any, ...]]:
     """Each live canary with its tenant and policy (no counts)."""
     policy = DeploymentPolicy
     return (
@@ -139,12 +154,13 @@ def canaries_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...
         .join(ModelVersion, ModelVersion.id == Deployment.version_id)
         .join(Tenant, Tenant.id == Deployment.tenant_id)
         .outerjoin(policy, policy.tenant_id == Deployment.tenant_id)
-        .where(*_live(tenant_id))
+        .where(*_live(one_tenant))
         .order_by(Tenant.slug, ModelVersion.version)
     )
 
 
-def counts_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]:
+@lru_cache(maxsize=2)
+def counts_query(one_tenant: bool = False) -> Select[*tuple[Any, ...]]:
     """Per live canary (by deployment id): the sums of its own buckets in its window (c_<sum>)
     and of the other production versions' buckets in the same window (s_<sum>), in one GROUP BY
     over narrow rows. Canaries without any such bucket have no row (their counts are zero)."""
@@ -176,7 +192,7 @@ def counts_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]
             served,
             and_(served.id == counter.version_id, served.status == VersionStatus.PRODUCTION),
         )
-        .where(*_live(tenant_id))
+        .where(*_live(one_tenant))
         .group_by(Deployment.id)
     )
 
@@ -198,9 +214,10 @@ def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> 
     # adds a third per row, and iterating a result fetches row by row; the fleet page and the
     # sweep read one row per live canary.
     read = session.connection().execute
-    canaries = read(canaries_query(tenant_id)).all()
+    one, params = (False, {}) if tenant_id is None else (True, {"tenant_id": tenant_id})
+    canaries = read(canaries_query(one), params).all()
     # Merged by the deployment id's integer: a UUID's hash and equality are Python code.
-    counts = {row[0].int: row for row in read(counts_query(tenant_id)).all()}
+    counts = {row[0].int: row for row in read(counts_query(one), params).all()}
     return [_canary(row, counts.get(row[0].int)) for row in canaries]
 
 
