@@ -221,22 +221,26 @@ def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> 
     return [_canary(row, counts.get(row[0].int)) for row in canaries]
 
 
-def _side(sums: Any, prefix: str) -> Counts:
+def _sides(sums: Any) -> tuple[Counts, Counts]:
+    """The canary's and the stable side's counts from a row of `counts_query` (None: no row)."""
     if sums is None:
-        return _NO_COUNTS
-    start = _FIRST[prefix]
-    requests, successes, score_sum, score_count, score_sq_sum = sums[start : start + len(_SUMS)]
+        return _NO_COUNTS, _NO_COUNTS
+    n = len(_SUMS)  # after the deployment's id: the canary's sums, then the stable side's
+    return _counts(*sums[1 : 1 + n]), _counts(*sums[1 + n : 1 + 2 * n])
+
+
+def _counts(
+    requests: Any, successes: Any, score_sum: Any, score_count: Any, score_sq_sum: Any
+) -> Counts:
     return Counts(
-        requests=int(requests or 0),
-        successes=int(successes or 0),
-        score_sum=float(score_sum or 0.0),
-        score_count=int(score_count or 0),
-        score_sq_sum=float(score_sq_sum or 0.0),
+        int(requests or 0),
+        int(successes or 0),
+        float(score_sum or 0.0),
+        int(score_count or 0),
+        float(score_sq_sum or 0.0),
     )
 
 
-# Where each side's sums begin in a row of `counts_query` (after the deployment's id).
-_FIRST = {"c": 1, "s": 1 + len(_SUMS)}
 _NO_COUNTS = Counts()
 
 
@@ -252,8 +256,30 @@ def _canary(row: Any, sums: Any) -> LiveCanary:
         threshold, policy_threshold, metric, min_samples, bake_seconds, steps, deadline_seconds,
         auto_rollback, paused,
     ) = row  # fmt: skip
-    policy: CanaryPolicy | None = None
-    error: str | None = None
+    policy, error = _policy(
+        threshold, policy_threshold, metric, min_samples, bake_seconds, steps, deadline_seconds,
+        auto_rollback,
+    )  # fmt: skip
+    canary, stable = _sides(sums)
+    return LiveCanary(
+        deployment_id, tenant_id, slug, version_id, version, traffic_percent, step_started_at,
+        canary, stable, policy, error, bool(paused),
+    )  # fmt: skip
+
+
+@lru_cache(maxsize=1024)  # a fleet shares few policies: each is resolved once, not per canary
+def _policy(
+    threshold: Any,
+    policy_threshold: Any,
+    metric: Any,
+    min_samples: Any,
+    bake_seconds: Any,
+    steps: str | None,
+    deadline_seconds: Any,
+    auto_rollback: Any,
+) -> tuple[CanaryPolicy | None, str | None]:
+    """A canary's policy from its stored columns (defaults for those missing), or why it cannot
+    be used."""
     if threshold is None:
         threshold = policy_threshold
     try:
@@ -267,21 +293,8 @@ def _canary(row: Any, sums: Any) -> LiveCanary:
             _or_default(auto_rollback, "auto_rollback"),
         )
     except InvalidInput as refused:
-        error = f"the tenant's policy cannot be used: {refused}"
-    return LiveCanary(
-        deployment_id=deployment_id,
-        tenant_id=tenant_id,
-        tenant=slug,
-        version_id=version_id,
-        version=version,
-        traffic_percent=traffic_percent,
-        step_started_at=step_started_at,
-        canary=_side(sums, "c"),
-        stable=_side(sums, "s"),
-        policy=policy,
-        policy_error=error,
-        paused=bool(paused),
-    )
+        return None, f"the tenant's policy cannot be used: {refused}"
+    return policy, None
 
 
 @lru_cache(maxsize=1024)  # a fleet shares few policies
