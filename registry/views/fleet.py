@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
@@ -69,29 +69,9 @@ class FleetRow:
     failed_operations: int = 0
     paused: bool = False  # auto-promotion paused (when the registry has pauses)
 
-    @cached_property
-    def attention(self) -> list[str]:
-        """Why this tenant needs an operator, one short sentence each; empty when it does not."""
-        reasons = []
-        if self.canary is not None:
-            if self.canary.action == "error":
-                reasons.append(f"canary v{self.canary.version} cannot be decided")
-            elif self.canary.near_deadline:
-                reasons.append(f"canary v{self.canary.version} is near its deadline")
-            elif self.canary.waiting_for_data:
-                reasons.append(f"canary v{self.canary.version} is holding for data")
-        reasons += [f"v{v} is staged, waiting for its switch" for v in self.staged]
-        if self.awaiting_evaluation:
-            reasons.append(f"{_count(self.awaiting_evaluation, 'deployment')} awaiting evaluation")
-        if self.failed_events:
-            reasons.append(f"{_count(self.failed_events, 'failed job event')} in the last day")
-        if self.open_operations:
-            reasons.append(f"{_count(self.open_operations, 'operation')} queued or running")
-        if self.failed_operations:
-            reasons.append(f"{_count(self.failed_operations, 'operation')} failed in the last day")
-        if self.paused:
-            reasons.append("auto-promotion is paused")
-        return reasons
+    # Why this tenant needs an operator, one short sentence each; empty when it does not. Set
+    # once the row is complete (`_attention`).
+    attention: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -102,6 +82,30 @@ class Fleet:
     @property
     def attention(self) -> list[FleetRow]:
         return [row for row in self.rows if row.attention]
+
+
+def _attention(row: FleetRow) -> list[str]:
+    """Why the tenant of a complete row needs an operator, one short sentence each."""
+    reasons = []
+    if row.canary is not None:
+        if row.canary.action == "error":
+            reasons.append(f"canary v{row.canary.version} cannot be decided")
+        elif row.canary.near_deadline:
+            reasons.append(f"canary v{row.canary.version} is near its deadline")
+        elif row.canary.waiting_for_data:
+            reasons.append(f"canary v{row.canary.version} is holding for data")
+    reasons += [f"v{v} is staged, waiting for its switch" for v in row.staged]
+    if row.awaiting_evaluation:
+        reasons.append(f"{_count(row.awaiting_evaluation, 'deployment')} awaiting evaluation")
+    if row.failed_events:
+        reasons.append(f"{_count(row.failed_events, 'failed job event')} in the last day")
+    if row.open_operations:
+        reasons.append(f"{_count(row.open_operations, 'operation')} queued or running")
+    if row.failed_operations:
+        reasons.append(f"{_count(row.failed_operations, 'operation')} failed in the last day")
+    if row.paused:
+        reasons.append("auto-promotion is paused")
+    return reasons
 
 
 def _count(n: int, noun: str) -> str:
@@ -153,6 +157,8 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
     since = {"since": now - ATTENTION_WINDOW}
     _failed_events(read(statements.failed_events, since), rows)
     _operations(read(statements.operations, within | since), rows)
+    for row in rows.values():
+        row.attention = _attention(row)
     return Fleet(list(rows.values()), now)
 
 
