@@ -14,8 +14,8 @@ so up to one bucket (`FTDEPLOY_OUTCOME_BUCKET_SECONDS`) of each step's outcomes 
 
 `read_live_canaries` gathers every live canary with both sides' counts in TWO statements (the
 canaries; the sums with GROUP BY over a join of deployments, versions and counters), however
-many canaries there are; `assess` decides each with `analysis.decide`. Both only read; neither
-takes a lock.
+many canaries there are; `assess` decides each with `analysis.decide` (`ruling`: the same
+decision without its sentence, `analysis.rule`). They only read; none takes a lock.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """One live canary, explained: what it has seen since its step began, the bounds and the test
 the sweep applies, the limits it must reach, and what the next sweep will do and why — the same
-read (`read_live_canaries`), decision (`assess`) and words as `ftdeploy status`."""
+read (`read_live_canaries`), decision (`assess`) and words as `ftdeploy status`. The fleet's
+list shows less of each canary (`FleetCanary`): the same decision (`ruling`), without its words."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class CanaryPanel:
 
     @property
     def state(self) -> str:
-        """A few words for the fleet's list."""
+        """A few words on what the next sweep will do (the fleet's list shows the same)."""
         return _state(self.action, self.next_percent, self.near_deadline, self.waiting_for_data)
 
 
