@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
+from typing import NamedTuple
 
 from registry.errors import InvalidInput
 from registry.models import Metric
@@ -81,8 +82,9 @@ class Decision:
     metric_value: float | None  # the canary's observed metric, None with no samples
 
 
-@dataclass(frozen=True, slots=True)
-class _Measure:
+# A named tuple rather than a frozen dataclass, as `Ruling`: one is made per canary per sweep
+# and per fleet page, and a frozen dataclass's __init__ costs about four times as much.
+class _Measure(NamedTuple):
     n: int  # samples that count toward min_samples
     value: float | None  # observed metric, None when n == 0
     upper: float  # one-sided 95% upper bound of the canary's metric (1.0 when unknown)
@@ -179,8 +181,29 @@ def evidence(state: CanaryState, policy: CanaryPolicy) -> Evidence:
     return Evidence(m.n, m.value, lower, m.upper, m.stable_value, m.compared, m.worse)
 
 
+class Ruling(NamedTuple):
+    """Which of `decide`'s rules applies, and what it does, without its sentence: the fleet's
+    list shows only the action, and the words of a thousand canaries are work it does not use."""
+
+    action: Action
+    next_percent: int | None  # STEP: the next step's percent; PROMOTE: 100; else None
+    rule: str  # failing | worse | early_deadline | waiting | passing | late_deadline | inconclusive
+    measure: _Measure
+    elapsed: float  # seconds into the step (0 when the clock is behind its start)
+
+
 def decide(state: CanaryState, policy: CanaryPolicy, now: datetime) -> Decision:
     """What the sweep should do with this canary now. Pure and deterministic.
+
+    Raises InvalidInput for an invalid policy, inconsistent counts or naive datetimes.
+    """
+    ruling = rule(state, policy, now)
+    reason = _sentence(ruling, state, policy)
+    return Decision(ruling.action, reason, ruling.next_percent, ruling.measure.value)
+
+
+def rule(state: CanaryState, policy: CanaryPolicy, now: datetime) -> Ruling:
+    """`decide` without the sentence: the same checks, the same rules, the same action. Pure.
 
     Raises InvalidInput for an invalid policy, inconsistent counts or naive datetimes.
     """
@@ -189,6 +212,49 @@ def decide(state: CanaryState, policy: CanaryPolicy, now: datetime) -> Decision:
     m = _measure(state, policy)
     # A clock behind the step's start (skew between hosts) counts as "just started".
     elapsed = max(0.0, (now - state.step_started_at).total_seconds())
+    threshold = policy.threshold
+
+    # 1. Clearly failing -> roll back now, even before the bake time or the minimum samples are
+    #    reached: a broken canary should not keep serving users for the rest of its bake. Noise is
+    #    kept out by the 95% tests and by the failure floor (see EARLY_ROLLBACK_FAILURES), which
+    #    counts failures rather than requests so that more successes never lead to a rollback.
+    if m.bad >= min(policy.min_samples, EARLY_ROLLBACK_FAILURES) and m.value is not None:
+        if m.upper < threshold:
+            return _fail(policy, "failing", m, elapsed)
+        if m.worse:
+            return _fail(policy, "worse", m, elapsed)
+
+    # 2. Too early to judge: hold (a canary with no data never passes), but not past the deadline.
+    if m.n < policy.min_samples or elapsed < policy.bake_seconds:
+        if elapsed >= policy.deadline_seconds:
+            return _fail(policy, "early_deadline", m, elapsed)
+        return Ruling(Action.HOLD, None, "waiting", m, elapsed)
+
+    # 3. Meets the threshold and is not significantly worse than stable -> next step, or 100%.
+    #    The observed value (not its lower bound) must meet the threshold: requiring the bound
+    #    would stall good canaries near the threshold until the deadline rolled them back.
+    assert m.value is not None  # m.n >= min_samples >= 1
+    if m.value >= threshold and not m.worse:
+        target = next_step(state.traffic_percent, policy.steps)
+        action = Action.PROMOTE if target == 100 else Action.STEP
+        return Ruling(action, target, "passing", m, elapsed)
+
+    # 4. Inconclusive (below the threshold but not clearly failing, or worse than stable on too
+    #    few failures): hold for more data, and roll back once the deadline passes.
+    if elapsed >= policy.deadline_seconds:
+        return _fail(policy, "late_deadline", m, elapsed)
+    return Ruling(Action.HOLD, None, "inconclusive", m, elapsed)
+
+
+def _fail(policy: CanaryPolicy, name: str, m: _Measure, elapsed: float) -> Ruling:
+    """A failing rule: roll back, or hold for an operator when auto-rollback is off."""
+    action = Action.ROLLBACK if policy.auto_rollback else Action.HOLD
+    return Ruling(action, None, name, m, elapsed)
+
+
+def _sentence(ruling: Ruling, state: CanaryState, policy: CanaryPolicy) -> str:
+    """The sentence the audit trail keeps for `ruling`, from the numbers it was decided on."""
+    m, elapsed = ruling.measure, ruling.elapsed
     at, threshold = state.traffic_percent, policy.threshold
     unit = "requests" if policy.metric == Metric.SUCCESS_RATE else "scores"
     name = "success rate" if policy.metric == Metric.SUCCESS_RATE else "mean score"
@@ -199,62 +265,42 @@ def decide(state: CanaryState, policy: CanaryPolicy, now: datetime) -> Decision:
         vs_stable = "stable (no stable data to compare)"
     else:
         vs_stable = "stable (too few scores to compare)"
+    deadline = f"progress deadline of {policy.deadline_seconds:g} s passed"
 
-    # 1. Clearly failing -> roll back now, even before the bake time or the minimum samples are
-    #    reached: a broken canary should not keep serving users for the rest of its bake. Noise is
-    #    kept out by the 95% tests and by the failure floor (see EARLY_ROLLBACK_FAILURES), which
-    #    counts failures rather than requests so that more successes never lead to a rollback.
-    if m.bad >= min(policy.min_samples, EARLY_ROLLBACK_FAILURES) and m.value is not None:
-        if m.upper < threshold:
-            why = f"its 95% upper bound {m.upper:.3f} is below the threshold {threshold:g}"
-            return _fail(policy, at, f"{seen} is clearly failing: {why}", m.value)
-        if m.worse:
-            return _fail(policy, at, f"{seen} is significantly worse than {vs_stable}", m.value)
-
-    # 2. Too early to judge: hold (a canary with no data never passes), but not past the deadline.
-    if m.n < policy.min_samples or elapsed < policy.bake_seconds:
+    if ruling.rule == "passing":
+        return (
+            f"{seen} meets {threshold:g} and is not worse than {vs_stable}; "
+            f"{ruling.action.value} {at}% -> {ruling.next_percent}%"
+        )
+    if ruling.rule == "failing":
+        why = f"its 95% upper bound {m.upper:.3f} is below the threshold {threshold:g}"
+        why = f"{seen} is clearly failing: {why}"
+    elif ruling.rule == "worse":
+        why = f"{seen} is significantly worse than {vs_stable}"
+    elif ruling.rule in ("waiting", "early_deadline"):
         baked = (
             f"{elapsed:.0f} of {policy.bake_seconds:g} s baked"
             if elapsed < policy.bake_seconds
             else "bake done"
         )
         progress = f"{m.n} of {policy.min_samples} {unit}, {baked}, at {at}%"
-        if elapsed >= policy.deadline_seconds:
-            deadline = f"progress deadline of {policy.deadline_seconds:g} s passed"
-            return _fail(policy, at, f"{deadline} with only {progress}", m.value)
-        return Decision(Action.HOLD, f"waiting for data: {progress}", None, m.value)
-
-    # 3. Meets the threshold and is not significantly worse than stable -> next step, or 100%.
-    #    The observed value (not its lower bound) must meet the threshold: requiring the bound
-    #    would stall good canaries near the threshold until the deadline rolled them back.
-    assert m.value is not None  # m.n >= min_samples >= 1
-    if m.value >= threshold and not m.worse:
-        target = next_step(at, policy.steps)
-        action = Action.PROMOTE if target == 100 else Action.STEP
-        reason = (
-            f"{seen} meets {threshold:g} and is not worse than {vs_stable}; "
-            f"{action.value} {at}% -> {target}%"
-        )
-        return Decision(action, reason, target, m.value)
-
-    # 4. Inconclusive (below the threshold but not clearly failing, or worse than stable on too
-    #    few failures): hold for more data, and roll back once the deadline passes.
-    if m.value >= threshold:
-        why = f"{seen} meets {threshold:g} but is significantly worse than {vs_stable}"
-    else:
-        bound = f"95% upper bound {m.upper:.3f}"
-        why = f"{seen} is below {threshold:g} but not clearly failing ({bound})"
-    if elapsed >= policy.deadline_seconds:
-        deadline = f"progress deadline of {policy.deadline_seconds:g} s passed"
-        return _fail(policy, at, f"{deadline} and {why}", m.value)
-    return Decision(Action.HOLD, f"{why}; holding at {at}%", None, m.value)
-
-
-def _fail(policy: CanaryPolicy, at: int, reason: str, value: float | None) -> Decision:
+        if ruling.rule == "waiting":
+            return f"waiting for data: {progress}"
+        why = f"{deadline} with only {progress}"
+    else:  # inconclusive, before or past the deadline
+        assert m.value is not None
+        if m.value >= threshold:
+            why = f"{seen} meets {threshold:g} but is significantly worse than {vs_stable}"
+        else:
+            bound = f"95% upper bound {m.upper:.3f}"
+            why = f"{seen} is below {threshold:g} but not clearly failing ({bound})"
+        if ruling.rule == "inconclusive":
+            return f"{why}; holding at {at}%"
+        why = f"{deadline} and {why}"
+    # A failing rule's action.
     if policy.auto_rollback:
-        return Decision(Action.ROLLBACK, f"{reason}; roll back from {at}%", None, value)
-    reason = f"{reason}; auto-rollback is off, holding at {at}% for an operator"
-    return Decision(Action.HOLD, reason, None, value)
+        return f"{why}; roll back from {at}%"
+    return f"{why}; auto-rollback is off, holding at {at}% for an operator"
 
 
 def next_step(current: int, steps: tuple[int, ...]) -> int:

@@ -14,8 +14,8 @@ so up to one bucket (`FTDEPLOY_OUTCOME_BUCKET_SECONDS`) of each step's outcomes 
 
 `read_live_canaries` gathers every live canary with both sides' counts in TWO statements (the
 canaries; the sums with GROUP BY over a join of deployments, versions and counters), however
-many canaries there are; `assess` decides each with `analysis.decide`. Both only read; neither
-takes a lock.
+many canaries there are; `assess` decides each with `analysis.decide` (`ruling`: the same
+decision without its sentence, `analysis.rule`). They only read; none takes a lock.
 """
 
 from __future__ import annotations
@@ -28,7 +28,18 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Select, String, and_, case, cast, func, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    select,
+)
 from sqlalchemy.orm import Session, aliased
 
 from registry.canary.analysis import (
@@ -36,7 +47,9 @@ from registry.canary.analysis import (
     CanaryState,
     Counts,
     Decision,
+    Ruling,
     decide,
+    rule,
     validate_policy,
 )
 from registry.errors import InvalidInput
@@ -96,7 +109,7 @@ class Assessment:
         return self.decision.reason if self.decision is not None else str(self.error)
 
 
-def _live(tenant_id: uuid.UUID | None) -> list[ColumnElement[bool]]:
+def _live(one_tenant: bool) -> list[ColumnElement[bool]]:
     conditions = [
         Deployment.status == DeploymentStatus.ACTIVE,
         Deployment.auto_promote.is_(True),
@@ -105,12 +118,16 @@ def _live(tenant_id: uuid.UUID | None) -> list[ColumnElement[bool]]:
         ModelVersion.status == VersionStatus.PRODUCTION,
         ModelVersion.traffic_percent < 100,
     ]
-    if tenant_id is not None:
-        conditions.append(Deployment.tenant_id == tenant_id)
+    if one_tenant:
+        conditions.append(Deployment.tenant_id == bindparam("tenant_id"))
     return conditions
 
 
-def canaries_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]:
+# Both statements are built once per kind (every canary, or one tenant's, bound to the parameter
+# `tenant_id`): building a statement and its cache key is Python work that each sweep and each
+# fleet page would otherwise repeat, and it does not depend on the data.
+@lru_cache(maxsize=2)
+def canaries_query(one_tenant: bool = False) -> Select[*tuple[Any, ...]]:
     """Each live canary with its tenant and policy (no counts)."""
     policy = DeploymentPolicy
     return (
@@ -137,12 +154,13 @@ def canaries_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...
         .join(ModelVersion, ModelVersion.id == Deployment.version_id)
         .join(Tenant, Tenant.id == Deployment.tenant_id)
         .outerjoin(policy, policy.tenant_id == Deployment.tenant_id)
-        .where(*_live(tenant_id))
+        .where(*_live(one_tenant))
         .order_by(Tenant.slug, ModelVersion.version)
     )
 
 
-def counts_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]:
+@lru_cache(maxsize=2)
+def counts_query(one_tenant: bool = False) -> Select[*tuple[Any, ...]]:
     """Per live canary (by deployment id): the sums of its own buckets in its window (c_<sum>)
     and of the other production versions' buckets in the same window (s_<sum>), in one GROUP BY
     over narrow rows. Canaries without any such bucket have no row (their counts are zero)."""
@@ -174,7 +192,7 @@ def counts_query(tenant_id: uuid.UUID | None = None) -> Select[*tuple[Any, ...]]
             served,
             and_(served.id == counter.version_id, served.status == VersionStatus.PRODUCTION),
         )
-        .where(*_live(tenant_id))
+        .where(*_live(one_tenant))
         .group_by(Deployment.id)
     )
 
@@ -196,28 +214,33 @@ def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> 
     # adds a third per row, and iterating a result fetches row by row; the fleet page and the
     # sweep read one row per live canary.
     read = session.connection().execute
-    canaries = read(canaries_query(tenant_id)).all()
+    one, params = (False, {}) if tenant_id is None else (True, {"tenant_id": tenant_id})
+    canaries = read(canaries_query(one), params).all()
     # Merged by the deployment id's integer: a UUID's hash and equality are Python code.
-    counts = {row[0].int: row for row in read(counts_query(tenant_id)).all()}
+    counts = {row[0].int: row for row in read(counts_query(one), params).all()}
     return [_canary(row, counts.get(row[0].int)) for row in canaries]
 
 
-def _side(sums: Any, prefix: str) -> Counts:
+def _sides(sums: Any) -> tuple[Counts, Counts]:
+    """The canary's and the stable side's counts from a row of `counts_query` (None: no row)."""
     if sums is None:
-        return _NO_COUNTS
-    start = _FIRST[prefix]
-    requests, successes, score_sum, score_count, score_sq_sum = sums[start : start + len(_SUMS)]
+        return _NO_COUNTS, _NO_COUNTS
+    n = len(_SUMS)  # after the deployment's id: the canary's sums, then the stable side's
+    return _counts(*sums[1 : 1 + n]), _counts(*sums[1 + n : 1 + 2 * n])
+
+
+def _counts(
+    requests: Any, successes: Any, score_sum: Any, score_count: Any, score_sq_sum: Any
+) -> Counts:
     return Counts(
-        requests=int(requests or 0),
-        successes=int(successes or 0),
-        score_sum=float(score_sum or 0.0),
-        score_count=int(score_count or 0),
-        score_sq_sum=float(score_sq_sum or 0.0),
+        int(requests or 0),
+        int(successes or 0),
+        float(score_sum or 0.0),
+        int(score_count or 0),
+        float(score_sq_sum or 0.0),
     )
 
 
-# Where each side's sums begin in a row of `counts_query` (after the deployment's id).
-_FIRST = {"c": 1, "s": 1 + len(_SUMS)}
 _NO_COUNTS = Counts()
 
 
@@ -233,8 +256,30 @@ def _canary(row: Any, sums: Any) -> LiveCanary:
         threshold, policy_threshold, metric, min_samples, bake_seconds, steps, deadline_seconds,
         auto_rollback, paused,
     ) = row  # fmt: skip
-    policy: CanaryPolicy | None = None
-    error: str | None = None
+    policy, error = _policy(
+        threshold, policy_threshold, metric, min_samples, bake_seconds, steps, deadline_seconds,
+        auto_rollback,
+    )  # fmt: skip
+    canary, stable = _sides(sums)
+    return LiveCanary(
+        deployment_id, tenant_id, slug, version_id, version, traffic_percent, step_started_at,
+        canary, stable, policy, error, bool(paused),
+    )  # fmt: skip
+
+
+@lru_cache(maxsize=1024)  # a fleet shares few policies: each is resolved once, not per canary
+def _policy(
+    threshold: Any,
+    policy_threshold: Any,
+    metric: Any,
+    min_samples: Any,
+    bake_seconds: Any,
+    steps: str | None,
+    deadline_seconds: Any,
+    auto_rollback: Any,
+) -> tuple[CanaryPolicy | None, str | None]:
+    """A canary's policy from its stored columns (defaults for those missing), or why it cannot
+    be used."""
     if threshold is None:
         threshold = policy_threshold
     try:
@@ -248,21 +293,8 @@ def _canary(row: Any, sums: Any) -> LiveCanary:
             _or_default(auto_rollback, "auto_rollback"),
         )
     except InvalidInput as refused:
-        error = f"the tenant's policy cannot be used: {refused}"
-    return LiveCanary(
-        deployment_id=deployment_id,
-        tenant_id=tenant_id,
-        tenant=slug,
-        version_id=version_id,
-        version=version,
-        traffic_percent=traffic_percent,
-        step_started_at=step_started_at,
-        canary=_side(sums, "c"),
-        stable=_side(sums, "s"),
-        policy=policy,
-        policy_error=error,
-        paused=bool(paused),
-    )
+        return None, f"the tenant's policy cannot be used: {refused}"
+    return policy, None
 
 
 @lru_cache(maxsize=1024)  # a fleet shares few policies
@@ -316,14 +348,26 @@ def assess(canaries: Iterable[LiveCanary], now: datetime) -> list[Assessment]:
         if canary.policy is None:
             assessments.append(Assessment(canary, None, canary.policy_error))
             continue
-        state = CanaryState(
-            canary.traffic_percent, canary.step_started_at, canary.canary, canary.stable
-        )
         try:
-            assessments.append(Assessment(canary, decide(state, canary.policy, now), None))
+            assessments.append(Assessment(canary, decide(_state(canary), canary.policy, now), None))
         except InvalidInput as refused:
             assessments.append(Assessment(canary, None, f"cannot decide: {refused}"))
     return assessments
+
+
+def ruling(canary: LiveCanary, now: datetime) -> Ruling | None:
+    """`assess` of one canary without the sentence (None: it cannot be decided), for lists that
+    show only what the next sweep will do. Pure."""
+    if canary.policy is None:
+        return None
+    try:
+        return rule(_state(canary), canary.policy, now)
+    except InvalidInput:
+        return None
+
+
+def _state(canary: LiveCanary) -> CanaryState:
+    return CanaryState(canary.traffic_percent, canary.step_started_at, canary.canary, canary.stable)
 
 
 def samples(canary: LiveCanary) -> int:

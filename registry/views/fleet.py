@@ -1,5 +1,5 @@
 """The fleet: every tenant a key may see, its live split, its canary's step and state, and what
-needs an operator's attention — in seven statements, however many tenants there are.
+needs an operator's attention — in six statements, however many tenants there are.
 
 The page lists every tenant, so the work per tenant is what its render time is made of: rows are
 read as plain tuples, and what many tenants share (a split's shares, a canary policy) is built
@@ -8,16 +8,27 @@ once per distinct value."""
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cached_property
+from functools import lru_cache
+from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Result,
+    Select,
+    String,
+    bindparam,
+    cast,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from registry.canary.canaries import assess, read_live_canaries
+from registry.canary.canaries import read_live_canaries
 from registry.models import (
     Deployment,
     DeploymentPolicy,
@@ -32,7 +43,7 @@ from registry.models import (
     Tenant,
     VersionStatus,
 )
-from registry.views.canary import CanaryPanel, panel
+from registry.views.canary import FleetCanary, fleet_canary
 from registry.views.splits import Share, shares_of
 
 # Failed job events and failed operations ask for attention this long after they ended.
@@ -50,7 +61,7 @@ class FleetRow:
     strategy: str
     auto_promote: bool
     split: Sequence[Share] = ()
-    canary: CanaryPanel | None = None
+    canary: FleetCanary | None = None
     staged: list[int] = field(default_factory=list)  # blue-green versions waiting for a switch
     awaiting_evaluation: int = 0
     failed_events: int = 0
@@ -58,29 +69,9 @@ class FleetRow:
     failed_operations: int = 0
     paused: bool = False  # auto-promotion paused (when the registry has pauses)
 
-    @cached_property
-    def attention(self) -> list[str]:
-        """Why this tenant needs an operator, one short sentence each; empty when it does not."""
-        reasons = []
-        if self.canary is not None:
-            if self.canary.action == "error":
-                reasons.append(f"canary v{self.canary.version} cannot be decided")
-            elif self.canary.near_deadline:
-                reasons.append(f"canary v{self.canary.version} is near its deadline")
-            elif self.canary.waiting_for_data:
-                reasons.append(f"canary v{self.canary.version} is holding for data")
-        reasons += [f"v{v} is staged, waiting for its switch" for v in self.staged]
-        if self.awaiting_evaluation:
-            reasons.append(f"{_count(self.awaiting_evaluation, 'deployment')} awaiting evaluation")
-        if self.failed_events:
-            reasons.append(f"{_count(self.failed_events, 'failed job event')} in the last day")
-        if self.open_operations:
-            reasons.append(f"{_count(self.open_operations, 'operation')} queued or running")
-        if self.failed_operations:
-            reasons.append(f"{_count(self.failed_operations, 'operation')} failed in the last day")
-        if self.paused:
-            reasons.append("auto-promotion is paused")
-        return reasons
+    # Why this tenant needs an operator, one short sentence each; empty when it does not. Set
+    # once the row is complete (`_attention`).
+    attention: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -93,60 +84,68 @@ class Fleet:
         return [row for row in self.rows if row.attention]
 
 
+def _attention(row: FleetRow) -> list[str]:
+    """Why the tenant of a complete row needs an operator, one short sentence each."""
+    reasons = []
+    if row.canary is not None:
+        if row.canary.action == "error":
+            reasons.append(f"canary v{row.canary.version} cannot be decided")
+        elif row.canary.near_deadline:
+            reasons.append(f"canary v{row.canary.version} is near its deadline")
+        elif row.canary.waiting_for_data:
+            reasons.append(f"canary v{row.canary.version} is holding for data")
+    reasons += [f"v{v} is staged, waiting for its switch" for v in row.staged]
+    if row.awaiting_evaluation:
+        reasons.append(f"{_count(row.awaiting_evaluation, 'deployment')} awaiting evaluation")
+    if row.failed_events:
+        reasons.append(f"{_count(row.failed_events, 'failed job event')} in the last day")
+    if row.open_operations:
+        reasons.append(f"{_count(row.open_operations, 'operation')} queued or running")
+    if row.failed_operations:
+        reasons.append(f"{_count(row.failed_operations, 'operation')} failed in the last day")
+    if row.paused:
+        reasons.append("auto-promotion is paused")
+    return reasons
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datetime) -> Fleet:
-    """Every tenant in `tenant_ids` (None: every tenant), by slug. Reads only, no lock; seven
+    """Every tenant in `tenant_ids` (None: every tenant), by slug. Reads only, no lock; six
     statements whatever the number of tenants. A tenant outside `tenant_ids` is absent from
     everything returned, its name included."""
-    policy = DeploymentPolicy
-    tenants = select(Tenant.id, Tenant.slug, policy.strategy, policy.auto_promote, policy.paused)
-    tenants = tenants.outerjoin(policy, policy.tenant_id == Tenant.id)
-    if tenant_ids is not None:
-        tenants = tenants.where(Tenant.id.in_(list(tenant_ids)))
+    scope = None if tenant_ids is None else list(tenant_ids)
+    statements = _statements(scope is not None)
+    within = {} if scope is None else {"scope": scope}
     # Plain rows through the session's connection (Core): the ORM's result machinery costs a
     # third more per row, and a fleet has thousands of rows.
     read = session.connection().execute
     rows: dict[uuid.UUID, FleetRow] = {}
-    for tenant_id, slug, strategy, auto_promote, paused in read(
-        tenants.order_by(Tenant.slug)
+    for tenant_id, slug, strategy, auto_promote, paused, split in read(
+        statements.tenants, within
     ).all():
         rows[tenant_id] = FleetRow(
-            slug, tenant_id, strategy or Strategy.IMMEDIATE, bool(auto_promote), paused=bool(paused)
+            slug,
+            tenant_id,
+            strategy or Strategy.IMMEDIATE,
+            bool(auto_promote),
+            _split(split),
+            paused=bool(paused),
         )
     if not rows:
         return Fleet([], now)
-    scope = list(rows) if tenant_ids is not None else None
 
-    # The rows again, by the id's integer, for the lookups made per tenant: a UUID's hash and
+    # The rows again, by the id's integer, for the lookup made per canary: a UUID's hash and
     # equality are Python code.
     by_id = {tenant_id.int: row for tenant_id, row in rows.items()}
-    splits: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for tenant_id, number, percent in read(
-        select(ModelVersion.tenant_id, ModelVersion.version, ModelVersion.traffic_percent).where(
-            ModelVersion.status == VersionStatus.PRODUCTION, *_within(ModelVersion.tenant_id, scope)
-        )
-    ).all():
-        splits[tenant_id.int].append((number, percent))
-    for key, split in splits.items():
-        row = by_id.get(key)
+    for live in read_live_canaries(session):
+        row = by_id.get(live.tenant_id.int)
         if row is not None:
-            row.split = shares_of(tuple(split))
+            row.canary = fleet_canary(live, now)
 
-    for assessment in assess(read_live_canaries(session), now):
-        row = by_id.get(assessment.canary.tenant_id.int)
-        if row is not None:
-            row.canary = panel(assessment, now, explain=False)
-
-    pending = (DeploymentStatus.STAGED, DeploymentStatus.AWAITING_EVALUATION)
-    for tenant_id, status, number in read(
-        select(Deployment.tenant_id, Deployment.status, ModelVersion.version)
-        .outerjoin(ModelVersion, ModelVersion.id == Deployment.version_id)
-        .where(Deployment.status.in_(pending), *_within(Deployment.tenant_id, scope))
-        .order_by(ModelVersion.version)
-    ).all():
+    for tenant_id, status, number in read(statements.pending, within).all():
         row = rows.get(tenant_id)
         if row is None:
             continue
@@ -155,48 +154,107 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
         elif status == DeploymentStatus.AWAITING_EVALUATION:
             row.awaiting_evaluation += 1
 
-    _failed_events(session, rows, now - ATTENTION_WINDOW)
-    _operations(session, rows, scope, now - ATTENTION_WINDOW)
+    since = {"since": now - ATTENTION_WINDOW}
+    _failed_events(read(statements.failed_events, since), rows)
+    _operations(read(statements.operations, within | since), rows)
+    for row in rows.values():
+        row.attention = _attention(row)
     return Fleet(list(rows.values()), now)
 
 
-def _within(
-    column: InstrumentedAttribute[uuid.UUID], scope: list[uuid.UUID] | None
-) -> list[ColumnElement[bool]]:
-    """The condition that keeps a query to the tenants in scope (none: every tenant)."""
-    return [] if scope is None else [column.in_(scope)]
+class _Statements(NamedTuple):
+    tenants: Select[*tuple[Any, ...]]
+    pending: Select[*tuple[Any, ...]]
+    failed_events: Select[*tuple[Any, ...]]
+    operations: Select[*tuple[Any, ...]]
 
 
-def _failed_events(session: Session, rows: dict[uuid.UUID, FleetRow], since: datetime) -> None:
-    """Failed job events per tenant: the tenant of the event's run, else the tenant it named."""
-    names = {row.tenant: tenant_id for tenant_id, row in rows.items()}
-    names |= {str(tenant_id): tenant_id for tenant_id in rows}
-    query = (
+@lru_cache(maxsize=2)
+def _statements(scoped: bool) -> _Statements:
+    """The fleet's statements, built once per kind (every tenant, or those in the bound `scope`;
+    the window's start bound as `since`): building a statement and its cache key is Python work
+    that each page would otherwise repeat, and it does not depend on the data."""
+
+    def within(column: InstrumentedAttribute[uuid.UUID]) -> list[ColumnElement[bool]]:
+        return [column.in_(bindparam("scope", expanding=True))] if scoped else []
+
+    # Each tenant's split as one string, `1:90,2:10` (aggregated here rather than read as a row
+    # per version: a fleet has a few distinct splits and twice as many versions as tenants).
+    version = ModelVersion
+    pair = cast(version.version, String) + ":" + cast(version.traffic_percent, String)
+    splits = (
+        select(version.tenant_id, func.aggregate_strings(pair, ",").label("split"))
+        .where(version.status == VersionStatus.PRODUCTION, *within(version.tenant_id))
+        .group_by(version.tenant_id)
+        .subquery()
+    )
+    policy = DeploymentPolicy
+    tenants = (
+        select(
+            Tenant.id,
+            Tenant.slug,
+            policy.strategy,
+            policy.auto_promote,
+            policy.paused,
+            splits.c.split,
+        )
+        .outerjoin(policy, policy.tenant_id == Tenant.id)
+        .outerjoin(splits, splits.c.tenant_id == Tenant.id)
+        .where(*within(Tenant.id))
+        .order_by(Tenant.slug)
+    )
+
+    waiting = (DeploymentStatus.STAGED, DeploymentStatus.AWAITING_EVALUATION)
+    pending = (
+        select(Deployment.tenant_id, Deployment.status, ModelVersion.version)
+        .outerjoin(ModelVersion, ModelVersion.id == Deployment.version_id)
+        .where(Deployment.status.in_(waiting), *within(Deployment.tenant_id))
+        .order_by(ModelVersion.version)
+    )
+
+    since: BindParameter[datetime] = bindparam("since")
+    failed_events = (
         select(JobEvent.tenant_hint, FinetuningRun.tenant_id, func.count())
         .outerjoin(FinetuningRun, FinetuningRun.openai_job_id == JobEvent.openai_job_id)
         .where(JobEvent.state == EventState.FAILED, JobEvent.updated_at >= since)
         .group_by(JobEvent.tenant_hint, FinetuningRun.tenant_id)
     )
-    for hint, run_tenant, count in session.connection().execute(query):
-        tenant_id = run_tenant if run_tenant is not None else names.get(hint or "")
+
+    recent_failure = Operation.status.in_(FAILED_OPERATIONS) & (Operation.finished_at >= since)
+    operations = (
+        select(Operation.tenant_id, Operation.status, func.count())
+        .where(or_(Operation.status.in_(OPEN_OPERATIONS), recent_failure))
+        .where(*within(Operation.tenant_id))
+        .group_by(Operation.tenant_id, Operation.status)
+    )
+    return _Statements(tenants, pending, failed_events, operations)
+
+
+@lru_cache(maxsize=4096)  # a fleet has few distinct splits
+def _split(text: str | None) -> tuple[Share, ...]:
+    """The shares of a split as the tenants' statement spells it, `1:90,2:10` (in any order)."""
+    if not text:
+        return ()
+    pairs = (pair.split(":") for pair in text.split(","))
+    return shares_of(tuple(sorted((int(number), int(percent)) for number, percent in pairs)))
+
+
+def _failed_events(found: Result[*tuple[Any, ...]], rows: dict[uuid.UUID, FleetRow]) -> None:
+    """Failed job events per tenant: the tenant of the event's run, else the tenant it named."""
+    names: dict[str, uuid.UUID] | None = None
+    for hint, run_tenant, count in found:
+        tenant_id = run_tenant
+        if tenant_id is None:
+            if names is None:  # built only for events without a run (a thousand UUIDs as text)
+                names = {row.tenant: tenant_id for tenant_id, row in rows.items()}
+                names |= {str(tenant_id): tenant_id for tenant_id in rows}
+            tenant_id = names.get(hint or "")
         if tenant_id in rows:
             rows[tenant_id].failed_events += int(count)
 
 
-def _operations(
-    session: Session,
-    rows: dict[uuid.UUID, FleetRow],
-    scope: list[uuid.UUID] | None,
-    since: datetime,
-) -> None:
-    recent_failure = Operation.status.in_(FAILED_OPERATIONS) & (Operation.finished_at >= since)
-    query = (
-        select(Operation.tenant_id, Operation.status, func.count())
-        .where(or_(Operation.status.in_(OPEN_OPERATIONS), recent_failure))
-        .where(*_within(Operation.tenant_id, scope))
-        .group_by(Operation.tenant_id, Operation.status)
-    )
-    for tenant_id, status, count in session.connection().execute(query):
+def _operations(found: Result[*tuple[Any, ...]], rows: dict[uuid.UUID, FleetRow]) -> None:
+    for tenant_id, status, count in found:
         row = rows.get(tenant_id)
         if row is None:
             continue

@@ -3,9 +3,10 @@
 
 Signs in with keys of each role; checks that the fleet lists exactly the key's tenants, that the
 tenant page follows a canary through its steps without a reload, that an operator's promotion
-lands with the key's name as the actor, that a `read` key has no buttons and its forged POST is
-refused, that another tenant's page is a 404, that a form without its CSRF token is refused, and
-that an operator pauses and resumes auto-promotion with a reason.
+lands with the key's name as the actor (the form's list and its open preview then follow later
+changes), that a `read` key has no buttons and its forged POST is refused, that another tenant's
+page is a 404, that a form without its CSRF token is refused, and that an operator pauses and
+resumes auto-promotion with a reason.
 Takes the README's screenshots (docs/screenshots/) on the way.
 """
 
@@ -254,6 +255,18 @@ def test_an_operator_promotes_with_a_reason(page: Page, api: ApiStack) -> None:
     expect(page.locator("#live")).to_contain_text("v1 50% · v2 50%", timeout=5_000)
     expect(version.locator("option[value='2']")).to_have_text("v2 (production, 50%)")
     expect(version).to_have_value("1")
+    expect(form.get_by_label("Reason")).to_have_value("half and half, for now")
+    # An open preview follows it as well: its "Now" is the live split, not the one it was
+    # computed against (its "After" is waited for first, so the change comes after it).
+    form.get_by_label("Traffic percent").fill("40")
+    now = form.locator(".preview [data-now] .split-text")
+    expect(form.locator(".preview .split-text").last).to_have_text("v1 40% · v2 60%")
+    expect(now).to_have_text("v1 50% · v2 50%")
+    with unit_of_work() as session:
+        versions.promote(session, "promo", 1, 20, actor="operator:test", reason="elsewhere too")
+    expect(page.locator("#live")).to_contain_text("v1 20% · v2 80%", timeout=5_000)
+    expect(now).to_have_text("v1 20% · v2 80%", timeout=5_000)
+    expect(form.locator(".preview .split-text").last).to_have_text("v1 40% · v2 60%")
     expect(form.get_by_label("Reason")).to_have_value("half and half, for now")
 
 

@@ -5,6 +5,8 @@
  * - form[data-preview]: show the resulting split as the action's values change.
  * - template[data-options-for]: a re-read part's options for a form's list (the promote form's
  *   versions), put into the list without losing the user's choice.
+ * - [data-live-split]: a re-read part's live split; an open preview whose "Now" differs from it
+ *   is read again, so that its "Now" (and its "After") follow the live update.
  * - <time datetime>: shown in the viewer's time zone; the title keeps UTC.
  * - the chart: the readout says which versions served at the hovered or focused time.
  * No inline script anywhere (CSP: script-src 'self'). */
@@ -64,7 +66,22 @@
     });
   }
 
-  function enhance(root) { localTimes(root); chartReadout(root); formOptions(root); }
+  // Each preview form's update (previews()), for a re-read live split to redo an open preview:
+  // its "Now" is the split it was computed against, and its "After" follows from that.
+  var previewUpdates = new WeakMap();
+  function openPreviews(root) {
+    var live = root.querySelector("[data-live-split] .split-text");
+    if (!live) return;
+    document.querySelectorAll("form[data-preview]").forEach(function (form) {
+      var now = form.querySelector(".preview [data-now] .split-text");
+      var update = previewUpdates.get(form);
+      if (now && update && now.textContent !== live.textContent) update();
+    });
+  }
+
+  function enhance(root) {
+    localTimes(root); chartReadout(root); formOptions(root); openPreviews(root);
+  }
 
   var busy = new WeakMap();
   function refresh(el) {
@@ -139,6 +156,7 @@
           .then(function (html) { if (html !== null && ticket === latest) slot.innerHTML = html; })
           .catch(function () {});
       };
+      previewUpdates.set(form, update);
       form.addEventListener("input", function (event) {
         if (event.target.name === "reason") return;
         clearTimeout(pending);
