@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import update as sa_update
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, SessionTransaction, make_transient_to_detached, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import Insert, Update
@@ -45,13 +47,51 @@ _M = TypeVar("_M")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`, configured for this project's locking on either database."""
+    """An engine for `url`, configured for this project's locking on either database.
+
+    On PostgreSQL a connection that sat in the pool longer than `PING_AFTER_IDLE_SECONDS` is
+    pinged before it is handed out, and replaced if the ping fails (`pool_pre_ping=True` asks
+    for a ping at every checkout instead)."""
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **kwargs)
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_idle_connections(engine)
+    return engine
+
+
+# A busy worker checks a connection out twice per event, a few milliseconds after checking it in:
+# a ping then would be a round trip (and a SELECT on the server) that finds nothing. A connection
+# that sat longer may have outlived a database restart or a terminated backend, and is pinged;
+# one that breaks within the second fails its first statement, which the tasks retry like any
+# disconnect (and SQLAlchemy then replaces the pool's older connections too).
+PING_AFTER_IDLE_SECONDS = 1.0
+_IDLE_SINCE = "ftdeploy.idle_since"
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # `record.info` belongs to the DBAPI connection: a new one has no mark and is pinged.
+        idle_since = record.info.pop(_IDLE_SINCE, None)
+        if idle_since is not None and time.monotonic() - idle_since <= PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if not dialect.is_disconnect(error, dbapi_connection, None):
+                raise
+            # As `pool_pre_ping` does: the database probably restarted, so the pool discards
+            # every connection older than now and opens a new one for this checkout.
+            raise InvalidatePoolError(f"ping failed: {type(error).__name__}") from error
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
