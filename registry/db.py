@@ -257,7 +257,14 @@ def _lock_statement(by: str) -> Executable:
     )
 
 
-def insert_row(session: Session, instance: object, *, unless_exists: str | None = None) -> bool:
+def insert_row(
+    session: Session,
+    instance: object,
+    *,
+    unless_exists: str | None = None,
+    statement: Insert | None = None,
+    params: dict[str, Any] | None = None,
+) -> bool:
     """INSERT the new `instance` now, in one cached statement, and attach it to the session as
     if it had just been loaded: what a flush does for one row, without the unit of work's
     bookkeeping (the hot path's writes: a flush costs several times the statement it sends).
@@ -267,6 +274,9 @@ def insert_row(session: Session, instance: object, *, unless_exists: str | None 
     database (an autoincrement key, a server default left unset): ValueError, use a flush.
     `unless_exists`: a unique column; a row that already has the instance's value there is left
     as it is, nothing is written, and False is returned (ON CONFLICT DO NOTHING).
+    `statement`: a prebuilt INSERT of the table to send instead, with the row's values and
+    `params`; columns whose value it computes in the database (the tenant's next number, read in
+    the same statement) it RETURNs, and they are set on the instance.
     """
     mapper = sa_inspect(type(instance))
     values: dict[str, Any] = {}
@@ -284,10 +294,17 @@ def insert_row(session: Session, instance: object, *, unless_exists: str | None 
                 setattr(instance, prop.key, None)
         values[column.key] = instance.__dict__[prop.key]
     session.flush()  # nothing to do (and no statement) unless ORM changes are pending
-    dialect_name = session.get_bind().dialect.name
-    result = session.execute(_insert_of(mapper.local_table, dialect_name, unless_exists), values)
-    if unless_exists is not None and result.first() is None:  # nothing came back: skipped
-        return False
+    if statement is not None:
+        computed = session.execute(statement, {**values, **(params or {})}).one()._mapping
+        table = mapper.local_table
+        for name, value in computed.items():
+            setattr(instance, mapper.get_property_by_column(table.c[name]).key, value)
+    else:
+        dialect_name = session.get_bind().dialect.name
+        insert = _insert_of(mapper.local_table, dialect_name, unless_exists)
+        result = session.execute(insert, values)
+        if unless_exists is not None and result.first() is None:  # nothing came back: skipped
+            return False
     make_transient_to_detached(instance)
     session.add(instance)
     return True
