@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    CursorResult,
     Engine,
     Executable,
     Table,
@@ -293,16 +294,15 @@ def insert_row(
             else:
                 setattr(instance, prop.key, None)
         values[column.key] = instance.__dict__[prop.key]
-    session.flush()  # nothing to do (and no statement) unless ORM changes are pending
     if statement is not None:
-        computed = session.execute(statement, {**values, **(params or {})}).one()._mapping
+        computed = execute(session, statement, {**values, **(params or {})}).one()._mapping
         table = mapper.local_table
         for name, value in computed.items():
             setattr(instance, mapper.get_property_by_column(table.c[name]).key, value)
     else:
         dialect_name = session.get_bind().dialect.name
         insert = _insert_of(mapper.local_table, dialect_name, unless_exists)
-        result = session.execute(insert, values)
+        result = execute(session, insert, values)
         if unless_exists is not None and result.first() is None:  # nothing came back: skipped
             return False
     make_transient_to_detached(instance)
@@ -324,10 +324,18 @@ def update_row(session: Session, instance: object, **values: Any) -> bool:
     for column in mapper.primary_key:
         params[f"pk_{column.key}"] = getattr(instance, mapper.get_property_by_column(column).key)
     columns = tuple(mapper.get_property(k).columns[0].key for k in keys)
-    session.execute(_update_of(mapper.local_table, columns), params)
+    execute(session, _update_of(mapper.local_table, columns), params)
     for key, value in changed.items():
         set_committed_value(instance, key, value)
     return True
+
+
+def execute(session: Session, statement: Executable, params: dict[str, Any]) -> CursorResult[Any]:
+    """A Core statement (of tables, not ORM entities) on the session's connection, in its
+    transaction: `session.execute` without the ORM's per-statement work, which costs the hot path
+    about as much as the driver's. No autoflush: pending ORM changes are flushed first, always."""
+    session.flush()  # nothing to do (and no statement) unless ORM changes are pending
+    return session.connection().execute(statement, params)
 
 
 def load_rows(
@@ -338,12 +346,11 @@ def load_rows(
     session already holds is updated to the row, any other is attached as loaded. For the hot
     path's reads, where the ORM's per-query setup costs several times the statement. Pending ORM
     changes are flushed first, so the rows include them."""
-    session.flush()
     mapper = sa_inspect(model)
     props = [(prop.key, prop.columns[0].key) for prop in mapper.column_attrs]
     primary = [column.key for column in mapper.primary_key]
     found: list[_M] = []
-    for row in session.execute(statement, params).mappings():
+    for row in execute(session, statement, params).mappings():
         key = mapper.identity_key_from_primary_key([row[name] for name in primary])
         instance: Any = session.identity_map.get(key)
         fresh = instance is None
