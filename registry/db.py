@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    CursorResult,
     Engine,
     Executable,
     Table,
@@ -29,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import update as sa_update
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, SessionTransaction, make_transient_to_detached, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import Insert, Update
@@ -45,13 +48,51 @@ _M = TypeVar("_M")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for `url`, configured for this project's locking on either database."""
+    """An engine for `url`, configured for this project's locking on either database.
+
+    On PostgreSQL a connection that sat in the pool longer than `PING_AFTER_IDLE_SECONDS` is
+    pinged before it is handed out, and replaced if the ping fails (`pool_pre_ping=True` asks
+    for a ping at every checkout instead)."""
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **kwargs)
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 5)
     kwargs.setdefault("max_overflow", 10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_idle_connections(engine)
+    return engine
+
+
+# A busy worker checks a connection out twice per event, a few milliseconds after checking it in:
+# a ping then would be a round trip (and a SELECT on the server) that finds nothing. A connection
+# that sat longer may have outlived a database restart or a terminated backend, and is pinged;
+# one that breaks within the second fails its first statement, which the tasks retry like any
+# disconnect (and SQLAlchemy then replaces the pool's older connections too).
+PING_AFTER_IDLE_SECONDS = 1.0
+_IDLE_SINCE = "ftdeploy.idle_since"
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # `record.info` belongs to the DBAPI connection: a new one has no mark and is pinged.
+        idle_since = record.info.pop(_IDLE_SINCE, None)
+        if idle_since is not None and time.monotonic() - idle_since <= PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as error:
+            if not dialect.is_disconnect(error, dbapi_connection, None):
+                raise
+            # As `pool_pre_ping` does: the database probably restarted, so the pool discards
+            # every connection older than now and opens a new one for this checkout.
+            raise InvalidatePoolError(f"ping failed: {type(error).__name__}") from error
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
@@ -217,7 +258,14 @@ def _lock_statement(by: str) -> Executable:
     )
 
 
-def insert_row(session: Session, instance: object, *, unless_exists: str | None = None) -> bool:
+def insert_row(
+    session: Session,
+    instance: object,
+    *,
+    unless_exists: str | None = None,
+    statement: Insert | None = None,
+    params: dict[str, Any] | None = None,
+) -> bool:
     """INSERT the new `instance` now, in one cached statement, and attach it to the session as
     if it had just been loaded: what a flush does for one row, without the unit of work's
     bookkeeping (the hot path's writes: a flush costs several times the statement it sends).
@@ -227,6 +275,9 @@ def insert_row(session: Session, instance: object, *, unless_exists: str | None 
     database (an autoincrement key, a server default left unset): ValueError, use a flush.
     `unless_exists`: a unique column; a row that already has the instance's value there is left
     as it is, nothing is written, and False is returned (ON CONFLICT DO NOTHING).
+    `statement`: a prebuilt INSERT of the table to send instead, with the row's values and
+    `params`; columns whose value it computes in the database (the tenant's next number, read in
+    the same statement) it RETURNs, and they are set on the instance.
     """
     mapper = sa_inspect(type(instance))
     values: dict[str, Any] = {}
@@ -243,11 +294,17 @@ def insert_row(session: Session, instance: object, *, unless_exists: str | None 
             else:
                 setattr(instance, prop.key, None)
         values[column.key] = instance.__dict__[prop.key]
-    session.flush()  # nothing to do (and no statement) unless ORM changes are pending
-    dialect_name = session.get_bind().dialect.name
-    result = session.execute(_insert_of(mapper.local_table, dialect_name, unless_exists), values)
-    if unless_exists is not None and result.first() is None:  # nothing came back: skipped
-        return False
+    if statement is not None:
+        computed = execute(session, statement, {**values, **(params or {})}).one()._mapping
+        table = mapper.local_table
+        for name, value in computed.items():
+            setattr(instance, mapper.get_property_by_column(table.c[name]).key, value)
+    else:
+        dialect_name = session.get_bind().dialect.name
+        insert = _insert_of(mapper.local_table, dialect_name, unless_exists)
+        result = execute(session, insert, values)
+        if unless_exists is not None and result.first() is None:  # nothing came back: skipped
+            return False
     make_transient_to_detached(instance)
     session.add(instance)
     return True
@@ -267,10 +324,18 @@ def update_row(session: Session, instance: object, **values: Any) -> bool:
     for column in mapper.primary_key:
         params[f"pk_{column.key}"] = getattr(instance, mapper.get_property_by_column(column).key)
     columns = tuple(mapper.get_property(k).columns[0].key for k in keys)
-    session.execute(_update_of(mapper.local_table, columns), params)
+    execute(session, _update_of(mapper.local_table, columns), params)
     for key, value in changed.items():
         set_committed_value(instance, key, value)
     return True
+
+
+def execute(session: Session, statement: Executable, params: dict[str, Any]) -> CursorResult[Any]:
+    """A Core statement (of tables, not ORM entities) on the session's connection, in its
+    transaction: `session.execute` without the ORM's per-statement work, which costs the hot path
+    about as much as the driver's. No autoflush: pending ORM changes are flushed first, always."""
+    session.flush()  # nothing to do (and no statement) unless ORM changes are pending
+    return session.connection().execute(statement, params)
 
 
 def load_rows(
@@ -281,12 +346,11 @@ def load_rows(
     session already holds is updated to the row, any other is attached as loaded. For the hot
     path's reads, where the ORM's per-query setup costs several times the statement. Pending ORM
     changes are flushed first, so the rows include them."""
-    session.flush()
     mapper = sa_inspect(model)
     props = [(prop.key, prop.columns[0].key) for prop in mapper.column_attrs]
     primary = [column.key for column in mapper.primary_key]
     found: list[_M] = []
-    for row in session.execute(statement, params).mappings():
+    for row in execute(session, statement, params).mappings():
         key = mapper.identity_key_from_primary_key([row[name] for name in primary])
         instance: Any = session.identity_map.get(key)
         fresh = instance is None

@@ -128,3 +128,8 @@ def configure(as_json: bool = False, level: int | str = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level or logging.INFO)
     root.propagate = False
+    # The HTTP library (the openai SDK's, the notification deliveries') logs every request at
+    # INFO: two lines per job event, more than the event's own line, and each one formatted and
+    # written on the hot path. Its warnings pass; asked for DEBUG, so does everything.
+    verbose = root.getEffectiveLevel() <= logging.DEBUG
+    logging.getLogger("httpx2").setLevel(logging.DEBUG if verbose else logging.WARNING)

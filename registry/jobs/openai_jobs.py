@@ -21,14 +21,13 @@ import email.utils
 import io
 import math
 import re
+import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import openai
-from openai.types.fine_tuning import FineTuningJob
-from openai.types.fine_tuning.fine_tuning_job import Error as JobError
 
 from registry import validation
 from registry.errors import UpstreamPermanent, UpstreamTransient
@@ -98,8 +97,10 @@ def fetch_job(client: openai.OpenAI, job_id: str) -> JobSnapshot:
     """
     job_id = validation.job_id(job_id)
     with _upstream_errors(client, job_id, "retrieving the job"):
-        job = client.fine_tuning.jobs.retrieve(job_id)
-    return _snapshot(job_id, job)
+        # The raw body, checked field by field in `_snapshot`: the SDK's model of a job (built
+        # without validating, nested objects and all) costs more than the GET itself.
+        body = client.fine_tuning.jobs.with_raw_response.retrieve(job_id).http_response.json()
+    return _snapshot(job_id, body)
 
 
 def fetch_result_metrics(client: openai.OpenAI, snapshot: JobSnapshot) -> dict[str, float]:
@@ -205,47 +206,48 @@ def _short(value: object) -> str:
 
 
 def _snapshot(job_id: str, job: object) -> JobSnapshot:
-    """Validates the fields ftdeploy uses. The SDK builds models without validating (a wrong
-    shape becomes a model whose fields are None or of any type), so each one is checked here."""
-    if not isinstance(job, FineTuningJob):  # e.g. the text of an HTML page served as 200
+    """Validates the fields ftdeploy uses of a job's JSON body: each one is checked here (the
+    SDK would build a model without validating, so a wrong shape would pass it anyway)."""
+    if not isinstance(job, dict):  # e.g. a JSON string or list served as 200
         raise _malformed(job_id, f"expected a fine-tuning job, got {type(job).__name__}")
     problems: list[str] = []
-    if job.object != "fine_tuning.job":
-        problems.append(f"object is {_short(job.object)}")
-    if job.id != job_id:
-        problems.append(f"id is {_short(job.id)}")
-    if not isinstance(job.status, str) or job.status not in JOB_STATUSES:
-        problems.append(f"unknown status {_short(job.status)}")
-    if not isinstance(job.model, str) or not job.model:
-        problems.append(f"model is {_short(job.model)}")
-    if job.fine_tuned_model is not None and not isinstance(job.fine_tuned_model, str):
-        problems.append(f"fine_tuned_model is {_short(job.fine_tuned_model)}")
-    tokens = job.trained_tokens
+    get = job.get
+    if get("object") != "fine_tuning.job":
+        problems.append(f"object is {_short(get('object'))}")
+    if get("id") != job_id:
+        problems.append(f"id is {_short(get('id'))}")
+    status, model, fine_tuned = get("status"), get("model"), get("fine_tuned_model")
+    if not isinstance(status, str) or status not in JOB_STATUSES:
+        problems.append(f"unknown status {_short(status)}")
+    if not isinstance(model, str) or not model:
+        problems.append(f"model is {_short(model)}")
+    if fine_tuned is not None and not isinstance(fine_tuned, str):
+        problems.append(f"fine_tuned_model is {_short(fine_tuned)}")
+    tokens = get("trained_tokens")
     if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int)):
         problems.append(f"trained_tokens is {_short(tokens)}")
-    if not isinstance(job.result_files, list) or not all(
-        isinstance(f, str) for f in job.result_files
-    ):
-        problems.append(f"result_files is {_short(job.result_files)}")
-    metadata: object = job.metadata
+    result_files = get("result_files")
+    if not isinstance(result_files, list) or not all(isinstance(f, str) for f in result_files):
+        problems.append(f"result_files is {_short(result_files)}")
+    metadata = get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         problems.append(f"metadata is {_short(metadata)}")
-    finished_at = _timestamp(job.finished_at, problems)
-    error = _error_text(job.error, problems)
+    finished_at = _timestamp(get("finished_at"), problems)
+    error = _error_text(get("error"), problems)
     if problems:
         raise _malformed(job_id, "; ".join(problems))
 
     tenant = metadata.get("tenant") if isinstance(metadata, dict) else None
     snapshot = JobSnapshot(
         job_id=job_id,
-        status=job.status,
-        base_model=job.model,
-        fine_tuned_model=job.fine_tuned_model or None,
+        status=typing.cast(str, status),
+        base_model=typing.cast(str, model),
+        fine_tuned_model=fine_tuned or None,
         trained_tokens=tokens,
         error=error,
         finished_at=finished_at,
         tenant=tenant if isinstance(tenant, str) and tenant else None,
-        result_files=tuple(job.result_files),
+        result_files=tuple(typing.cast(list[str], result_files)),
     )
     if snapshot.status == "succeeded" and snapshot.fine_tuned_model is None:
         # Not a glitch to wait out: a finished job will not grow a model later.
@@ -268,11 +270,10 @@ def _timestamp(value: object, problems: list[str]) -> datetime | None:
 def _error_text(error: object, problems: list[str]) -> str | None:
     if error is None:
         return None
-    # A dict under `error` arrives as the SDK's Error model (unvalidated), anything else as is.
-    code = getattr(error, "code", None)
-    message = getattr(error, "message", None)
+    code = error.get("code") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
     if (
-        not isinstance(error, JobError)
+        not isinstance(error, dict)
         or not isinstance(code, str | None)
         or not isinstance(message, str | None)
     ):

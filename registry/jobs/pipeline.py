@@ -30,7 +30,7 @@ from registry.errors import (
 from registry.jobs import resumes
 from registry.jobs.events import end_attempt, finish_event, start_attempt
 from registry.jobs.openai_jobs import JobSnapshot
-from registry.jobs.runs import lock_job_tenant, write_run
+from registry.jobs.runs import lock_and_write_run
 from registry.models import Evaluation, EventState, FinetuningRun
 from registry.notify import notices
 
@@ -91,9 +91,9 @@ def complete_job(
     written then (the caller's transaction rolls back). Idempotent: a second call for the same
     job updates the run row and finds its deployment already decided.
     """
-    tenant, run = lock_job_tenant(session, job.job_id, from_event=tenant_hint, from_job=job.tenant)
-    first_record = run is None
-    run = write_run(session, tenant, job, run, result_metrics)
+    tenant, run, first_record = lock_and_write_run(
+        session, job, from_event=tenant_hint, result_metrics=result_metrics
+    )
     if job.status != "succeeded":
         summary = (
             f"job {job.status}" + (f": {job.error}" if job.error else "") + "; nothing deployed"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import uuid
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from registry import clock, dialect
 from registry.db import insert_row, load_rows, lock_tenant
 from registry.errors import InvalidInput, RunNotFound, TenantMismatch, TenantUnknownForJob
 from registry.jobs import resumes
@@ -78,6 +80,75 @@ def lock_job_tenant(
     return _agreed(job_id, claims), run
 
 
+def lock_and_write_run(
+    session: Session,
+    job: JobSnapshot,
+    *,
+    from_event: str | None,
+    result_metrics: dict[str, float] | None = None,
+) -> tuple[Tenant, FinetuningRun, bool]:
+    """`lock_job_tenant`, then `write_run`: the tenant locked, the claims agreed and the job's
+    run row created or updated. Returns (tenant, run, first_record): first_record when the row
+    was created by this call. Raises what `lock_job_tenant` and `write_run` raise, and then
+    leaves nothing that the caller's rollback does not undo.
+
+    When a source names the tenant, the row is read by writing it, one statement under the lock:
+    an upsert (INSERT … ON CONFLICT DO UPDATE … RETURNING) that inserts the new row or returns
+    the one already there as committed now (and locks it)."""
+    named = [ref for ref in (from_event, job.tenant) if ref]
+    if not named:
+        tenant, run = lock_job_tenant(session, job.job_id, from_event=None, from_job=None)
+        return tenant, write_run(session, tenant, job, run, result_metrics), run is None
+    tenant = lock_named_tenant(session, named[0])
+    new = _new_run(tenant, job, result_metrics)
+    values = {column.key: getattr(new, column.key) for column in _runs.c}
+    statement = _upsert_run(session.get_bind().dialect.name)
+    run = load_rows(session, FinetuningRun, statement, values)[0]
+    first_record = run.id == new.id
+    claims: dict[str, Tenant] = {}
+    if not first_record:
+        claims["run row"] = session.get_one(Tenant, run.tenant_id)
+    for source, ref in (("event", from_event), ("job metadata", job.tenant)):
+        if ref:
+            claims[source] = tenant if ref == named[0] else find_tenant(session, ref)
+    tenant = _agreed(job.job_id, claims)
+    if first_record:
+        return tenant, run, True
+    return tenant, write_run(session, tenant, job, run, result_metrics), False
+
+
+_runs = FinetuningRun.__table__
+
+
+@lru_cache(maxsize=2)
+def _upsert_run(dialect_name: str) -> Any:
+    # DO UPDATE, not DO NOTHING: only then does RETURNING give the row already there. The
+    # update sets nothing new; write_run writes what changed.
+    insert = dialect.insert_for(dialect_name, _runs)
+    return insert.on_conflict_do_update(
+        index_elements=[_runs.c.openai_job_id],
+        set_={"openai_job_id": insert.excluded.openai_job_id},
+    ).returning(*_runs.c)
+
+
+def _new_run(
+    tenant: Tenant, job: JobSnapshot, result_metrics: dict[str, float] | None
+) -> FinetuningRun:
+    return FinetuningRun(
+        id=uuid.uuid4(),
+        tenant_id=tenant.id,
+        openai_job_id=job.job_id,
+        status=job.status,
+        base_model=job.base_model,
+        fine_tuned_model=job.fine_tuned_model,
+        trained_tokens=job.trained_tokens,
+        error=job.error,
+        finished_at=job.finished_at,
+        result_metrics=dict(result_metrics or {}),
+        created_at=clock.now(),
+    )
+
+
 def _agreed(job_id: str, claims: dict[str, Tenant]) -> Tenant:
     if not claims:
         raise TenantUnknownForJob(job_id)
@@ -124,18 +195,7 @@ def write_run(
     another tenant's."""
     if run is None:
         # Inserted whole, at once (a run is not written again in this transaction).
-        run = FinetuningRun(
-            id=uuid.uuid4(),
-            tenant_id=tenant.id,
-            openai_job_id=job.job_id,
-            status=job.status,
-            base_model=job.base_model,
-            fine_tuned_model=job.fine_tuned_model,
-            trained_tokens=job.trained_tokens,
-            error=job.error,
-            finished_at=job.finished_at,
-            result_metrics=dict(result_metrics or {}),
-        )
+        run = _new_run(tenant, job, result_metrics)
         insert_row(session, run)
         return run
     if run.tenant_id != tenant.id:

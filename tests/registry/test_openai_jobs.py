@@ -10,7 +10,6 @@ from typing import Any
 
 import openai
 import pytest
-from openai.types.fine_tuning import FineTuningJob
 
 from registry import validation
 from registry.errors import InvalidInput, UpstreamPermanent, UpstreamTransient
@@ -296,7 +295,8 @@ def _job_body(**overrides: object) -> dict[str, Any]:
         {"object": "fine_tuning.jobs"},
         {"result_files": "file-abc"},
         {"result_files": [1]},
-        {"trained_tokens": "many"},  # ("12" would be coerced to 12 by the SDK)
+        {"trained_tokens": "many"},
+        {"trained_tokens": "12"},
         {"finished_at": -1},
         {"finished_at": 10**20},
         {"finished_at": "yesterday"},
@@ -305,21 +305,24 @@ def _job_body(**overrides: object) -> dict[str, Any]:
     ],
 )
 def test_wrongly_shaped_jobs_are_malformed(overrides: dict[str, object]) -> None:
-    # What the SDK builds from a 200 body: it constructs without validating.
-    job = FineTuningJob.construct(**_job_body(**overrides))
+    # A 200 body as JSON decoded it: every field ftdeploy uses is checked.
     with pytest.raises(UpstreamTransient, match="malformed response"):
-        _snapshot("ftjob-shape", job)
+        _snapshot("ftjob-shape", _job_body(**overrides))
+
+
+@pytest.mark.parametrize("body", [["a", "list"], "<html>", None, 7])
+def test_a_body_that_is_no_object_is_malformed(body: object) -> None:
+    with pytest.raises(UpstreamTransient, match="expected a fine-tuning job"):
+        _snapshot("ftjob-shape", body)
 
 
 def test_lenient_where_openai_is_loose() -> None:
     snapshot = _snapshot(
         "ftjob-shape",
-        FineTuningJob.construct(
-            **_job_body(error={}, metadata={"tenant": 7, "team": "x"}, fine_tuned_model="")
-        ),
+        _job_body(error={}, metadata={"tenant": 7, "team": "x"}, fine_tuned_model=""),
     )
     assert (snapshot.error, snapshot.tenant, snapshot.fine_tuned_model) == (None, None, None)
-    only_message = FineTuningJob.construct(**_job_body(error={"message": "It broke."}))
+    only_message = _job_body(error={"message": "It broke."})
     assert _snapshot("ftjob-shape", only_message).error == "It broke."
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from registry import versions
-from registry.errors import NothingToRollBack
-from registry.models import DeploymentStatus
-from tests.factories import deploy_new, make_tenant
+from registry.errors import NothingToRollBack, TenantMismatch
+from registry.jobs import runs
+from registry.models import DeploymentStatus, FinetuningRun
+from tests.factories import deploy_new, job_snapshot, make_tenant
 
 
 def test_canary_then_promote_then_rollback(session: Session) -> None:
@@ -48,3 +52,32 @@ def test_rollback_of_a_given_version_takes_only_it_out(session: Session) -> None
     with pytest.raises(NothingToRollBack, match="v2 is not in production"):
         versions.rollback(session, tenant.slug, version=2)
     assert versions.current_split(session, tenant.id) == {1: 76, 3: 24}
+
+
+def test_a_job_run_is_written_once_then_updated(session: Session) -> None:
+    tenant = make_tenant(session)
+    running = job_snapshot(status="running", fine_tuned_model=None, tenant=tenant.slug)
+    _, run, first = runs.lock_and_write_run(session, running, from_event=None)
+    assert first and run.status == "running"
+    done = replace(running, status="succeeded", fine_tuned_model="ft:m", trained_tokens=7)
+    again_tenant, again, first = runs.lock_and_write_run(
+        session, done, from_event=tenant.slug, result_metrics={"loss": 0.5}
+    )
+    assert not first and again.id == run.id and again_tenant.id == tenant.id
+    session.flush()
+    stored = session.scalars(
+        select(FinetuningRun).where(FinetuningRun.openai_job_id == done.job_id)
+    ).one()
+    assert (stored.status, stored.trained_tokens, stored.result_metrics) == (
+        "succeeded",
+        7,
+        {"loss": 0.5},
+    )
+
+
+def test_a_job_run_of_another_tenant_is_a_mismatch(session: Session) -> None:
+    owner, claimant = make_tenant(session), make_tenant(session)
+    job = job_snapshot()
+    runs.lock_and_write_run(session, job, from_event=owner.slug)
+    with pytest.raises(TenantMismatch):
+        runs.lock_and_write_run(session, job, from_event=claimant.slug)

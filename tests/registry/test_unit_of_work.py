@@ -6,11 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry import db as registry_db
 from registry import messages, operations
-from registry.db import after_commit, unit_of_work
+from registry.db import after_commit, make_engine, unit_of_work
 from registry.jobs import events, runs
 from registry.models import DeploymentPolicy, JobEvent, Tenant
 from registry.tenants import PolicyChanges, get_policy, set_policy
@@ -168,3 +170,40 @@ def test_reading_a_policy_writes_nothing(db_url: str) -> None:
     with unit_of_work(db_url) as session:
         stored = session.get(DeploymentPolicy, tenant_id)
         assert stored is not None and stored.strategy == "canary"
+
+
+def _terminate(engine: Engine) -> int:
+    """Ends the backend of the pool's one connection from another connection; its pid."""
+    with engine.connect() as conn:
+        pid = int(conn.scalar(text("SELECT pg_backend_pid()")) or 0)
+    with make_engine(engine.url.render_as_string(hide_password=False)).connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    return pid
+
+
+def test_a_connection_idle_too_long_is_pinged_and_replaced(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    try:
+        dead = _terminate(engine)
+        monkeypatch.setattr(registry_db, "PING_AFTER_IDLE_SECONDS", 0.0)  # "a while ago"
+        with engine.connect() as conn:  # no error: the ping found it dead, the pool replaced it
+            assert conn.scalar(text("SELECT pg_backend_pid()")) != dead
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_back_a_moment_ago_is_not_pinged(pg_url: str) -> None:
+    # Its first statement fails instead (the tasks retry a disconnect), and the next checkout
+    # gets a new connection.
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    try:
+        dead = _terminate(engine)
+        with pytest.raises(OperationalError) as failed, engine.connect() as conn:
+            conn.scalar(text("SELECT 1"))
+        assert failed.value.connection_invalidated
+        with engine.connect() as conn:
+            assert conn.scalar(text("SELECT pg_backend_pid()")) != dead
+    finally:
+        engine.dispose()

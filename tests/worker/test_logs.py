@@ -98,3 +98,17 @@ def test_other_libraries_lines_are_masked_and_bounded() -> None:
     text = stream.getvalue()
     assert API_KEY not in text
     assert len(text) < 4 * MAX_FIELD_CHARS + MAX_EXCEPTION_CHARS + 1000
+
+
+@pytest.mark.parametrize(("level", "http"), [(logging.INFO, logging.WARNING), ("DEBUG", 10)])
+def test_the_http_librarys_request_lines_only_at_debug(level: int | str, http: int) -> None:
+    from worker import logs
+
+    ours, library = logging.getLogger("ftdeploy"), logging.getLogger("httpx2")
+    saved = (ours.handlers[:], ours.level, ours.propagate, library.level)
+    try:
+        logs.configure(level=level)
+        assert library.level == http
+    finally:
+        ours.handlers[:], ours.level, ours.propagate = saved[0], saved[1], saved[2]
+        library.setLevel(saved[3])
