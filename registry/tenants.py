@@ -134,7 +134,7 @@ def validate_changes(changes: PolicyChanges) -> None:
     if changes.canary_percent is not None:
         validation.canary_percent(changes.canary_percent)
     if changes.canary_steps is not None:
-        from registry.canary.analysis import parse_steps
+        from registry.canary.checks import parse_steps
 
         parse_steps(",".join(str(step) for step in changes.canary_steps))
     threshold = changes.auto_promote_threshold
@@ -196,7 +196,7 @@ def set_policy(
         )
     for name, value in given.items():
         if name == "canary_steps":
-            from registry.canary.analysis import parse_steps
+            from registry.canary.checks import parse_steps
 
             # Stored as parsed: validated, and ending at 100 even when given as "10,25".
             value = list(parse_steps(",".join(str(step) for step in value)))

@@ -16,16 +16,17 @@ Pitfalls of canary tools (Flagger, Argo Rollouts, Kayenta) this is built to avoi
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from functools import lru_cache
 from typing import NamedTuple
 
-from registry.errors import InvalidInput
+from registry.canary.checks import (
+    check_policy,
+    next_step,
+    validate_state,
+)
 from registry.models import Metric
 
 # One-sided 95%: the canary's bounds and the "significantly worse than stable" tests.
@@ -207,8 +208,8 @@ def rule(state: CanaryState, policy: CanaryPolicy, now: datetime) -> Ruling:
 
     Raises InvalidInput for an invalid policy, inconsistent counts or naive datetimes.
     """
-    _check_policy(policy)
-    _validate_state(state, now)
+    check_policy(policy)
+    validate_state(state, now)
     m = _measure(state, policy)
     # A clock behind the step's start (skew between hosts) counts as "just started".
     elapsed = max(0.0, (now - state.step_started_at).total_seconds())
@@ -301,106 +302,3 @@ def _sentence(ruling: Ruling, state: CanaryState, policy: CanaryPolicy) -> str:
     if policy.auto_rollback:
         return f"{why}; roll back from {at}%"
     return f"{why}; auto-rollback is off, holding at {at}% for an operator"
-
-
-def next_step(current: int, steps: tuple[int, ...]) -> int:
-    """The smallest step above `current`, else 100."""
-    return min((step for step in steps if step > current), default=100)
-
-
-def parse_steps(text: str) -> tuple[int, ...]:
-    """Parse "10,25,50,100" into (10, 25, 50, 100); 100 is appended when missing.
-
-    Raises InvalidInput("steps", ...) unless the steps are whole numbers in 1..100, strictly
-    increasing.
-    """
-    parts = [part.strip() for part in text.split(",")]
-    if not all(part.isdigit() for part in parts):  # also rejects "", "-5", "1.5", "10,,25"
-        raise InvalidInput("steps", f"{text!r} is not a comma-separated list of whole numbers")
-    steps = tuple(int(part) for part in parts)
-    if steps[-1] != 100:
-        steps = (*steps, 100)
-    _check_steps(steps)
-    return steps
-
-
-def _check_steps(steps: Sequence[int]) -> None:
-    if not steps or any(isinstance(s, bool) or not isinstance(s, int) for s in steps):
-        raise InvalidInput("steps", f"{list(steps)} is not a list of whole numbers")
-    if not all(1 <= step <= 100 for step in steps):
-        raise InvalidInput("steps", f"{list(steps)}: every step must be in 1..100")
-    if any(a >= b for a, b in itertools.pairwise(steps)):
-        raise InvalidInput("steps", f"{list(steps)} is not strictly increasing")
-    if steps[-1] != 100:
-        raise InvalidInput("steps", f"{list(steps)} does not end at 100")
-
-
-def _finite(value: object) -> bool:
-    if type(value) is float or type(value) is int:  # the usual case, without the isinstance walk
-        return math.isfinite(value)
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-_METRICS = frozenset(Metric)
-
-
-def validate_policy(policy: CanaryPolicy) -> None:
-    """Raise InvalidInput for the first field out of range."""
-    if policy.metric not in _METRICS:
-        raise InvalidInput("metric", f"{policy.metric!r} is not one of {', '.join(Metric)}")
-    if not _finite(policy.threshold) or not 0 <= policy.threshold <= 1:
-        raise InvalidInput("threshold", f"{policy.threshold!r} is not a number in 0..1")
-    if isinstance(policy.min_samples, bool) or not isinstance(policy.min_samples, int):
-        raise InvalidInput("min_samples", f"{policy.min_samples!r} is not a whole number")
-    if policy.min_samples < 1:
-        raise InvalidInput("min_samples", f"{policy.min_samples} is below 1")
-    if not _finite(policy.bake_seconds) or policy.bake_seconds < 0:
-        raise InvalidInput("bake_seconds", f"{policy.bake_seconds!r} is not a number >= 0")
-    _check_steps(policy.steps)
-    # A deadline within the bake time would roll back every canary before it could pass.
-    if not _finite(policy.deadline_seconds) or policy.deadline_seconds <= policy.bake_seconds:
-        raise InvalidInput(
-            "deadline_seconds",
-            f"{policy.deadline_seconds!r} must be a number above the bake time "
-            f"({policy.bake_seconds:g} s)",
-        )
-    if not isinstance(policy.auto_rollback, bool):
-        raise InvalidInput("auto_rollback", f"{policy.auto_rollback!r} is not true or false")
-
-
-def _check_policy(policy: CanaryPolicy) -> None:
-    """`validate_policy`, once per distinct policy: a fleet's canaries share a few policies, and
-    the dashboard and the sweep decide every one of them."""
-    try:
-        _validated(policy)
-    except TypeError:  # a field of an unhashable type (steps as a list): checked every time
-        validate_policy(policy)
-
-
-@lru_cache(maxsize=1024)
-def _validated(policy: CanaryPolicy) -> None:
-    validate_policy(policy)  # raises for an invalid one, which is then not cached
-
-
-def _validate_state(state: CanaryState, now: datetime) -> None:
-    percent = state.traffic_percent
-    if type(percent) is not int and (isinstance(percent, bool) or not isinstance(percent, int)):
-        raise InvalidInput("traffic_percent", f"{state.traffic_percent!r} is not a whole number")
-    if not 1 <= state.traffic_percent <= 99:
-        raise InvalidInput("traffic_percent", f"{state.traffic_percent} is not a canary's 1..99")
-    for field, moment in (("step_started_at", state.step_started_at), ("now", now)):
-        if moment.tzinfo is None or moment.utcoffset() is None:
-            raise InvalidInput(field, f"{moment.isoformat()} has no time zone")
-    for side, c in (("canary", state.canary), ("stable", state.stable)):
-        if not 0 <= c.successes <= c.requests or c.score_count < 0:
-            raise InvalidInput(side, f"{c.successes} successes of {c.requests} requests")
-        n, total, squares = c.score_count, c.score_sum, c.score_sq_sum
-        if not (_finite(total) and _finite(squares)):
-            raise InvalidInput(side, "score sums are not finite")
-        # Scores lie in 0..1, so 0 <= sum of squares <= sum <= count, and by Cauchy-Schwarz
-        # sum^2 <= count * sum of squares (with room for rounding).
-        at_least_one = max(1, n)
-        eps = 1e-9 * at_least_one
-        within = -eps <= squares <= total + eps and total <= n + eps
-        if not within or total**2 > n * squares + eps * at_least_one:
-            raise InvalidInput(side, f"scores sum {total} / squares {squares} over {n} scores")

@@ -50,8 +50,8 @@ from registry.canary.analysis import (
     Ruling,
     decide,
     rule,
-    validate_policy,
 )
+from registry.canary.checks import validate_policy
 from registry.errors import InvalidInput
 from registry.models import (
     Deployment,

@@ -19,11 +19,9 @@ from registry.canary.analysis import (
     Decision,
     Metric,
     decide,
-    next_step,
-    parse_steps,
-    validate_policy,
     wilson_bounds,
 )
+from registry.canary.checks import next_step, parse_steps, validate_policy
 from registry.errors import InvalidInput
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

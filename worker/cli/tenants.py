@@ -72,7 +72,7 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
 def _policy_changes(args: argparse.Namespace) -> PolicyChanges:
     steps = None
     if args.steps is not None:
-        from registry.canary.analysis import parse_steps
+        from registry.canary.checks import parse_steps
 
         steps = parse_steps(args.steps)
     return PolicyChanges(
