@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -76,8 +76,10 @@ def _default(column: str) -> Any:
     return getattr(default, "arg", None)
 
 
-@dataclass(frozen=True, slots=True)
-class LiveCanary:
+class LiveCanary(NamedTuple):
+    """One live canary as read (a named tuple: one is made per canary per sweep and per fleet
+    page, and a frozen dataclass's __init__ costs about four times as much)."""
+
     deployment_id: uuid.UUID
     tenant_id: uuid.UUID
     tenant: str  # slug
@@ -245,23 +247,20 @@ def read_counts(session: Session, tenant_id: uuid.UUID | None = None) -> dict[in
 
 
 def _sides(sums: Any) -> tuple[Counts, Counts]:
-    """The canary's and the stable side's counts from a row of `counts_query` (None: no row)."""
+    """The canary's and the stable side's counts from a row of `counts_query` (None: no row).
+    Each sum is over at least one counter (a group has one), so none is NULL; each is converted
+    to the type `analysis` expects whatever the database's driver returned."""
     if sums is None:
         return _NO_COUNTS, _NO_COUNTS
-    n = len(_SUMS)  # after the deployment's id: the canary's sums, then the stable side's
-    return _counts(*sums[1 : 1 + n]), _counts(*sums[1 + n : 1 + 2 * n])
-
-
-def _counts(
-    requests: Any, successes: Any, score_sum: Any, score_count: Any, score_sq_sum: Any
-) -> Counts:
-    return Counts(
-        int(requests or 0),
-        int(successes or 0),
-        float(score_sum or 0.0),
-        int(score_count or 0),
-        float(score_sq_sum or 0.0),
-    )
+    # After the deployment's id: the canary's sums, then the stable side's (the order of _SUMS).
+    _, requests, successes, score_sum, score_count, score_sq_sum, *stable = sums
+    s_requests, s_successes, s_score_sum, s_score_count, s_score_sq_sum = stable
+    return (
+        Counts(int(requests), int(successes), float(score_sum), int(score_count),
+               float(score_sq_sum)),
+        Counts(int(s_requests), int(s_successes), float(s_score_sum), int(s_score_count),
+               float(s_score_sq_sum)),
+    )  # fmt: skip
 
 
 _NO_COUNTS = Counts()
