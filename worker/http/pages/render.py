@@ -51,7 +51,11 @@ PALETTE = 6  # version colours (CSS classes v0..v5); every share also has its te
 
 
 def utc(moment: datetime | None) -> str:
-    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """`2026-01-31 12:00:00 UTC` (by isoformat: strftime takes twice as long, and a chart shows
+    a thousand of these)."""
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).isoformat(" ", "seconds")[:19] + " UTC"
 
 
 def iso(moment: datetime | None) -> str:
@@ -223,6 +227,14 @@ def chart(intervals: list[Interval]) -> list[Column]:
     first, last = intervals[0].start, intervals[-1].end
     span = max((last - first).total_seconds(), 1e-6)
     columns = []
+    shown: dict[datetime, str] = {}  # each interval ends where the next begins: format once
+
+    def at(moment: datetime) -> str:
+        text = shown.get(moment)
+        if text is None:
+            text = shown[moment] = utc(moment)
+        return text
+
     for interval in intervals:
         x = (interval.start - first).total_seconds() / span * CHART_WIDTH
         width = max((interval.end - interval.start).total_seconds() / span * CHART_WIDTH, 0.5)
@@ -231,7 +243,7 @@ def chart(intervals: list[Interval]) -> list[Column]:
             height = share.percent / 100 * CHART_HEIGHT
             bars.append(Bar(x, y, width, height, share.version, share.percent))
             y += height
-        title = f"{utc(interval.start)} to {utc(interval.end)}: {split_text(interval.split)}"
+        title = f"{at(interval.start)} to {at(interval.end)}: {split_text(interval.split)}"
         columns.append(Column(x, width, bars, title, interval.start, interval.end))
     return columns
 
