@@ -8,7 +8,6 @@ import itertools
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from registry.errors import InvalidInput
@@ -84,17 +83,21 @@ def validate_policy(policy: CanaryPolicy) -> None:
 
 
 def check_policy(policy: CanaryPolicy) -> None:
-    """`validate_policy`, once per distinct policy: a fleet's canaries share a few policies, and
-    the dashboard and the sweep decide every one of them."""
-    try:
-        _validated(policy)
-    except TypeError:  # a field of an unhashable type (steps as a list): checked every time
-        validate_policy(policy)
+    """`validate_policy`, once per policy object: a fleet's canaries share a few policies (each
+    made once, `canaries.canary_policy`), and the dashboard and the sweep decide every one of
+    them. Known by identity, which costs less than the policy's hash."""
+    if _checked.get(id(policy)) is policy:
+        return
+    validate_policy(policy)  # raises for an invalid one, which is then not kept
+    # Kept only when immutable throughout (steps as a list could change after the check), and
+    # held, so that its id is not reused while it is here.
+    if type(policy.steps) is tuple:
+        if len(_checked) >= 1024:
+            _checked.clear()
+        _checked[id(policy)] = policy
 
 
-@lru_cache(maxsize=1024)
-def _validated(policy: CanaryPolicy) -> None:
-    validate_policy(policy)  # raises for an invalid one, which is then not cached
+_checked: dict[int, CanaryPolicy] = {}
 
 
 def validate_state(state: CanaryState, now: datetime) -> None:
