@@ -61,7 +61,7 @@ OPEN_OPERATIONS = (OperationStatus.QUEUED, OperationStatus.RUNNING)
 FAILED_OPERATIONS = (OperationStatus.FAILED, OperationStatus.STALE, OperationStatus.EXPIRED)
 
 
-@dataclass
+@dataclass(slots=True)
 class FleetRow:
     tenant: str  # slug
     tenant_id: uuid.UUID
