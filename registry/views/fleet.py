@@ -3,7 +3,9 @@ needs an operator's attention — in five statements, however many tenants there
 
 The page lists every tenant, so the work per tenant is what its render time is made of: rows are
 read as plain tuples, and what many tenants share (a split's shares, a canary policy) is built
-once per distinct value."""
+once per distinct value. Each tenant is read with its live canary, by the columns and conditions
+`ftdeploy status` reads canaries with (`registry.canary.canaries`), and the counts by its same
+statement."""
 
 from __future__ import annotations
 
