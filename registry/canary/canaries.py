@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     BigInteger,
@@ -40,7 +40,7 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from registry.canary.analysis import (
     CanaryPolicy,
@@ -76,8 +76,10 @@ def _default(column: str) -> Any:
     return getattr(default, "arg", None)
 
 
-@dataclass(frozen=True, slots=True)
-class LiveCanary:
+class LiveCanary(NamedTuple):
+    """One live canary as read (a named tuple: one is made per canary per sweep and per fleet
+    page, and a frozen dataclass's __init__ costs about four times as much)."""
+
     deployment_id: uuid.UUID
     tenant_id: uuid.UUID
     tenant: str  # slug
@@ -123,6 +125,38 @@ def _live(one_tenant: bool) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def live_conditions() -> list[ColumnElement[bool]]:
+    """What makes a deployment and its version a live canary (the rows of `canary_columns`'s
+    `Deployment` and `ModelVersion`), for statements that read live canaries with other rows
+    (the fleet's tenants)."""
+    return _live(False)
+
+
+def canary_columns() -> list[ColumnElement[Any] | InstrumentedAttribute[Any]]:
+    """The columns of one live canary without its counts, in the order `live_canary` reads
+    them: its deployment, tenant, version and the tenant's policy (an outer join)."""
+    policy = DeploymentPolicy
+    return [
+        Deployment.id,
+        Deployment.tenant_id,
+        Tenant.slug,
+        ModelVersion.id.label("version_id"),
+        ModelVersion.version,
+        ModelVersion.traffic_percent,
+        Deployment.step_started_at,
+        Deployment.auto_promote_threshold,
+        policy.auto_promote_threshold.label("policy_threshold"),
+        policy.metric,
+        policy.min_samples,
+        policy.bake_seconds,
+        # As text: parsed and checked once per distinct value (`_steps`), not once per row.
+        cast(policy.canary_steps, String).label("canary_steps"),
+        policy.progress_deadline_seconds,
+        policy.auto_rollback,
+        policy.paused,
+    ]
+
+
 # Both statements are built once per kind (every canary, or one tenant's, bound to the parameter
 # `tenant_id`): building a statement and its cache key is Python work that each sweep and each
 # fleet page would otherwise repeat, and it does not depend on the data.
@@ -131,25 +165,7 @@ def canaries_query(one_tenant: bool = False) -> Select[*tuple[Any, ...]]:
     """Each live canary with its tenant and policy (no counts)."""
     policy = DeploymentPolicy
     return (
-        select(
-            Deployment.id,
-            Deployment.tenant_id,
-            Tenant.slug,
-            ModelVersion.id.label("version_id"),
-            ModelVersion.version,
-            ModelVersion.traffic_percent,
-            Deployment.step_started_at,
-            Deployment.auto_promote_threshold,
-            policy.auto_promote_threshold.label("policy_threshold"),
-            policy.metric,
-            policy.min_samples,
-            policy.bake_seconds,
-            # As text: parsed and checked once per distinct value (`_steps`), not once per row.
-            cast(policy.canary_steps, String).label("canary_steps"),
-            policy.progress_deadline_seconds,
-            policy.auto_rollback,
-            policy.paused,
-        )
+        select(*canary_columns())
         .select_from(Deployment)
         .join(ModelVersion, ModelVersion.id == Deployment.version_id)
         .join(Tenant, Tenant.id == Deployment.tenant_id)
@@ -213,32 +229,38 @@ def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> 
     # Plain rows through the session's connection, fetched at once: the ORM's result machinery
     # adds a third per row, and iterating a result fetches row by row; the fleet page and the
     # sweep read one row per live canary.
-    read = session.connection().execute
+    # Plain rows through the session's connection, fetched at once: the ORM's result machinery
+    # adds a third per row, and iterating a result fetches row by row; the fleet page and the
+    # sweep read one row per live canary.
     one, params = (False, {}) if tenant_id is None else (True, {"tenant_id": tenant_id})
-    canaries = read(canaries_query(one), params).all()
-    # Merged by the deployment id's integer: a UUID's hash and equality are Python code.
-    counts = {row[0].int: row for row in read(counts_query(one), params).all()}
-    return [_canary(row, counts.get(row[0].int)) for row in canaries]
+    canaries = session.connection().execute(canaries_query(one), params).all()
+    counts = read_counts(session, tenant_id)
+    return [live_canary(row, counts.get(row[0].int)) for row in canaries]
+
+
+def read_counts(session: Session, tenant_id: uuid.UUID | None = None) -> dict[int, Any]:
+    """The rows of `counts_query` (of one tenant, or all) by their deployment id's integer (a
+    UUID's hash and equality are Python code), for `live_canary`: one statement."""
+    one, params = (False, {}) if tenant_id is None else (True, {"tenant_id": tenant_id})
+    found = session.connection().execute(counts_query(one), params).all()
+    return {row[0].int: row for row in found}
 
 
 def _sides(sums: Any) -> tuple[Counts, Counts]:
-    """The canary's and the stable side's counts from a row of `counts_query` (None: no row)."""
+    """The canary's and the stable side's counts from a row of `counts_query` (None: no row).
+    Each sum is over at least one counter (a group has one), so none is NULL; each is converted
+    to the type `analysis` expects whatever the database's driver returned."""
     if sums is None:
         return _NO_COUNTS, _NO_COUNTS
-    n = len(_SUMS)  # after the deployment's id: the canary's sums, then the stable side's
-    return _counts(*sums[1 : 1 + n]), _counts(*sums[1 + n : 1 + 2 * n])
-
-
-def _counts(
-    requests: Any, successes: Any, score_sum: Any, score_count: Any, score_sq_sum: Any
-) -> Counts:
-    return Counts(
-        int(requests or 0),
-        int(successes or 0),
-        float(score_sum or 0.0),
-        int(score_count or 0),
-        float(score_sq_sum or 0.0),
-    )
+    # After the deployment's id: the canary's sums, then the stable side's (the order of _SUMS).
+    _, requests, successes, score_sum, score_count, score_sq_sum, *stable = sums
+    s_requests, s_successes, s_score_sum, s_score_count, s_score_sq_sum = stable
+    return (
+        Counts(int(requests), int(successes), float(score_sum), int(score_count),
+               float(score_sq_sum)),
+        Counts(int(s_requests), int(s_successes), float(s_score_sum), int(s_score_count),
+               float(s_score_sq_sum)),
+    )  # fmt: skip
 
 
 _NO_COUNTS = Counts()
@@ -248,9 +270,10 @@ def _or_default(value: Any, column: str) -> Any:
     return _default(column) if value is None else value
 
 
-def _canary(row: Any, sums: Any) -> LiveCanary:
-    # By position, in the order of `canaries_query`'s columns (a name lookup per column costs
-    # more than the rest of this function).
+def live_canary(row: Sequence[Any], sums: Any) -> LiveCanary:
+    """A live canary from the values of `canary_columns` (in their order) and its row of
+    `counts_query` (None: no counts yet)."""
+    # By position (a name lookup per column costs more than the rest of this function).
     (
         deployment_id, tenant_id, slug, version_id, version, traffic_percent, step_started_at,
         threshold, policy_threshold, metric, min_samples, bake_seconds, steps, deadline_seconds,

@@ -8,14 +8,13 @@ import itertools
 import math
 from collections.abc import Sequence
 from datetime import datetime
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from registry.errors import InvalidInput
 from registry.models import Metric
 
 if TYPE_CHECKING:  # analysis imports this module: its types are only annotations here
-    from registry.canary.analysis import CanaryPolicy, CanaryState
+    from registry.canary.analysis import CanaryPolicy, CanaryState, Counts
 
 
 def next_step(current: int, steps: tuple[int, ...]) -> int:
@@ -84,38 +83,51 @@ def validate_policy(policy: CanaryPolicy) -> None:
 
 
 def check_policy(policy: CanaryPolicy) -> None:
-    """`validate_policy`, once per distinct policy: a fleet's canaries share a few policies, and
-    the dashboard and the sweep decide every one of them."""
-    try:
-        _validated(policy)
-    except TypeError:  # a field of an unhashable type (steps as a list): checked every time
-        validate_policy(policy)
+    """`validate_policy`, once per policy object: a fleet's canaries share a few policies (each
+    made once, `canaries.canary_policy`), and the dashboard and the sweep decide every one of
+    them. Known by identity, which costs less than the policy's hash."""
+    if _checked.get(id(policy)) is policy:
+        return
+    validate_policy(policy)  # raises for an invalid one, which is then not kept
+    # Kept only when immutable throughout (steps as a list could change after the check), and
+    # held, so that its id is not reused while it is here.
+    if type(policy.steps) is tuple:
+        if len(_checked) >= 1024:
+            _checked.clear()
+        _checked[id(policy)] = policy
 
 
-@lru_cache(maxsize=1024)
-def _validated(policy: CanaryPolicy) -> None:
-    validate_policy(policy)  # raises for an invalid one, which is then not cached
+_checked: dict[int, CanaryPolicy] = {}
 
 
 def validate_state(state: CanaryState, now: datetime) -> None:
-    percent = state.traffic_percent
+    percent, started, canary, stable = state
     if type(percent) is not int and (isinstance(percent, bool) or not isinstance(percent, int)):
-        raise InvalidInput("traffic_percent", f"{state.traffic_percent!r} is not a whole number")
-    if not 1 <= state.traffic_percent <= 99:
-        raise InvalidInput("traffic_percent", f"{state.traffic_percent} is not a canary's 1..99")
-    for field, moment in (("step_started_at", state.step_started_at), ("now", now)):
+        raise InvalidInput("traffic_percent", f"{percent!r} is not a whole number")
+    if not 1 <= percent <= 99:
+        raise InvalidInput("traffic_percent", f"{percent} is not a canary's 1..99")
+    for field, moment in (("step_started_at", started), ("now", now)):
         if moment.tzinfo is None or moment.utcoffset() is None:
             raise InvalidInput(field, f"{moment.isoformat()} has no time zone")
-    for side, c in (("canary", state.canary), ("stable", state.stable)):
-        if not 0 <= c.successes <= c.requests or c.score_count < 0:
-            raise InvalidInput(side, f"{c.successes} successes of {c.requests} requests")
-        n, total, squares = c.score_count, c.score_sum, c.score_sq_sum
-        if not (_finite(total) and _finite(squares)):
-            raise InvalidInput(side, "score sums are not finite")
-        # Scores lie in 0..1, so 0 <= sum of squares <= sum <= count, and by Cauchy-Schwarz
-        # sum^2 <= count * sum of squares (with room for rounding).
-        at_least_one = max(1, n)
-        eps = 1e-9 * at_least_one
-        within = -eps <= squares <= total + eps and total <= n + eps
-        if not within or total**2 > n * squares + eps * at_least_one:
-            raise InvalidInput(side, f"scores sum {total} / squares {squares} over {n} scores")
+    _check_counts("canary", canary)
+    _check_counts("stable", stable)
+
+
+def _check_counts(side: str, counts: Counts) -> None:
+    requests, successes, total, n, squares = counts
+    if not 0 <= successes <= requests or n < 0:
+        raise InvalidInput(side, f"{successes} successes of {requests} requests")
+    if n == 0 and total == 0 and squares == 0 and type(total) in _PLAIN and type(squares) in _PLAIN:
+        return  # no scores (the usual case of a success-rate canary): the checks below all pass
+    if not (_finite(total) and _finite(squares)):
+        raise InvalidInput(side, "score sums are not finite")
+    # Scores lie in 0..1, so 0 <= sum of squares <= sum <= count, and by Cauchy-Schwarz
+    # sum^2 <= count * sum of squares (with room for rounding).
+    at_least_one = max(1, n)
+    eps = 1e-9 * at_least_one
+    within = -eps <= squares <= total + eps and total <= n + eps
+    if not within or total**2 > n * squares + eps * at_least_one:
+        raise InvalidInput(side, f"scores sum {total} / squares {squares} over {n} scores")
+
+
+_PLAIN = (float, int)  # the types `_finite` takes without its slower checks

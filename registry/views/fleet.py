@@ -1,9 +1,11 @@
 """The fleet: every tenant a key may see, its live split, its canary's step and state, and what
-needs an operator's attention — in six statements, however many tenants there are.
+needs an operator's attention — in five statements, however many tenants there are.
 
 The page lists every tenant, so the work per tenant is what its render time is made of: rows are
 read as plain tuples, and what many tenants share (a split's shares, a canary policy) is built
-once per distinct value."""
+once per distinct value. Each tenant is read with its live canary, by the columns and conditions
+`ftdeploy status` reads canaries with (`registry.canary.canaries`), and the counts by its same
+statement."""
 
 from __future__ import annotations
 
@@ -20,15 +22,22 @@ from sqlalchemy import (
     Result,
     Select,
     String,
+    and_,
     bindparam,
     cast,
     func,
+    join,
     or_,
     select,
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from registry.canary.canaries import read_live_canaries
+from registry.canary.canaries import (
+    canary_columns,
+    live_canary,
+    live_conditions,
+    read_counts,
+)
 from registry.models import (
     Deployment,
     DeploymentPolicy,
@@ -54,7 +63,7 @@ OPEN_OPERATIONS = (OperationStatus.QUEUED, OperationStatus.RUNNING)
 FAILED_OPERATIONS = (OperationStatus.FAILED, OperationStatus.STALE, OperationStatus.EXPIRED)
 
 
-@dataclass
+@dataclass(slots=True)
 class FleetRow:
     tenant: str  # slug
     tenant_id: uuid.UUID
@@ -113,7 +122,7 @@ def _count(n: int, noun: str) -> str:
 
 
 def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datetime) -> Fleet:
-    """Every tenant in `tenant_ids` (None: every tenant), by slug. Reads only, no lock; six
+    """Every tenant in `tenant_ids` (None: every tenant), by slug. Reads only, no lock; five
     statements whatever the number of tenants. A tenant outside `tenant_ids` is absent from
     everything returned, its name included."""
     scope = None if tenant_ids is None else list(tenant_ids)
@@ -122,28 +131,27 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
     # Plain rows through the session's connection (Core): the ORM's result machinery costs a
     # third more per row, and a fleet has thousands of rows.
     read = session.connection().execute
+    counts = read_counts(session)
     rows: dict[uuid.UUID, FleetRow] = {}
-    for tenant_id, slug, strategy, auto_promote, paused, split in read(
-        statements.tenants, within
-    ).all():
-        rows[tenant_id] = FleetRow(
-            slug,
-            tenant_id,
-            strategy or Strategy.IMMEDIATE,
-            bool(auto_promote),
-            _split(split),
-            paused=bool(paused),
-        )
+    row = None
+    # A tenant's row comes with its live canary's columns (NULL without one), by slug and then
+    # version: a tenant with two live canaries has two rows in a row, and shows the newest.
+    for found in read(statements.tenants, within).all():
+        tenant_id, slug, strategy, auto_promote, paused, split, deployment_id = found[:7]
+        if row is None or row.tenant != slug:
+            row = rows[tenant_id] = FleetRow(
+                slug,
+                tenant_id,
+                strategy or Strategy.IMMEDIATE,
+                bool(auto_promote),
+                _split(split),
+                paused=bool(paused),
+            )
+        if deployment_id is not None:
+            live = live_canary(found[6:], counts.get(deployment_id.int))
+            row.canary = fleet_canary(live, now)
     if not rows:
         return Fleet([], now)
-
-    # The rows again, by the id's integer, for the lookup made per canary: a UUID's hash and
-    # equality are Python code.
-    by_id = {tenant_id.int: row for tenant_id, row in rows.items()}
-    for live in read_live_canaries(session):
-        row = by_id.get(live.tenant_id.int)
-        if row is not None:
-            row.canary = fleet_canary(live, now)
 
     for tenant_id, status, number in read(statements.pending, within).all():
         row = rows.get(tenant_id)
@@ -188,7 +196,10 @@ def _statements(scoped: bool) -> _Statements:
         .group_by(version.tenant_id)
         .subquery()
     )
+    # Each tenant with its live canary, if any (the columns `live_canary` reads): one statement
+    # rather than the tenants and then the canaries, which read the same tenants and policies.
     policy = DeploymentPolicy
+    live = join(Deployment, ModelVersion, and_(*live_conditions()))
     tenants = (
         select(
             Tenant.id,
@@ -197,11 +208,13 @@ def _statements(scoped: bool) -> _Statements:
             policy.auto_promote,
             policy.paused,
             splits.c.split,
+            *canary_columns(),
         )
         .outerjoin(policy, policy.tenant_id == Tenant.id)
         .outerjoin(splits, splits.c.tenant_id == Tenant.id)
+        .outerjoin(live, Deployment.tenant_id == Tenant.id)
         .where(*within(Tenant.id))
-        .order_by(Tenant.slug)
+        .order_by(Tenant.slug, ModelVersion.version)
     )
 
     waiting = (DeploymentStatus.STAGED, DeploymentStatus.AWAITING_EVALUATION)

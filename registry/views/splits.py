@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Share:
+class Share(NamedTuple):
+    """One version's share of a split (a named tuple: the fleet's rows look their bars up by
+    their shares, and a dataclass's hash is Python code, a named tuple's is not)."""
+
     version: int
     percent: int
     role: str  # "stable" | "canary" (the newest of several production versions)

@@ -6,12 +6,15 @@ trail is read newest first up to `CHART_CHANGES` (the chart) of which `HISTORY_R
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import String, cast, func, select
 from sqlalchemy.orm import Session
 
 from registry import audit
@@ -58,8 +61,8 @@ class Change:
     version: int | None
     actor: str
     reason: str
-    before: list[Share]
-    after: list[Share]
+    before: Sequence[Share]
+    after: Sequence[Share]
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Interval:
 
     start: datetime
     end: datetime
-    split: list[Share]
+    split: Sequence[Share]
 
 
 @dataclass(frozen=True)
@@ -147,17 +150,37 @@ def _policy(policy: DeploymentPolicy | None) -> tuple[str, list[tuple[str, str]]
     return str(value("strategy")), rows
 
 
+class _Event(NamedTuple):
+    """A row of the tenant's audit trail as the page reads it: its columns, the splits as the
+    database spells them (JSON text, parsed once per distinct value by `_shares`)."""
+
+    id: int
+    created_at: datetime
+    action: str
+    version: int | None
+    actor: str
+    reason: str
+    split_before: str
+    split_after: str
+
+
 def _chart(
-    events: list[TrafficEvent], tenant: Tenant, split: list[Share], now: datetime
+    events: Sequence[_Event], tenant: Tenant, split: list[Share], now: datetime
 ) -> list[Interval]:
     if not events:
         return [Interval(tenant.created_at, now, split)]
     oldest_first = list(reversed(events))
     ends = [e.created_at for e in oldest_first[1:]] + [now]
     return [
-        Interval(e.created_at, max(end, e.created_at), shares(e.split_after))
+        Interval(e.created_at, max(end, e.created_at), _shares(e.split_after))
         for e, end in zip(oldest_first, ends, strict=True)
     ]
+
+
+@lru_cache(maxsize=4096)  # a history has few distinct splits
+def _shares(split: str) -> tuple[Share, ...]:
+    """`shares` of a split stored as JSON, as its text (shared between events: a tuple)."""
+    return tuple(shares(json.loads(split)))
 
 
 def tenant_page(session: Session, tenant: Tenant, now: datetime) -> TenantPage:
@@ -194,14 +217,27 @@ def tenant_page(session: Session, tenant: Tenant, now: datetime) -> TenantPage:
             .order_by(ModelVersion.version)
         )
     )
-    events = list(
-        session.scalars(
-            select(TrafficEvent)
-            .where(TrafficEvent.tenant_id == tenant.id)
-            .order_by(TrafficEvent.id.desc())
+    # Columns rather than entities, and the splits as text: the chart reads hundreds of events
+    # and needs only their times and splits, which repeat.
+    event = TrafficEvent
+    events = [
+        _Event(*row)
+        for row in session.execute(
+            select(
+                event.id,
+                event.created_at,
+                event.action,
+                event.version,
+                event.actor,
+                event.reason,
+                cast(event.split_before, String),
+                cast(event.split_after, String),
+            )
+            .where(event.tenant_id == tenant.id)
+            .order_by(event.id.desc())
             .limit(CHART_CHANGES)
         )
-    )
+    ]
     total = int(
         session.scalar(
             select(func.count())
@@ -239,7 +275,7 @@ def tenant_page(session: Session, tenant: Tenant, now: datetime) -> TenantPage:
     )
 
 
-def _change(e: TrafficEvent) -> Change:
+def _change(e: _Event) -> Change:
     return Change(
         e.id,
         e.created_at,
@@ -247,8 +283,8 @@ def _change(e: TrafficEvent) -> Change:
         e.version,
         e.actor,
         e.reason,
-        shares(e.split_before),
-        shares(e.split_after),
+        _shares(e.split_before),
+        _shares(e.split_after),
     )
 
 

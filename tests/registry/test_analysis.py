@@ -447,7 +447,7 @@ def test_decisions_are_deterministic_and_well_formed(
 ) -> None:
     now, _ = at(seconds)
     first = decide(CanaryState(percent, T0, canary, stable), p, now)
-    copies = CanaryState(percent, T0, dataclasses.replace(canary), dataclasses.replace(stable))
+    copies = CanaryState(percent, T0, canary._replace(), stable._replace())
     assert decide(copies, dataclasses.replace(p), now) == first
     assert first.reason
     if first.action == Action.PROMOTE:

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry import operations, records, versions
 from registry.canary.canaries import assess, read_live_canaries
 from registry.jobs import events
-from registry.models import DeploymentPolicy, Tenant, TrafficEvent
+from registry.models import Deployment, DeploymentPolicy, ModelVersion, Tenant, TrafficEvent
 from registry.tenants import PolicyChanges, set_policy
 from registry.views import fleet, preview, tenant
 from registry.views.splits import shares, text
@@ -191,3 +191,30 @@ def test_statements_per_page_do_not_grow(sessions: sessionmaker[Session], clock:
         page = tenant.tenant_page(session, _tenant(session, "few-0"), clock.now)
     assert len(page.chart) == tenant.CHART_CHANGES and len(page.changes) == tenant.HISTORY_ROWS
     assert page.total_changes == tenant.CHART_CHANGES + 22
+
+
+def test_a_tenant_with_two_live_canaries_is_one_fleet_row_showing_the_newest(
+    sessions: sessionmaker[Session], clock: Clock
+) -> None:
+    """The fleet reads each tenant with its live canary: two of them (a state the registry
+    avoids, but rows can hold) still make one row, with the newest canary."""
+    tenant_id, slug = canary_tenant(sessions, "twice")
+    with sessions() as session, session.begin():
+        deploy_new(session, session.get_one(Tenant, tenant_id))  # v3
+        v2 = session.scalars(
+            select(ModelVersion).where(
+                ModelVersion.tenant_id == tenant_id, ModelVersion.version == 2
+            )
+        ).one()
+        v2.status, v2.traffic_percent = "production", 5
+        session.execute(
+            update(Deployment)
+            .where(Deployment.version_id == v2.id)
+            .values(status="active", auto_promote=True, step_started_at=clock.now)
+        )
+    with sessions() as session:
+        live = read_live_canaries(session, tenant_id)
+        rows = fleet.fleet(session, None, clock.now).rows
+    assert [c.version for c in live] == [2, 3]
+    assert [row.tenant for row in rows] == [slug]
+    assert rows[0].canary is not None and rows[0].canary.version == 3

@@ -55,6 +55,23 @@ def read_only() -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def reading() -> Iterator[Session]:
+    """A session for pages that only read: its transaction ends with a commit, which writes
+    nothing and, unlike a rollback, keeps the statements psycopg prepared on the connection (it
+    forgets them at every rollback, and each page would then plan its statements anew, a few
+    milliseconds of the fleet page's). Rolled back on an error."""
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
 def _common(who: Viewer) -> dict[str, Any]:
     return {"viewer": who, "csrf": who.csrf}
 
@@ -63,7 +80,7 @@ def _common(who: Viewer) -> dict[str, Any]:
 
 
 def _fleet(who: Viewer, attention: bool) -> dict[str, Any]:
-    with read_only() as session:
+    with reading() as session:
         data = fleet.fleet(session, who.principal.tenant_ids, clock.now())
     rows = data.attention if attention else data.rows
     return {"fleet": data, "rows": rows, "attention": attention, **_common(who)}
@@ -119,7 +136,8 @@ def _preview(session: Session, found: Tenant, params: Mapping[str, Any]) -> prev
 def tenant_page(
     request: Request, tenant_ref: schemas.TenantRef, who: Reader, op: str | None = None
 ) -> HTMLResponse:
-    with read_only() as session:
+    # A preview's changes are rolled back; a viewer who cannot operate sees none.
+    with read_only() if who.can_operate else reading() as session:
         found = _tenant(session, who, tenant_ref)
         context = _live(session, found)
         shown = _preview(session, found, request.query_params) if who.can_operate else None
@@ -142,7 +160,7 @@ def tenant_fragment(
 ) -> HTMLResponse:
     """The live parts of the tenant page: the split and the canary (summary), the rest
     (details), or both."""
-    with read_only() as session:
+    with reading() as session:
         context = _live(session, _tenant(session, who, tenant_ref))
     return render.page("_tenant_live.html", part=part, **context, **_common(who))
 
