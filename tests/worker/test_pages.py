@@ -9,15 +9,18 @@ from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import InternalError
 from starlette.testclient import TestClient
 
 from registry import keys
 from registry.db import unit_of_work
 from registry.models import AuditEvent, Operation, Tenant
+from registry.settings import get_settings
 from registry.tenants import get_policy
 from tests.factories import deploy_new, make_tenant
 from worker.http.app import create_app
 from worker.http.pages.render import SECURITY_HEADERS
+from worker.http.pages.routes import reading
 from worker.http.pages.sessions import COOKIE
 
 KEYS: dict[str, str] = {}
@@ -260,3 +263,19 @@ def test_an_operator_pauses_and_resumes_its_tenant_with_a_reason(app: TestClient
         [("pause", "ops-alpha", "incident 42"), ("resume", "ops-alpha", "incident over")],
     )
     assert "Auto-promotion is paused" not in app.get("/tenants/alpha").text
+
+
+def test_a_reading_session_cannot_write_on_postgresql(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pages that only read end with a commit (it keeps psycopg's prepared statements): their
+    # transaction is READ ONLY, so a write by mistake fails instead of being kept.
+    monkeypatch.setenv("FTDEPLOY_DATABASE_URL", pg_url)
+    get_settings.cache_clear()
+    with pytest.raises(InternalError, match="read-only transaction"), reading() as session:
+        make_tenant(session, "written-by-a-page")
+        session.flush()
+    with unit_of_work() as session:
+        assert session.scalar(select(Tenant).where(Tenant.slug == "written-by-a-page")) is None
+        make_tenant(session, "written-by-a-unit-of-work")  # the pooled connection writes again
+    get_settings.cache_clear()

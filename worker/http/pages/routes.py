@@ -60,9 +60,12 @@ def reading() -> Iterator[Session]:
     """A session for pages that only read: its transaction ends with a commit, which writes
     nothing and, unlike a rollback, keeps the statements psycopg prepared on the connection (it
     forgets them at every rollback, and each page would then plan its statements anew, a few
-    milliseconds of the fleet page's). Rolled back on an error."""
+    milliseconds of the fleet page's). On PostgreSQL the transaction is READ ONLY as well, so
+    that commit cannot keep a write made by mistake. Rolled back on an error."""
     session = session_factory()()
     try:
+        # Set on the connection before its transaction begins; SQLite ignores the option.
+        session.connection(execution_options={"postgresql_readonly": True})
         yield session
         session.commit()
     except BaseException:
