@@ -11,7 +11,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -148,6 +148,27 @@ def unit_of_work(database: str | sessionmaker[Session] | None = None) -> Iterato
     try:
         with session.begin():
             yield session
+    finally:
+        session.close()
+
+
+@contextmanager
+def one_statement(database: str | sessionmaker[Session] | None = None) -> Iterator[Session]:
+    """A unit of work for a step that writes with one statement, which needs no transaction
+    around it: on PostgreSQL the session's connection is in autocommit mode (no BEGIN and COMMIT
+    round trips; the statement commits as it runs, atomically by itself). On SQLite, a plain
+    `unit_of_work`. Only for registry calls documented to send one statement here."""
+    sessions = database if isinstance(database, sessionmaker) else session_factory(database)
+    bind = sessions.kw["bind"]
+    if bind.dialect.name != "postgresql":
+        with unit_of_work(sessions) as session:
+            yield session
+        return
+    session = sessions()
+    try:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+        session.commit()
     finally:
         session.close()
 
@@ -346,11 +367,17 @@ def load_rows(
     session already holds is updated to the row, any other is attached as loaded. For the hot
     path's reads, where the ORM's per-query setup costs several times the statement. Pending ORM
     changes are flushed first, so the rows include them."""
+    return attach_rows(session, model, execute(session, statement, params).mappings())
+
+
+def attach_rows(session: Session, model: type[_M], rows: Iterable[Mapping[Any, Any]]) -> list[_M]:
+    """`load_rows` for rows already fetched: mappings holding (at least) every column of the
+    model's table under its name."""
     mapper = sa_inspect(model)
     props = [(prop.key, prop.columns[0].key) for prop in mapper.column_attrs]
     primary = [column.key for column in mapper.primary_key]
     found: list[_M] = []
-    for row in execute(session, statement, params).mappings():
+    for row in rows:
         key = mapper.identity_key_from_primary_key([row[name] for name in primary])
         instance: Any = session.identity_map.get(key)
         fresh = instance is None

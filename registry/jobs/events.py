@@ -174,11 +174,9 @@ def start_attempt(
     the count are one upsert, which locks the row, so duplicates starting side by side are
     counted one after the other and none is lost.
     """
-    job_id = validation.job_id(job_id)
-    tenant = validation.optional_tenant_ref(tenant)
-    counted = _count_attempt(session, job_id, tenant, redelivered).one_or_none()
+    counted = count_attempt(session, job_id, tenant, redelivered=redelivered)
     if counted is not None:
-        return AttemptCount(counted.tenant_hint, counted.crashes, counted.received_at)
+        return counted
     # The message names a tenant the event does not: the claim decides (refusal or attribution).
     event = accept_event(session, job_id, tenant, "broker")
     session.refresh(event, with_for_update=True)
@@ -192,6 +190,21 @@ def start_attempt(
         event.enqueued_at = now
     session.flush()
     return AttemptCount(event.tenant_hint, event.crashes, event.received_at)
+
+
+def count_attempt(
+    session: Session, job_id: str, tenant: str | None, *, redelivered: bool = True
+) -> AttemptCount | None:
+    """`start_attempt` when it takes one statement: the message names no tenant or the one the
+    event has. None otherwise, and then nothing was written (call `start_attempt`, which claims
+    the event first, in a transaction). One statement, atomic by itself, so it may run without
+    a transaction around it (`registry.db.one_statement`)."""
+    job_id = validation.job_id(job_id)
+    tenant = validation.optional_tenant_ref(tenant)
+    counted = _count_attempt(session, job_id, tenant, redelivered).one_or_none()
+    if counted is None:
+        return None
+    return AttemptCount(counted.tenant_hint, counted.crashes, counted.received_at)
 
 
 def _count_attempt(session: Session, job_id: str, tenant: str | None, redelivered: bool) -> Any:
