@@ -8,17 +8,21 @@ Everything runs inside the caller's transaction, after `lock_tenant`; the caller
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select
+from sqlalchemy import Table, bindparam, insert, or_, select, text, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
-from registry import routing, traffic
-from registry.change_feed import note_change
+from registry import db, routing, traffic
+from registry.change_feed import CHANNEL, note_change
 from registry.db import after_commit, load_rows, update_row
 from registry.errors import InvariantViolation, VersionNotFound
 from registry.models import (
@@ -27,6 +31,7 @@ from registry.models import (
     ModelVersion,
     Tenant,
     TrafficEvent,
+    UTCDateTime,
     VersionStatus,
 )
 
@@ -49,6 +54,16 @@ _DEPLOYMENTS_OF = select(Deployment.__table__).where(
     Deployment.__table__.c.version_id.in_(bindparam("ids", expanding=True))
 )
 _AUDIT_INSERT = insert(cast(Table, TrafficEvent.__table__))
+_deployments = Deployment.__table__.c
+_MOVE_DEPLOYMENTS = (
+    update(cast(Table, Deployment.__table__))
+    .where(
+        _deployments.version_id.in_(bindparam("ids", expanding=True)),
+        _deployments.status.not_in([bindparam("status"), DeploymentStatus.REJECTED.value]),
+    )
+    .values(status=bindparam("status"), updated_at=bindparam("now", type_=UTCDateTime()))
+    .returning(_deployments.id)
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,7 @@ def apply_split(
     promoted: ModelVersion | None = None,
     rolled_back: ModelVersion | None = None,
     serving: list[ModelVersion] | None = None,
+    promoted_deployment: Deployment | None = None,
 ) -> None:
     """Make `target` the tenant's production split (tenant already locked).
 
@@ -106,7 +122,9 @@ def apply_split(
     or `promoted` at 100%), any active deployment left at 100% is `promoted`, and one whose
     version left is `superseded` (`rolled_back` for `rolled_back`). `serving`: the tenant's
     production versions as `production_versions` read them under the lock in this transaction
-    (read here when not given). The deployments of every version touched are read in one query.
+    (read here when not given). `promoted_deployment`: `promoted`'s deployment, when the caller
+    has it (read here otherwise). The other deployments are not read: each status they move to
+    is one UPDATE of those not already in it (nor rejected).
     """
     before = production_versions(session, tenant.id) if serving is None else serving
     touched = {v.version: v for v in before}
@@ -116,11 +134,10 @@ def apply_split(
     for number in target:
         if number not in touched:
             touched[number] = find_version(session, tenant, number)
-    deployments = _deployments_of(session, list(touched.values()))
+    moves: dict[DeploymentStatus, list[uuid.UUID]] = {}
     for number, version in touched.items():
         share = target.get(number, 0)
         was_serving = version.status == VersionStatus.PRODUCTION
-        deployment = deployments.get(version.id)
         if share > 0:
             deployed_at = now if not was_serving or version.deployed_at is None else None
             update_row(
@@ -131,9 +148,10 @@ def apply_split(
                 **({"deployed_at": deployed_at} if deployed_at else {}),
             )
             if version is promoted:
+                deployment = promoted_deployment or _deployment_of(session, version)
                 _start_step(session, deployment, share, now)
             elif share == 100:
-                _set_deployment_status(session, deployment, DeploymentStatus.PROMOTED, now)
+                moves.setdefault(DeploymentStatus.PROMOTED, []).append(version.id)
         elif was_serving:
             update_row(
                 session,
@@ -147,7 +165,9 @@ def apply_split(
                 if version is rolled_back
                 else DeploymentStatus.SUPERSEDED
             )
-            _set_deployment_status(session, deployment, left_as, now)
+            moves.setdefault(left_as, []).append(version.id)
+    for status, version_ids in moves.items():
+        _move_deployments(session, version_ids, status, now)
 
 
 # Each row is written at once by one cached UPDATE (`update_row`), not by a flush.
@@ -162,20 +182,27 @@ def _start_step(session: Session, deployment: Deployment | None, share: int, now
     update_row(session, deployment, step_started_at=now, status=status, updated_at=now)
 
 
-def _set_deployment_status(
-    session: Session, deployment: Deployment | None, status: DeploymentStatus, now: datetime
+def _move_deployments(
+    session: Session, version_ids: list[uuid.UUID], status: DeploymentStatus, now: datetime
 ) -> None:
-    # A deployment that was rejected or is still awaiting its evaluation has no live version.
-    if deployment is not None and deployment.status not in (status, DeploymentStatus.REJECTED):
-        update_row(session, deployment, status=status, updated_at=now)
+    # A deployment that was rejected or is still awaiting its evaluation has no live version;
+    # one already in `status` stays as it is. The rows written are set on the instances the
+    # session holds, as if loaded.
+    params = {"ids": version_ids, "status": status.value, "now": now}
+    for row in db.execute(session, _MOVE_DEPLOYMENTS, params):
+        held = session.identity_map.get(_deployment_key(row.id))
+        if held is not None:
+            set_committed_value(held, "status", status.value)
+            set_committed_value(held, "updated_at", now)
 
 
-def _deployments_of(session: Session, versions: list[ModelVersion]) -> dict[uuid.UUID, Deployment]:
-    """The deployment of each version that has one, by version id: one query."""
-    if not versions:
-        return {}
-    found = load_rows(session, Deployment, _DEPLOYMENTS_OF, {"ids": [v.id for v in versions]})
-    return {d.version_id: d for d in found if d.version_id is not None}
+def _deployment_of(session: Session, version: ModelVersion) -> Deployment | None:
+    found = load_rows(session, Deployment, _DEPLOYMENTS_OF, {"ids": [version.id]})
+    return found[0] if found else None
+
+
+def _deployment_key(deployment_id: uuid.UUID) -> Any:
+    return sa_inspect(Deployment).identity_key_from_primary_key((deployment_id,))
 
 
 def check_and_audit(
@@ -196,10 +223,45 @@ def check_and_audit(
     Raises InvariantViolation (the transaction must then be rolled back) if production traffic
     does not sum to 100 with every share in 1..100, or if a non-production version has traffic.
     """
-    # Flushed first, then read back from the database in one query: the production versions
-    # and any other version that has traffic (which breaks the invariant).
     session.flush()
-    rows = session.execute(_SERVING_OR_STRAY, {"tenant_id": tenant.id}).all()
+    params = {
+        "tenant_id": tenant.id,
+        "action": action,
+        "version": version,
+        "actor": actor,
+        "reason": reason,
+        "now": now,
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        # One round trip: the generation bumped (and its notification queued), the audit event
+        # written with the split it finds, and the versions read back for the check below. All
+        # three see the writes before it; a violation raises, and the rollback undoes them.
+        params.update(
+            split_before=json.dumps(traffic.as_json(before)),
+            production=VersionStatus.PRODUCTION.value,
+            channel=CHANNEL,
+            payload_prefix=f"{tenant.id} ",
+        )
+        found = db.execute(session, _AUDITED_CHECK, params).all()
+        generation = int(found[0].generation)
+        after = _checked_split(tenant, [row for row in found if row.version is not None])
+    else:
+        # Read back from the database in one query: the production versions and any other
+        # version that has traffic (which breaks the invariant).
+        rows = session.execute(_SERVING_OR_STRAY, {"tenant_id": tenant.id}).all()
+        after = _checked_split(tenant, rows)
+        # The audit event, written at once (nothing reads it back in this transaction).
+        params.update(split_before=traffic.as_json(before), split_after=traffic.as_json(after))
+        params["created_at"] = params.pop("now")
+        session.execute(_AUDIT_INSERT, params)
+        generation = note_change(session, tenant.id)
+    # The change feed: routing caches everywhere learn of it when the transaction commits;
+    # this process's own Routers at once, after the commit (read your own writes).
+    after_commit(session, partial(routing.forget_tenant, tenant.id, generation))
+    return Change(tenant.slug, action, version, before, after, reason, actor)
+
+
+def _checked_split(tenant: Tenant, rows: Sequence[Any]) -> traffic.Split:
     after = {
         row.version: row.traffic_percent
         for row in rows
@@ -208,22 +270,36 @@ def check_and_audit(
     stray = any(row.status != VersionStatus.PRODUCTION for row in rows)
     if not traffic.is_valid(after) or stray:
         raise InvariantViolation(tenant.slug, after)
-    # The audit event, written at once (nothing reads it back in this transaction).
-    session.execute(
-        _AUDIT_INSERT,
-        {
-            "tenant_id": tenant.id,
-            "action": action,
-            "version": version,
-            "actor": actor,
-            "reason": reason,
-            "split_before": traffic.as_json(before),
-            "split_after": traffic.as_json(after),
-            "created_at": now,
-        },
-    )
-    # The change feed: routing caches everywhere learn of it when the transaction commits;
-    # this process's own Routers at once, after the commit (read your own writes).
-    generation = note_change(session, tenant.id)
-    after_commit(session, partial(routing.forget_tenant, tenant.id, generation))
-    return Change(tenant.slug, action, version, before, after, reason, actor)
+    return after
+
+
+# check_and_audit's three statements as one, on PostgreSQL (data-modifying CTEs). The upsert is
+# change_feed.note_change's; the main query sees every earlier statement of the transaction.
+_AUDITED_CHECK = text(
+    """
+WITH bumped AS (
+    INSERT INTO ai_routing_generations (tenant_id, generation, changed_at)
+    SELECT :tenant_id, coalesce(max(generation), 0) + 1, :now FROM ai_routing_generations
+    ON CONFLICT (tenant_id) DO UPDATE
+        SET generation = excluded.generation, changed_at = excluded.changed_at
+    RETURNING generation
+), notified AS (
+    SELECT pg_notify(:channel, :payload_prefix || CAST(generation AS VARCHAR)) AS sent
+    FROM bumped
+), audit AS (
+    INSERT INTO ai_traffic_events
+        (tenant_id, action, version, actor, reason, split_before, split_after, created_at)
+    SELECT :tenant_id, :action, CAST(:version AS INTEGER), :actor, :reason,
+        CAST(:split_before AS JSONB),
+        coalesce(jsonb_object_agg(CAST(version AS VARCHAR), traffic_percent), '{}'), :now
+    FROM ai_model_versions
+    WHERE tenant_id = :tenant_id AND status = :production AND traffic_percent > 0
+    RETURNING id
+)
+SELECT bumped.generation, served.version, served.status, served.traffic_percent
+FROM bumped CROSS JOIN notified CROSS JOIN audit
+LEFT OUTER JOIN ai_model_versions AS served
+    ON served.tenant_id = :tenant_id
+    AND (served.status = :production OR served.traffic_percent != 0)
+"""
+)
