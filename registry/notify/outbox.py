@@ -16,17 +16,30 @@ reader never sees n+1 committed while n is still to come.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from functools import lru_cache, partial
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, event, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Table,
+    bindparam,
+    column,
+    event,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from registry import clock, dialect, messages
-from registry.db import after_commit, insert_row, load_rows
+from registry.db import after_commit, attach_rows, execute, insert_row, load_rows
 from registry.notify.models import (
     NotificationDelivery,
     NotificationEndpoint,
@@ -61,8 +74,10 @@ def emit(
     """
     kind = EventType(type_)
     stream = stream_of(tenant_id)
-    seq = _take_number(session, stream)
     now = clock.now()
+    if session.get_bind().dialect.name == "postgresql":
+        return _emit_at_once(session, tenant_id, kind, stream, data, dedupe_key, now)
+    seq = _take_number(session, stream)
     row = OutboxEvent(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
@@ -81,7 +96,14 @@ def emit(
         # back, so the stream has no gap.
         session.execute(_GIVE_BACK, {"b_stream": stream, "b_seq": seq - 1})
         return None
-    endpoints = [e for e in _endpoints_for(session, tenant_id) if wants(e, kind)]
+    _add_deliveries(session, row, [e for e in _endpoints_for(session, tenant_id) if wants(e, kind)])
+    return row
+
+
+def _add_deliveries(
+    session: Session, row: OutboxEvent, endpoints: list[NotificationEndpoint]
+) -> None:
+    stream, seq, now = row.stream, row.seq, row.created_at
     for endpoint in endpoints:
         session.add(
             NotificationDelivery(
@@ -97,6 +119,48 @@ def emit(
         )
     session.flush()
     deliver_after_commit(session, [e.id for e in endpoints])
+
+
+def _emit_at_once(
+    session: Session,
+    tenant_id: uuid.UUID | None,
+    kind: EventType,
+    stream: str,
+    data: dict[str, Any],
+    dedupe_key: str | None,
+    now: datetime,
+) -> OutboxEvent | None:
+    # `emit` on PostgreSQL in one statement: the number taken, the event written with it (unless
+    # its key is there) and the endpoints read.
+    params = {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "stream": stream,
+        "type": kind.value,
+        "data": json.dumps(data),
+        "dedupe_key": dedupe_key,
+        "now": now,
+    }
+    found = execute(session, _EMIT, params).all()
+    seq = int(found[0].last_seq)
+    if not found[0].written:
+        session.execute(_GIVE_BACK, {"b_stream": stream, "b_seq": seq - 1})  # as in `emit`
+        return None
+    row = OutboxEvent(
+        id=params["id"],
+        tenant_id=tenant_id,
+        stream=stream,
+        seq=seq,
+        type=kind.value,
+        data={**data, "sequence": seq},
+        dedupe_key=dedupe_key,
+        created_at=now,
+    )
+    make_transient_to_detached(row)
+    session.add(row)
+    rows = [r._mapping for r in found if r.id is not None]
+    endpoints = attach_rows(session, NotificationEndpoint, rows)
+    _add_deliveries(session, row, [e for e in endpoints if wants(e, kind)])
     return row
 
 
@@ -144,6 +208,33 @@ _GIVE_BACK = (
     .where(_streams.stream == bindparam("b_stream"))
     .values(last_seq=bindparam("b_seq"))
 )
+
+
+# `emit`'s statements as one, on PostgreSQL. Its columns, by position: the endpoint's (each named,
+# in the model's order), then the number taken and whether the event was written.
+_ENDPOINT_COLUMNS = ", ".join(f"endpoint.{c.name}" for c in _endpoints.c)
+_EMIT = text(
+    f"""
+WITH taken AS (
+    INSERT INTO ai_notification_streams (stream, last_seq) VALUES (:stream, 1)
+    ON CONFLICT (stream) DO UPDATE SET last_seq = ai_notification_streams.last_seq + 1
+    RETURNING last_seq
+), written AS (
+    INSERT INTO ai_notification_outbox
+        (id, tenant_id, stream, seq, type, data, dedupe_key, created_at)
+    SELECT :id, CAST(:tenant_id AS UUID), :stream, last_seq, :type,
+        CAST(:data AS JSONB) || jsonb_build_object('sequence', last_seq),
+        CAST(:dedupe_key AS VARCHAR), :now
+    FROM taken
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id
+)
+SELECT {_ENDPOINT_COLUMNS}, taken.last_seq, EXISTS (SELECT FROM written) AS written
+FROM taken LEFT OUTER JOIN ai_notification_endpoints AS endpoint
+    ON EXISTS (SELECT FROM written) AND endpoint.enabled IS true
+    AND (endpoint.tenant_id IS NULL OR endpoint.tenant_id = CAST(:tenant_id AS UUID))
+"""
+).columns(*_endpoints.c, column("last_seq", BigInteger()), column("written", Boolean()))
 
 
 @lru_cache(maxsize=4)
