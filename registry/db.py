@@ -42,6 +42,7 @@ log = logging.getLogger("ftdeploy.db")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 LOCKED_TENANTS_KEY = "ftdeploy.locked_tenants"
+LOCKED_POLICIES_KEY = "ftdeploy.locked_policies"
 AFTER_COMMIT_KEY = "ftdeploy.after_commit"
 
 _M = TypeVar("_M")
@@ -224,6 +225,7 @@ def _end_of_transaction(session: Session, transaction: SessionTransaction) -> No
     # the end of the subtransaction every flush opens: that ends nothing on the database.
     if transaction.nested or transaction.parent is None:
         session.info.pop(LOCKED_TENANTS_KEY, None)
+        session.info.pop(LOCKED_POLICIES_KEY, None)  # read under those locks
     if transaction.parent is None:
         # Committed (and already run by now), rolled back or closed: nothing carries over to the
         # session's next transaction.
