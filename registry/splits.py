@@ -16,13 +16,29 @@ from datetime import datetime
 from functools import partial
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select, text, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    Table,
+    Uuid,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy import cast as sa_cast
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from registry import db, routing, traffic
-from registry.change_feed import CHANNEL, note_change
+from registry import change_feed, db, routing, traffic
+from registry.change_feed import note_change
 from registry.db import after_commit, load_rows, update_row
 from registry.errors import InvariantViolation, VersionNotFound
 from registry.models import (
@@ -238,8 +254,7 @@ def check_and_audit(
         # three see the writes before it; a violation raises, and the rollback undoes them.
         params.update(
             split_before=json.dumps(traffic.as_json(before)),
-            production=VersionStatus.PRODUCTION.value,
-            channel=CHANNEL,
+            changed_at=now,
             payload_prefix=f"{tenant.id} ",
         )
         found = db.execute(session, _AUDITED_CHECK, params).all()
@@ -273,33 +288,49 @@ def _checked_split(tenant: Tenant, rows: Sequence[Any]) -> traffic.Split:
     return after
 
 
-# check_and_audit's three statements as one, on PostgreSQL (data-modifying CTEs). The upsert is
-# change_feed.note_change's; the main query sees every earlier statement of the transaction.
-_AUDITED_CHECK = text(
-    """
-WITH bumped AS (
-    INSERT INTO ai_routing_generations (tenant_id, generation, changed_at)
-    SELECT :tenant_id, coalesce(max(generation), 0) + 1, :now FROM ai_routing_generations
-    ON CONFLICT (tenant_id) DO UPDATE
-        SET generation = excluded.generation, changed_at = excluded.changed_at
-    RETURNING generation
-), notified AS (
-    SELECT pg_notify(:channel, :payload_prefix || CAST(generation AS VARCHAR)) AS sent
-    FROM bumped
-), audit AS (
-    INSERT INTO ai_traffic_events
-        (tenant_id, action, version, actor, reason, split_before, split_after, created_at)
-    SELECT :tenant_id, :action, CAST(:version AS INTEGER), :actor, :reason,
-        CAST(:split_before AS JSONB),
-        coalesce(jsonb_object_agg(CAST(version AS VARCHAR), traffic_percent), '{}'), :now
-    FROM ai_model_versions
-    WHERE tenant_id = :tenant_id AND status = :production AND traffic_percent > 0
-    RETURNING id
-)
-SELECT bumped.generation, served.version, served.status, served.traffic_percent
-FROM bumped CROSS JOIN notified CROSS JOIN audit
-LEFT OUTER JOIN ai_model_versions AS served
-    ON served.tenant_id = :tenant_id
-    AND (served.status = :production OR served.traffic_percent != 0)
-"""
-)
+# check_and_audit's three statements as one, on PostgreSQL (data-modifying CTEs): the bump is
+# change_feed's, the audit row the one `_AUDIT_INSERT` writes, the versions `_SERVING_OR_STRAY`'s.
+# The main query sees every earlier statement of the transaction.
+def _audited_check() -> Select[Any]:
+    bumped = change_feed.bump("postgresql").cte("bumped")
+    notified = select(change_feed.notification(bumped).label("sent")).cte("notified")
+    events = cast(Table, TrafficEvent.__table__)
+    tenant_id = bindparam("tenant_id", type_=Uuid())
+    now = bindparam("now", type_=UTCDateTime())
+    split_after = func.jsonb_object_agg(
+        sa_cast(_versions.version, String), _versions.traffic_percent
+    )
+    written = select(
+        tenant_id,
+        bindparam("action", type_=events.c.action.type),
+        bindparam("version", type_=Integer()),
+        bindparam("actor", type_=events.c.actor.type),
+        bindparam("reason", type_=events.c.reason.type),
+        sa_cast(bindparam("split_before", type_=String()), JSONB),
+        func.coalesce(split_after, func.jsonb_build_object()),
+        now,
+    ).where(
+        _versions.tenant_id == tenant_id,
+        _versions.status == VersionStatus.PRODUCTION,
+        _versions.traffic_percent > 0,
+    )
+    columns = ["tenant_id", "action", "version", "actor", "reason", "split_before", "split_after"]
+    audit = (
+        insert(events)
+        .from_select([*columns, "created_at"], written)
+        .returning(events.c.id)
+        .cte("audit")
+    )
+    served = cast(Table, ModelVersion.__table__).alias("served")
+    serving_or_stray = and_(
+        served.c.tenant_id == tenant_id,
+        or_(served.c.status == VersionStatus.PRODUCTION, served.c.traffic_percent != 0),
+    )
+    return select(
+        bumped.c.generation, served.c.version, served.c.status, served.c.traffic_percent
+    ).select_from(
+        bumped.join(notified, true()).join(audit, true()).outerjoin(served, serving_or_stray)
+    )
+
+
+_AUDITED_CHECK = _audited_check()
