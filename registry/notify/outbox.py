@@ -25,21 +25,27 @@ from functools import lru_cache, partial
 from typing import Any, cast
 
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
+    Select,
+    String,
     Table,
+    Uuid,
+    and_,
     bindparam,
-    column,
     event,
+    exists,
+    func,
     or_,
     select,
-    text,
     update,
 )
+from sqlalchemy import cast as sa_cast
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from registry import clock, dialect, messages
 from registry.db import after_commit, attach_rows, execute, insert_row, load_rows
+from registry.models import UTCDateTime
 from registry.notify.models import (
     NotificationDelivery,
     NotificationEndpoint,
@@ -210,33 +216,6 @@ _GIVE_BACK = (
 )
 
 
-# `emit`'s statements as one, on PostgreSQL. Its columns, by position: the endpoint's (each named,
-# in the model's order), then the number taken and whether the event was written.
-_ENDPOINT_COLUMNS = ", ".join(f"endpoint.{c.name}" for c in _endpoints.c)
-_EMIT = text(
-    f"""
-WITH taken AS (
-    INSERT INTO ai_notification_streams (stream, last_seq) VALUES (:stream, 1)
-    ON CONFLICT (stream) DO UPDATE SET last_seq = ai_notification_streams.last_seq + 1
-    RETURNING last_seq
-), written AS (
-    INSERT INTO ai_notification_outbox
-        (id, tenant_id, stream, seq, type, data, dedupe_key, created_at)
-    SELECT :id, CAST(:tenant_id AS UUID), :stream, last_seq, :type,
-        CAST(:data AS JSONB) || jsonb_build_object('sequence', last_seq),
-        CAST(:dedupe_key AS VARCHAR), :now
-    FROM taken
-    ON CONFLICT (dedupe_key) DO NOTHING
-    RETURNING id
-)
-SELECT {_ENDPOINT_COLUMNS}, taken.last_seq, EXISTS (SELECT FROM written) AS written
-FROM taken LEFT OUTER JOIN ai_notification_endpoints AS endpoint
-    ON EXISTS (SELECT FROM written) AND endpoint.enabled IS true
-    AND (endpoint.tenant_id IS NULL OR endpoint.tenant_id = CAST(:tenant_id AS UUID))
-"""
-).columns(*_endpoints.c, column("last_seq", BigInteger()), column("written", Boolean()))
-
-
 @lru_cache(maxsize=4)
 def _take_statement(dialect_name: str) -> Any:
     insert = dialect.insert_for(dialect_name, NotificationStream.__table__)
@@ -245,6 +224,49 @@ def _take_statement(dialect_name: str) -> Any:
         .on_conflict_do_update(index_elements=["stream"], set_={"last_seq": _streams.last_seq + 1})
         .returning(_streams.last_seq)
     )
+
+
+# `emit`'s statements as one, on PostgreSQL (data-modifying CTEs): the number taken by
+# `_take_statement`'s upsert, the event written with it (unless its key is there), and the
+# endpoints that get it, read only when it was written. Its columns: the endpoint's, then the
+# number taken and whether the event was written.
+def _emit_statement() -> Select[Any]:
+    taken = _take_statement("postgresql").cte("taken")
+    events = cast(Table, OutboxEvent.__table__)
+    tenant_id = bindparam("tenant_id", type_=Uuid())
+    data = sa_cast(bindparam("data", type_=String()), JSONB).op("||")(
+        func.jsonb_build_object("sequence", taken.c.last_seq)
+    )
+    event_row = select(
+        bindparam("id", type_=Uuid()),
+        tenant_id,
+        bindparam("stream", type_=events.c.stream.type),
+        taken.c.last_seq,
+        bindparam("type", type_=events.c.type.type),
+        data,
+        bindparam("dedupe_key", type_=events.c.dedupe_key.type),
+        bindparam("now", type_=UTCDateTime()),
+    )
+    columns = ["id", "tenant_id", "stream", "seq", "type", "data", "dedupe_key", "created_at"]
+    written = (
+        postgresql.insert(events)
+        .from_select(columns, event_row)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(events.c.id)
+        .cte("written")
+    )
+    was_written = exists().select_from(written)
+    wanted = and_(
+        was_written,
+        _ENABLED,
+        or_(_endpoints.c.tenant_id.is_(None), _endpoints.c.tenant_id == tenant_id),
+    )
+    return select(*_endpoints.c, taken.c.last_seq, was_written.label("written")).select_from(
+        taken.outerjoin(_endpoints, wanted)
+    )
+
+
+_EMIT = _emit_statement()
 
 
 def take_pending(session: Session) -> set[uuid.UUID]:
