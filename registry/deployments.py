@@ -9,7 +9,7 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from registry import clock, traffic
-from registry.db import insert_row, lock_tenant
+from registry.db import lock_tenant
 from registry.errors import RunNotDeployable, TenantMismatch
 from registry.jobs.runs import latest_evaluation
 from registry.models import (
@@ -22,6 +22,7 @@ from registry.models import (
     Tenant,
 )
 from registry.notify import notices
+from registry.rows import insert_row
 from registry.tenants import find_tenant, get_policy, initial_canary_percent
 from registry.versions import (
     apply_split,

@@ -37,9 +37,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from registry import change_feed, db, routing, traffic
+from registry import change_feed, routing, traffic
 from registry.change_feed import note_change
-from registry.db import after_commit, load_rows, update_row
+from registry.db import after_commit
 from registry.errors import InvariantViolation, VersionNotFound
 from registry.models import (
     Deployment,
@@ -50,6 +50,7 @@ from registry.models import (
     UTCDateTime,
     VersionStatus,
 )
+from registry.rows import execute, load_rows, update_row
 
 # The hot path's statements, built once: a prebuilt statement's cache key is memoized, while
 # building one per call costs more than running it.
@@ -205,7 +206,7 @@ def _move_deployments(
     # one already in `status` stays as it is. The rows written are set on the instances the
     # session holds, as if loaded.
     params = {"ids": version_ids, "status": status.value, "now": now}
-    for row in db.execute(session, _MOVE_DEPLOYMENTS, params):
+    for row in execute(session, _MOVE_DEPLOYMENTS, params):
         held = session.identity_map.get(_deployment_key(row.id))
         if held is not None:
             set_committed_value(held, "status", status.value)
@@ -257,7 +258,7 @@ def check_and_audit(
             changed_at=now,
             payload_prefix=f"{tenant.id} ",
         )
-        found = db.execute(session, _AUDITED_CHECK, params).all()
+        found = execute(session, _AUDITED_CHECK, params).all()
         generation = int(found[0].generation)
         after = _checked_split(tenant, [row for row in found if row.version is not None])
     else:

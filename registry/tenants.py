@@ -11,15 +11,10 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from registry import audit_events, clock, validation
-from registry.db import (
-    LOCKED_POLICIES_KEY,
-    attach_rows,
-    load_rows,
-    lock_tenant,
-    lock_tenant_by_slug,
-)
+from registry.db import LOCKED_POLICIES_KEY, lock_tenant, lock_tenant_by_slug
 from registry.errors import InvalidInput, TenantExists, TenantNotFound
 from registry.models import DeploymentPolicy, Metric, Strategy, Tenant
+from registry.rows import attach_rows, load_rows
 
 DEFAULT_THRESHOLD = 0.95
 

@@ -15,9 +15,10 @@ from sqlalchemy import String, Table, bindparam, cast, func, insert, literal, se
 from sqlalchemy.orm import Session
 
 from registry import clock, traffic, validation
-from registry.db import insert_row, lock_tenant
+from registry.db import lock_tenant
 from registry.errors import NothingToRollBack
 from registry.models import Evaluation, FinetuningRun, ModelVersion, Tenant, VersionStatus
+from registry.rows import insert_row
 from registry.splits import (
     Change,
     apply_split,

@@ -11,7 +11,7 @@ from typing import Any, cast
 from sqlalchemy import Boolean, Table, and_, bindparam, case, func, select, true, update
 from sqlalchemy.orm import Session
 
-from registry import audit_events, clock, db, dialect, messages, validation
+from registry import audit_events, clock, dialect, messages, rows, validation
 from registry.errors import EventClaimRefused, FtdeployError
 from registry.masking import mask
 from registry.models import EventState, FinetuningRun, JobEvent, Tenant, UTCDateTime
@@ -213,7 +213,7 @@ def _count_attempt(session: Session, job_id: str, tenant: str | None, redelivere
     statement = _count_statement(session.get_bind().dialect.name, tenant is not None)
     now = clock.now()
     params = {"id": uuid.uuid4(), "job_id": job_id, "tenant": tenant, "now": now}
-    return db.execute(session, statement, {**params, "redelivered": redelivered})
+    return rows.execute(session, statement, {**params, "redelivered": redelivered})
 
 
 @lru_cache(maxsize=8)
@@ -266,7 +266,7 @@ def finish_event(session: Session, job_id: str, state: EventState, outcome: str)
     duplicate's failure does not mark work that was committed as failed."""
     # The outcome may quote an external error (a driver's, an HTTP library's): masked.
     params = {"job_id": job_id, "state": state, "outcome": mask(outcome)[:2000], "now": clock.now()}
-    db.execute(session, _FINISH_FAILED if state == EventState.FAILED else _FINISH, params)
+    rows.execute(session, _FINISH_FAILED if state == EventState.FAILED else _FINISH, params)
 
 
 def _finish_statement(*, unless_done: bool) -> Any:

@@ -11,11 +11,12 @@ from sqlalchemy import Uuid, bindparam, select
 from sqlalchemy.orm import Session
 
 from registry import clock, dialect
-from registry.db import attach_rows, execute, insert_row, load_rows, lock_tenant
+from registry.db import lock_tenant
 from registry.errors import InvalidInput, RunNotFound, TenantMismatch, TenantUnknownForJob
 from registry.jobs import resumes
 from registry.jobs.openai_jobs import JobSnapshot
 from registry.models import DeploymentPolicy, Evaluation, FinetuningRun, Recommendation, Tenant
+from registry.rows import attach_rows, execute, insert_row, load_rows
 from registry.tenants import find_tenant, lock_named_tenant, policy_read_under_lock
 
 MAX_METRICS = 100

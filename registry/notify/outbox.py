@@ -44,7 +44,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from registry import clock, dialect, messages
-from registry.db import after_commit, attach_rows, execute, insert_row, load_rows
+from registry.db import after_commit
 from registry.models import UTCDateTime
 from registry.notify.models import (
     NotificationDelivery,
@@ -53,6 +53,7 @@ from registry.notify.models import (
     OutboxEvent,
 )
 from registry.notify.types import DeliveryStatus, EventType
+from registry.rows import attach_rows, execute, insert_row, load_rows
 
 log = logging.getLogger("ftdeploy.notify")
 
