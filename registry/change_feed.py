@@ -55,8 +55,20 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import TracebackType
+from typing import Any
 
-from sqlalchemy import Executable, String, Uuid, bindparam, cast, func, select, true
+from sqlalchemy import (
+    CTE,
+    ColumnElement,
+    Executable,
+    String,
+    Uuid,
+    bindparam,
+    cast,
+    func,
+    select,
+    true,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import clock, dialect
@@ -100,9 +112,11 @@ def note_change(session: Session, tenant_id: uuid.UUID) -> int:
 
 
 @lru_cache(maxsize=4)
-def _bump_statement(dialect_name: str) -> Executable:
-    # Built once per database: building it costs more than running it, and a prebuilt
-    # statement's cache key is memoized.
+def bump(dialect_name: str) -> Any:
+    """The generation bump as an insert (… ON CONFLICT DO UPDATE … RETURNING generation): the
+    tenant's row upserted from the highest generation. Params `tenant_id` and `changed_at`.
+    Built once per database: building it costs more than running it, and a prebuilt
+    statement's cache key is memoized."""
     generations = RoutingGeneration.__table__
     highest = select(
         bindparam("tenant_id", type_=Uuid()),
@@ -110,7 +124,7 @@ def _bump_statement(dialect_name: str) -> Executable:
         bindparam("changed_at", type_=UTCDateTime()),
     ).where(true())  # SQLite: without a WHERE, "ON CONFLICT" would parse as a join's ON
     insert = dialect.insert_for(dialect_name, generations)
-    bump = (
+    return (
         insert.from_select(["tenant_id", "generation", "changed_at"], highest)
         .on_conflict_do_update(
             index_elements=["tenant_id"],
@@ -121,11 +135,21 @@ def _bump_statement(dialect_name: str) -> Executable:
         )
         .returning(generations.c.generation)
     )
-    if dialect_name != "postgresql":
-        return bump
-    bumped = bump.cte("bumped")
+
+
+def notification(bumped: CTE) -> ColumnElement[Any]:
+    """PostgreSQL: the notification of the generation `bumped` (a CTE of `bump`) returns,
+    queued when it is selected. Param `payload_prefix`: the tenant's id and a space."""
     payload = bindparam("payload_prefix", type_=String()) + cast(bumped.c.generation, String)
-    return select(bumped.c.generation, func.pg_notify(CHANNEL, payload))
+    return func.pg_notify(CHANNEL, payload)
+
+
+@lru_cache(maxsize=4)
+def _bump_statement(dialect_name: str) -> Executable:
+    if dialect_name != "postgresql":
+        return bump(dialect_name)
+    bumped = bump(dialect_name).cte("bumped")
+    return select(bumped.c.generation, notification(bumped))
 
 
 class ChangeFeed:

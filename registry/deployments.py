@@ -9,7 +9,7 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from registry import clock, traffic
-from registry.db import insert_row, lock_tenant
+from registry.db import lock_tenant
 from registry.errors import RunNotDeployable, TenantMismatch
 from registry.jobs.runs import latest_evaluation
 from registry.models import (
@@ -22,6 +22,7 @@ from registry.models import (
     Tenant,
 )
 from registry.notify import notices
+from registry.rows import insert_row
 from registry.tenants import find_tenant, get_policy, initial_canary_percent
 from registry.versions import (
     apply_split,
@@ -30,6 +31,9 @@ from registry.versions import (
     register_version,
     split_of,
 )
+
+# A number no version has: the new version's key in its split before it has its own.
+_NEW = 0
 
 
 @dataclass(frozen=True)
@@ -121,18 +125,22 @@ def deploy_run(
             "waiting for an evaluation (the policy requires one)",
         )
 
-    version = register_version(session, tenant, run, evaluation)
     serving = production_versions(session, tenant.id)
     before = split_of(serving)
     strategy = Strategy(deployment.strategy)
+    wanted = 0
+    if strategy is not Strategy.BLUE_GREEN:
+        wanted = 100 if strategy is Strategy.IMMEDIATE else initial_canary_percent(policy)
+    # The new version's share does not depend on its number (a new one, unlike any serving):
+    # it is inserted with it, in production already, and apply_split writes the rest.
+    share = traffic.after_promote(before, _NEW, wanted)[_NEW] if wanted else 0
+    version = register_version(session, tenant, run, evaluation, traffic_percent=share, now=now)
     target: traffic.Split | None = None
     if strategy is Strategy.BLUE_GREEN:
-        share, status = 0, DeploymentStatus.STAGED
+        status = DeploymentStatus.STAGED
         reason = f"v{version.version} staged at 0% until an operator switches it"
     else:
-        wanted = 100 if strategy is Strategy.IMMEDIATE else initial_canary_percent(policy)
         target = traffic.after_promote(before, version.version, wanted)
-        share = target[version.version]
         status = DeploymentStatus.PROMOTED if share == 100 else DeploymentStatus.ACTIVE
         reason = f"v{version.version} {strategy.value} at {share}%"
         if share != wanted:
@@ -150,7 +158,15 @@ def deploy_run(
     else:
         insert_row(session, deployment)
     if target is not None:
-        apply_split(session, tenant, target, now=now, promoted=version, serving=serving)
+        apply_split(
+            session,
+            tenant,
+            target,
+            now=now,
+            promoted=version,
+            serving=serving,
+            promoted_deployment=deployment,
+        )
     change = check_and_audit(
         session,
         tenant,

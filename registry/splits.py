@@ -8,18 +8,38 @@ Everything runs inside the caller's transaction, after `lock_tenant`; the caller
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select
+from sqlalchemy import (
+    Integer,
+    Select,
+    String,
+    Table,
+    Uuid,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy import cast as sa_cast
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
-from registry import routing, traffic
+from registry import change_feed, routing, traffic
 from registry.change_feed import note_change
-from registry.db import after_commit, load_rows, update_row
+from registry.db import after_commit
 from registry.errors import InvariantViolation, VersionNotFound
 from registry.models import (
     Deployment,
@@ -27,8 +47,10 @@ from registry.models import (
     ModelVersion,
     Tenant,
     TrafficEvent,
+    UTCDateTime,
     VersionStatus,
 )
+from registry.rows import execute, load_rows, update_row
 
 # The hot path's statements, built once: a prebuilt statement's cache key is memoized, while
 # building one per call costs more than running it.
@@ -49,6 +71,16 @@ _DEPLOYMENTS_OF = select(Deployment.__table__).where(
     Deployment.__table__.c.version_id.in_(bindparam("ids", expanding=True))
 )
 _AUDIT_INSERT = insert(cast(Table, TrafficEvent.__table__))
+_deployments = Deployment.__table__.c
+_MOVE_DEPLOYMENTS = (
+    update(cast(Table, Deployment.__table__))
+    .where(
+        _deployments.version_id.in_(bindparam("ids", expanding=True)),
+        _deployments.status.not_in([bindparam("status"), DeploymentStatus.REJECTED.value]),
+    )
+    .values(status=bindparam("status"), updated_at=bindparam("now", type_=UTCDateTime()))
+    .returning(_deployments.id)
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +130,7 @@ def apply_split(
     promoted: ModelVersion | None = None,
     rolled_back: ModelVersion | None = None,
     serving: list[ModelVersion] | None = None,
+    promoted_deployment: Deployment | None = None,
 ) -> None:
     """Make `target` the tenant's production split (tenant already locked).
 
@@ -106,7 +139,9 @@ def apply_split(
     or `promoted` at 100%), any active deployment left at 100% is `promoted`, and one whose
     version left is `superseded` (`rolled_back` for `rolled_back`). `serving`: the tenant's
     production versions as `production_versions` read them under the lock in this transaction
-    (read here when not given). The deployments of every version touched are read in one query.
+    (read here when not given). `promoted_deployment`: `promoted`'s deployment, when the caller
+    has it (read here otherwise). The other deployments are not read: each status they move to
+    is one UPDATE of those not already in it (nor rejected).
     """
     before = production_versions(session, tenant.id) if serving is None else serving
     touched = {v.version: v for v in before}
@@ -116,11 +151,10 @@ def apply_split(
     for number in target:
         if number not in touched:
             touched[number] = find_version(session, tenant, number)
-    deployments = _deployments_of(session, list(touched.values()))
+    moves: dict[DeploymentStatus, list[uuid.UUID]] = {}
     for number, version in touched.items():
         share = target.get(number, 0)
         was_serving = version.status == VersionStatus.PRODUCTION
-        deployment = deployments.get(version.id)
         if share > 0:
             deployed_at = now if not was_serving or version.deployed_at is None else None
             update_row(
@@ -131,9 +165,10 @@ def apply_split(
                 **({"deployed_at": deployed_at} if deployed_at else {}),
             )
             if version is promoted:
+                deployment = promoted_deployment or _deployment_of(session, version)
                 _start_step(session, deployment, share, now)
             elif share == 100:
-                _set_deployment_status(session, deployment, DeploymentStatus.PROMOTED, now)
+                moves.setdefault(DeploymentStatus.PROMOTED, []).append(version.id)
         elif was_serving:
             update_row(
                 session,
@@ -147,7 +182,9 @@ def apply_split(
                 if version is rolled_back
                 else DeploymentStatus.SUPERSEDED
             )
-            _set_deployment_status(session, deployment, left_as, now)
+            moves.setdefault(left_as, []).append(version.id)
+    for status, version_ids in moves.items():
+        _move_deployments(session, version_ids, status, now)
 
 
 # Each row is written at once by one cached UPDATE (`update_row`), not by a flush.
@@ -162,20 +199,27 @@ def _start_step(session: Session, deployment: Deployment | None, share: int, now
     update_row(session, deployment, step_started_at=now, status=status, updated_at=now)
 
 
-def _set_deployment_status(
-    session: Session, deployment: Deployment | None, status: DeploymentStatus, now: datetime
+def _move_deployments(
+    session: Session, version_ids: list[uuid.UUID], status: DeploymentStatus, now: datetime
 ) -> None:
-    # A deployment that was rejected or is still awaiting its evaluation has no live version.
-    if deployment is not None and deployment.status not in (status, DeploymentStatus.REJECTED):
-        update_row(session, deployment, status=status, updated_at=now)
+    # A deployment that was rejected or is still awaiting its evaluation has no live version;
+    # one already in `status` stays as it is. The rows written are set on the instances the
+    # session holds, as if loaded.
+    params = {"ids": version_ids, "status": status.value, "now": now}
+    for row in execute(session, _MOVE_DEPLOYMENTS, params):
+        held = session.identity_map.get(_deployment_key(row.id))
+        if held is not None:
+            set_committed_value(held, "status", status.value)
+            set_committed_value(held, "updated_at", now)
 
 
-def _deployments_of(session: Session, versions: list[ModelVersion]) -> dict[uuid.UUID, Deployment]:
-    """The deployment of each version that has one, by version id: one query."""
-    if not versions:
-        return {}
-    found = load_rows(session, Deployment, _DEPLOYMENTS_OF, {"ids": [v.id for v in versions]})
-    return {d.version_id: d for d in found if d.version_id is not None}
+def _deployment_of(session: Session, version: ModelVersion) -> Deployment | None:
+    found = load_rows(session, Deployment, _DEPLOYMENTS_OF, {"ids": [version.id]})
+    return found[0] if found else None
+
+
+def _deployment_key(deployment_id: uuid.UUID) -> Any:
+    return sa_inspect(Deployment).identity_key_from_primary_key((deployment_id,))
 
 
 def check_and_audit(
@@ -196,10 +240,44 @@ def check_and_audit(
     Raises InvariantViolation (the transaction must then be rolled back) if production traffic
     does not sum to 100 with every share in 1..100, or if a non-production version has traffic.
     """
-    # Flushed first, then read back from the database in one query: the production versions
-    # and any other version that has traffic (which breaks the invariant).
     session.flush()
-    rows = session.execute(_SERVING_OR_STRAY, {"tenant_id": tenant.id}).all()
+    params = {
+        "tenant_id": tenant.id,
+        "action": action,
+        "version": version,
+        "actor": actor,
+        "reason": reason,
+        "now": now,
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        # One round trip: the generation bumped (and its notification queued), the audit event
+        # written with the split it finds, and the versions read back for the check below. All
+        # three see the writes before it; a violation raises, and the rollback undoes them.
+        params.update(
+            split_before=json.dumps(traffic.as_json(before)),
+            changed_at=now,
+            payload_prefix=f"{tenant.id} ",
+        )
+        found = execute(session, _AUDITED_CHECK, params).all()
+        generation = int(found[0].generation)
+        after = _checked_split(tenant, [row for row in found if row.version is not None])
+    else:
+        # Read back from the database in one query: the production versions and any other
+        # version that has traffic (which breaks the invariant).
+        rows = session.execute(_SERVING_OR_STRAY, {"tenant_id": tenant.id}).all()
+        after = _checked_split(tenant, rows)
+        # The audit event, written at once (nothing reads it back in this transaction).
+        params.update(split_before=traffic.as_json(before), split_after=traffic.as_json(after))
+        params["created_at"] = params.pop("now")
+        session.execute(_AUDIT_INSERT, params)
+        generation = note_change(session, tenant.id)
+    # The change feed: routing caches everywhere learn of it when the transaction commits;
+    # this process's own Routers at once, after the commit (read your own writes).
+    after_commit(session, partial(routing.forget_tenant, tenant.id, generation))
+    return Change(tenant.slug, action, version, before, after, reason, actor)
+
+
+def _checked_split(tenant: Tenant, rows: Sequence[Any]) -> traffic.Split:
     after = {
         row.version: row.traffic_percent
         for row in rows
@@ -208,22 +286,52 @@ def check_and_audit(
     stray = any(row.status != VersionStatus.PRODUCTION for row in rows)
     if not traffic.is_valid(after) or stray:
         raise InvariantViolation(tenant.slug, after)
-    # The audit event, written at once (nothing reads it back in this transaction).
-    session.execute(
-        _AUDIT_INSERT,
-        {
-            "tenant_id": tenant.id,
-            "action": action,
-            "version": version,
-            "actor": actor,
-            "reason": reason,
-            "split_before": traffic.as_json(before),
-            "split_after": traffic.as_json(after),
-            "created_at": now,
-        },
+    return after
+
+
+# check_and_audit's three statements as one, on PostgreSQL (data-modifying CTEs): the bump is
+# change_feed's, the audit row the one `_AUDIT_INSERT` writes, the versions `_SERVING_OR_STRAY`'s.
+# The main query sees every earlier statement of the transaction.
+def _audited_check() -> Select[Any]:
+    bumped = change_feed.bump("postgresql").cte("bumped")
+    notified = select(change_feed.notification(bumped).label("sent")).cte("notified")
+    events = cast(Table, TrafficEvent.__table__)
+    tenant_id = bindparam("tenant_id", type_=Uuid())
+    now = bindparam("now", type_=UTCDateTime())
+    split_after = func.jsonb_object_agg(
+        sa_cast(_versions.version, String), _versions.traffic_percent
     )
-    # The change feed: routing caches everywhere learn of it when the transaction commits;
-    # this process's own Routers at once, after the commit (read your own writes).
-    generation = note_change(session, tenant.id)
-    after_commit(session, partial(routing.forget_tenant, tenant.id, generation))
-    return Change(tenant.slug, action, version, before, after, reason, actor)
+    written = select(
+        tenant_id,
+        bindparam("action", type_=events.c.action.type),
+        bindparam("version", type_=Integer()),
+        bindparam("actor", type_=events.c.actor.type),
+        bindparam("reason", type_=events.c.reason.type),
+        sa_cast(bindparam("split_before", type_=String()), JSONB),
+        func.coalesce(split_after, func.jsonb_build_object()),
+        now,
+    ).where(
+        _versions.tenant_id == tenant_id,
+        _versions.status == VersionStatus.PRODUCTION,
+        _versions.traffic_percent > 0,
+    )
+    columns = ["tenant_id", "action", "version", "actor", "reason", "split_before", "split_after"]
+    audit = (
+        insert(events)
+        .from_select([*columns, "created_at"], written)
+        .returning(events.c.id)
+        .cte("audit")
+    )
+    served = cast(Table, ModelVersion.__table__).alias("served")
+    serving_or_stray = and_(
+        served.c.tenant_id == tenant_id,
+        or_(served.c.status == VersionStatus.PRODUCTION, served.c.traffic_percent != 0),
+    )
+    return select(
+        bumped.c.generation, served.c.version, served.c.status, served.c.traffic_percent
+    ).select_from(
+        bumped.join(notified, true()).join(audit, true()).outerjoin(served, serving_or_stray)
+    )
+
+
+_AUDITED_CHECK = _audited_check()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -10,9 +11,10 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from registry import audit_events, clock, validation
-from registry.db import load_rows, lock_tenant, lock_tenant_by_slug
+from registry.db import LOCKED_POLICIES_KEY, lock_tenant, lock_tenant_by_slug
 from registry.errors import InvalidInput, TenantExists, TenantNotFound
 from registry.models import DeploymentPolicy, Metric, Strategy, Tenant
+from registry.rows import attach_rows, load_rows
 
 DEFAULT_THRESHOLD = 0.95
 
@@ -72,9 +74,24 @@ def list_tenants(session: Session) -> list[Tenant]:
 def get_policy(session: Session, tenant_id: uuid.UUID) -> DeploymentPolicy:
     """The tenant's policy. Read only: a tenant created by the host SaaS, not by us, has no row
     yet, and gets the defaults as an object that is not added to the session (the row is created
-    by the first change, `set_policy`)."""
+    by the first change, `set_policy`). A policy read under the tenant's lock earlier in this
+    transaction (`policy_read_under_lock`) is not read again."""
+    held: DeploymentPolicy | None = session.info.get(LOCKED_POLICIES_KEY, {}).get(tenant_id)
+    if held is not None:
+        return held
     found = load_rows(session, DeploymentPolicy, _POLICY_OF, {"tenant_id": tenant_id})
     return found[0] if found else default_policy(tenant_id)
+
+
+def policy_read_under_lock(
+    session: Session, tenant_id: uuid.UUID, row: Mapping[str, Any] | None
+) -> None:
+    """The tenant's policy row (None: it has none), read by a statement of this transaction
+    that ran after the tenant's lock was taken: `get_policy` returns it until the lock ends.
+    Changes through the ORM (`set_policy`) change the same instance."""
+    found = attach_rows(session, DeploymentPolicy, [row]) if row is not None else []
+    policy = found[0] if found else default_policy(tenant_id)
+    session.info.setdefault(LOCKED_POLICIES_KEY, {})[tenant_id] = policy
 
 
 _POLICY_OF = select(DeploymentPolicy.__table__).where(
@@ -96,6 +113,7 @@ def default_policy(tenant_id: uuid.UUID) -> DeploymentPolicy:
 
 def _stored_policy(session: Session, tenant_id: uuid.UUID) -> DeploymentPolicy:
     """The tenant's policy row, created with the defaults on the first change."""
+    session.info.get(LOCKED_POLICIES_KEY, {}).pop(tenant_id, None)  # read again from now on
     policy = session.get(DeploymentPolicy, tenant_id)
     if policy is None:
         policy = DeploymentPolicy(tenant_id=tenant_id)

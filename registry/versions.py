@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import typing
 import uuid
+from datetime import datetime
 
 from sqlalchemy import String, Table, bindparam, cast, func, insert, literal, select
 from sqlalchemy.orm import Session
 
 from registry import clock, traffic, validation
-from registry.db import insert_row, lock_tenant
+from registry.db import lock_tenant
 from registry.errors import NothingToRollBack
 from registry.models import Evaluation, FinetuningRun, ModelVersion, Tenant, VersionStatus
+from registry.rows import insert_row
 from registry.splits import (
     Change,
     apply_split,
@@ -74,8 +76,14 @@ def register_version(
     tenant: Tenant,
     run: FinetuningRun,
     evaluation: Evaluation | None,
+    *,
+    traffic_percent: int = 0,
+    now: datetime | None = None,
 ) -> ModelVersion:
-    """Register the run's model as the tenant's next version, in staging at 0%.
+    """Register the run's model as the tenant's next version, in staging at 0%; or, given a
+    `traffic_percent` above 0, straight in production with that share, deployed at `now` (the
+    caller then writes the rest of the split and checks the invariant, `apply_split` and
+    `check_and_audit`, in the same transaction).
 
     Locks the tenant, so the next number is read and used under the lock: concurrent registrations
     get consecutive numbers, never the same one (the seed read, then inserted). One version per
@@ -87,11 +95,12 @@ def register_version(
         id=uuid.uuid4(),
         tenant_id=tenant.id,
         model_id=run.fine_tuned_model,
-        status=VersionStatus.STAGING,
+        status=VersionStatus.PRODUCTION if traffic_percent > 0 else VersionStatus.STAGING,
         run_id=run.id,
         evaluation_id=evaluation.id if evaluation else None,
         metrics=metrics,
-        traffic_percent=0,
+        traffic_percent=traffic_percent,
+        deployed_at=(now or clock.now()) if traffic_percent > 0 else None,
     )
     # The number (and the name "vN") is computed by the INSERT itself, under the lock.
     insert_row(session, version, statement=_INSERT_NEXT, params={"b_tenant_id": tenant.id})

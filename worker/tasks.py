@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from registry import operations, stranded_operations, validation
 from registry.canary import batches, outcome_input, outcomes
 from registry.canary.resolver import resolver_for
-from registry.db import unit_of_work
+from registry.db import one_statement, unit_of_work
 from registry.errors import FtdeployError, InvalidInput, JobNotFinished, RunNotDeployable
 from registry.jobs import events, pipeline, resumes
 from registry.jobs.openai_jobs import fetch_job, fetch_result_metrics, make_client
@@ -107,14 +107,18 @@ def _handle_job(job_id: Any, tenant: Any) -> dict[str, Any]:
     tenant = validation.optional_tenant_ref(tenant)
     # Only a redelivered message can mean a crash; a duplicate of the event is none.
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
-    with unit_of_work() as session:
-        attempt = pipeline.begin_attempt(
-            session,
-            job_id,
-            tenant,
-            redelivered=redelivered,
-            deadline_seconds=settings.job_deadline_seconds,
+    deadline = settings.job_deadline_seconds
+    # Committed before the poll, so that a crash during it is counted: most events in one
+    # statement without a transaction around it, the others claimed first in a unit of work.
+    with one_statement() as session:
+        attempt = pipeline.count_attempt(
+            session, job_id, tenant, redelivered=redelivered, deadline_seconds=deadline
         )
+    if attempt is None:
+        with unit_of_work() as session:
+            attempt = pipeline.begin_attempt(
+                session, job_id, tenant, redelivered=redelivered, deadline_seconds=deadline
+            )
     if attempt.stop is not None:
         raise attempt.stop  # the registry's verdict (poison event, deadline), committed above
     job = fetch_job(openai_client(), job_id)

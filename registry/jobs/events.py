@@ -11,7 +11,7 @@ from typing import Any, cast
 from sqlalchemy import Boolean, Table, and_, bindparam, case, func, select, true, update
 from sqlalchemy.orm import Session
 
-from registry import audit_events, clock, dialect, messages, validation
+from registry import audit_events, clock, dialect, messages, rows, validation
 from registry.errors import EventClaimRefused, FtdeployError
 from registry.masking import mask
 from registry.models import EventState, FinetuningRun, JobEvent, Tenant, UTCDateTime
@@ -174,11 +174,9 @@ def start_attempt(
     the count are one upsert, which locks the row, so duplicates starting side by side are
     counted one after the other and none is lost.
     """
-    job_id = validation.job_id(job_id)
-    tenant = validation.optional_tenant_ref(tenant)
-    counted = _count_attempt(session, job_id, tenant, redelivered).one_or_none()
+    counted = count_attempt(session, job_id, tenant, redelivered=redelivered)
     if counted is not None:
-        return AttemptCount(counted.tenant_hint, counted.crashes, counted.received_at)
+        return counted
     # The message names a tenant the event does not: the claim decides (refusal or attribution).
     event = accept_event(session, job_id, tenant, "broker")
     session.refresh(event, with_for_update=True)
@@ -194,13 +192,28 @@ def start_attempt(
     return AttemptCount(event.tenant_hint, event.crashes, event.received_at)
 
 
+def count_attempt(
+    session: Session, job_id: str, tenant: str | None, *, redelivered: bool = True
+) -> AttemptCount | None:
+    """`start_attempt` when it takes one statement: the message names no tenant or the one the
+    event has. None otherwise, and then nothing was written (call `start_attempt`, which claims
+    the event first, in a transaction). One statement, atomic by itself, so it may run without
+    a transaction around it (`registry.db.one_statement`)."""
+    job_id = validation.job_id(job_id)
+    tenant = validation.optional_tenant_ref(tenant)
+    counted = _count_attempt(session, job_id, tenant, redelivered).one_or_none()
+    if counted is None:
+        return None
+    return AttemptCount(counted.tenant_hint, counted.crashes, counted.received_at)
+
+
 def _count_attempt(session: Session, job_id: str, tenant: str | None, redelivered: bool) -> Any:
     """INSERT the event counted once, or on conflict count one more attempt (reopening a failed
     event, as `claim_event` does), unless the message names another tenant than the event."""
     statement = _count_statement(session.get_bind().dialect.name, tenant is not None)
     now = clock.now()
     params = {"id": uuid.uuid4(), "job_id": job_id, "tenant": tenant, "now": now}
-    return session.execute(statement, {**params, "redelivered": redelivered})
+    return rows.execute(session, statement, {**params, "redelivered": redelivered})
 
 
 @lru_cache(maxsize=8)
@@ -253,7 +266,7 @@ def finish_event(session: Session, job_id: str, state: EventState, outcome: str)
     duplicate's failure does not mark work that was committed as failed."""
     # The outcome may quote an external error (a driver's, an HTTP library's): masked.
     params = {"job_id": job_id, "state": state, "outcome": mask(outcome)[:2000], "now": clock.now()}
-    session.execute(_FINISH_FAILED if state == EventState.FAILED else _FINISH, params)
+    rows.execute(session, _FINISH_FAILED if state == EventState.FAILED else _FINISH, params)
 
 
 def _finish_statement(*, unless_done: bool) -> Any:

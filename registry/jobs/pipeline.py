@@ -27,7 +27,7 @@ from registry.errors import (
     PoisonEvent,
     RunNotFound,
 )
-from registry.jobs import resumes
+from registry.jobs import events, resumes
 from registry.jobs.events import end_attempt, finish_event, start_attempt
 from registry.jobs.openai_jobs import JobSnapshot
 from registry.jobs.runs import lock_and_write_run
@@ -61,6 +61,34 @@ def begin_attempt(
     failures for good (the caller ends the event with `fail_job`). Only flushes: commit before
     polling OpenAI, so that a crash meanwhile is counted."""
     event = start_attempt(session, job_id, tenant_hint, redelivered=redelivered)
+    return _decide(job_id, tenant_hint, event, deadline_seconds, now)
+
+
+def count_attempt(
+    session: Session,
+    job_id: str,
+    tenant_hint: str | None,
+    *,
+    redelivered: bool,
+    deadline_seconds: float,
+    now: datetime | None = None,
+) -> Attempt | None:
+    """`begin_attempt` in one statement when the event allows (`events.count_attempt`): for a
+    session without a transaction (`registry.db.one_statement`). None when the event must be
+    claimed first, and then nothing was written: call `begin_attempt` in a unit of work."""
+    event = events.count_attempt(session, job_id, tenant_hint, redelivered=redelivered)
+    if event is None:
+        return None
+    return _decide(job_id, tenant_hint, event, deadline_seconds, now)
+
+
+def _decide(
+    job_id: str,
+    tenant_hint: str | None,
+    event: events.AttemptCount,
+    deadline_seconds: float,
+    now: datetime | None,
+) -> Attempt:
     # A message re-sent by the reconciler carries no tenant: the accepted event has it.
     tenant = tenant_hint or event.tenant_hint
     stop: FtdeployError | None = None

@@ -7,16 +7,17 @@ import uuid
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Uuid, bindparam, select
 from sqlalchemy.orm import Session
 
 from registry import clock, dialect
-from registry.db import insert_row, load_rows, lock_tenant
+from registry.db import lock_tenant
 from registry.errors import InvalidInput, RunNotFound, TenantMismatch, TenantUnknownForJob
 from registry.jobs import resumes
 from registry.jobs.openai_jobs import JobSnapshot
-from registry.models import Evaluation, FinetuningRun, Recommendation, Tenant
-from registry.tenants import find_tenant, lock_named_tenant
+from registry.models import DeploymentPolicy, Evaluation, FinetuningRun, Recommendation, Tenant
+from registry.rows import attach_rows, execute, insert_row, load_rows
+from registry.tenants import find_tenant, lock_named_tenant, policy_read_under_lock
 
 MAX_METRICS = 100
 
@@ -102,8 +103,15 @@ def lock_and_write_run(
     tenant = lock_named_tenant(session, named[0])
     new = _new_run(tenant, job, result_metrics)
     values = {column.key: getattr(new, column.key) for column in _runs.c}
-    statement = _upsert_run(session.get_bind().dialect.name)
-    run = load_rows(session, FinetuningRun, statement, values)[0]
+    dialect_name = session.get_bind().dialect.name
+    if dialect_name == "postgresql":
+        # The same statement reads the tenant's policy, under the lock taken just before.
+        row = execute(session, _UPSERT_RUN_AND_POLICY, {**values, "policy_of": tenant.id}).one()
+        run = attach_rows(session, FinetuningRun, [row._mapping])[0]
+        policy = {c.key: row._mapping[f"policy_{c.key}"] for c in _policies.c}
+        policy_read_under_lock(session, tenant.id, policy if policy["tenant_id"] else None)
+    else:
+        run = load_rows(session, FinetuningRun, _upsert_run(dialect_name), values)[0]
     first_record = run.id == new.id
     claims: dict[str, Tenant] = {}
     if not first_record:
@@ -129,6 +137,20 @@ def _upsert_run(dialect_name: str) -> Any:
         index_elements=[_runs.c.openai_job_id],
         set_={"openai_job_id": insert.excluded.openai_job_id},
     ).returning(*_runs.c)
+
+
+_policies = DeploymentPolicy.__table__
+_upserted = (
+    _upsert_run("postgresql")
+    .values({c.key: bindparam(c.key, type_=c.type) for c in _runs.c})
+    .cte("upserted")
+)
+# PostgreSQL: the run's upsert, and the tenant's policy row (NULLs when it has none).
+_UPSERT_RUN_AND_POLICY = select(
+    *_upserted.c, *(column.label(f"policy_{column.key}") for column in _policies.c)
+).select_from(
+    _upserted.outerjoin(_policies, _policies.c.tenant_id == bindparam("policy_of", type_=Uuid()))
+)
 
 
 def _new_run(

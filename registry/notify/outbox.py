@@ -16,17 +16,36 @@ reader never sees n+1 committed while n is still to come.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from functools import lru_cache, partial
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, event, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    Select,
+    String,
+    Table,
+    Uuid,
+    and_,
+    bindparam,
+    event,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import cast as sa_cast
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from registry import clock, dialect, messages
-from registry.db import after_commit, insert_row, load_rows
+from registry.db import after_commit
+from registry.models import UTCDateTime
 from registry.notify.models import (
     NotificationDelivery,
     NotificationEndpoint,
@@ -34,6 +53,7 @@ from registry.notify.models import (
     OutboxEvent,
 )
 from registry.notify.types import DeliveryStatus, EventType
+from registry.rows import attach_rows, execute, insert_row, load_rows
 
 log = logging.getLogger("ftdeploy.notify")
 
@@ -61,8 +81,10 @@ def emit(
     """
     kind = EventType(type_)
     stream = stream_of(tenant_id)
-    seq = _take_number(session, stream)
     now = clock.now()
+    if session.get_bind().dialect.name == "postgresql":
+        return _emit_at_once(session, tenant_id, kind, stream, data, dedupe_key, now)
+    seq = _take_number(session, stream)
     row = OutboxEvent(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
@@ -81,7 +103,14 @@ def emit(
         # back, so the stream has no gap.
         session.execute(_GIVE_BACK, {"b_stream": stream, "b_seq": seq - 1})
         return None
-    endpoints = [e for e in _endpoints_for(session, tenant_id) if wants(e, kind)]
+    _add_deliveries(session, row, [e for e in _endpoints_for(session, tenant_id) if wants(e, kind)])
+    return row
+
+
+def _add_deliveries(
+    session: Session, row: OutboxEvent, endpoints: list[NotificationEndpoint]
+) -> None:
+    stream, seq, now = row.stream, row.seq, row.created_at
     for endpoint in endpoints:
         session.add(
             NotificationDelivery(
@@ -97,6 +126,48 @@ def emit(
         )
     session.flush()
     deliver_after_commit(session, [e.id for e in endpoints])
+
+
+def _emit_at_once(
+    session: Session,
+    tenant_id: uuid.UUID | None,
+    kind: EventType,
+    stream: str,
+    data: dict[str, Any],
+    dedupe_key: str | None,
+    now: datetime,
+) -> OutboxEvent | None:
+    # `emit` on PostgreSQL in one statement: the number taken, the event written with it (unless
+    # its key is there) and the endpoints read.
+    params = {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "stream": stream,
+        "type": kind.value,
+        "data": json.dumps(data),
+        "dedupe_key": dedupe_key,
+        "now": now,
+    }
+    found = execute(session, _EMIT, params).all()
+    seq = int(found[0].last_seq)
+    if not found[0].written:
+        session.execute(_GIVE_BACK, {"b_stream": stream, "b_seq": seq - 1})  # as in `emit`
+        return None
+    row = OutboxEvent(
+        id=params["id"],
+        tenant_id=tenant_id,
+        stream=stream,
+        seq=seq,
+        type=kind.value,
+        data={**data, "sequence": seq},
+        dedupe_key=dedupe_key,
+        created_at=now,
+    )
+    make_transient_to_detached(row)
+    session.add(row)
+    rows = [r._mapping for r in found if r.id is not None]
+    endpoints = attach_rows(session, NotificationEndpoint, rows)
+    _add_deliveries(session, row, [e for e in endpoints if wants(e, kind)])
     return row
 
 
@@ -154,6 +225,49 @@ def _take_statement(dialect_name: str) -> Any:
         .on_conflict_do_update(index_elements=["stream"], set_={"last_seq": _streams.last_seq + 1})
         .returning(_streams.last_seq)
     )
+
+
+# `emit`'s statements as one, on PostgreSQL (data-modifying CTEs): the number taken by
+# `_take_statement`'s upsert, the event written with it (unless its key is there), and the
+# endpoints that get it, read only when it was written. Its columns: the endpoint's, then the
+# number taken and whether the event was written.
+def _emit_statement() -> Select[Any]:
+    taken = _take_statement("postgresql").cte("taken")
+    events = cast(Table, OutboxEvent.__table__)
+    tenant_id = bindparam("tenant_id", type_=Uuid())
+    data = sa_cast(bindparam("data", type_=String()), JSONB).op("||")(
+        func.jsonb_build_object("sequence", taken.c.last_seq)
+    )
+    event_row = select(
+        bindparam("id", type_=Uuid()),
+        tenant_id,
+        bindparam("stream", type_=events.c.stream.type),
+        taken.c.last_seq,
+        bindparam("type", type_=events.c.type.type),
+        data,
+        bindparam("dedupe_key", type_=events.c.dedupe_key.type),
+        bindparam("now", type_=UTCDateTime()),
+    )
+    columns = ["id", "tenant_id", "stream", "seq", "type", "data", "dedupe_key", "created_at"]
+    written = (
+        postgresql.insert(events)
+        .from_select(columns, event_row)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(events.c.id)
+        .cte("written")
+    )
+    was_written = exists().select_from(written)
+    wanted = and_(
+        was_written,
+        _ENABLED,
+        or_(_endpoints.c.tenant_id.is_(None), _endpoints.c.tenant_id == tenant_id),
+    )
+    return select(*_endpoints.c, taken.c.last_seq, was_written.label("written")).select_from(
+        taken.outerjoin(_endpoints, wanted)
+    )
+
+
+_EMIT = _emit_statement()
 
 
 def take_pending(session: Session) -> set[uuid.UUID]:
