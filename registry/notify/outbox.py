@@ -85,17 +85,7 @@ def emit(
     if session.get_bind().dialect.name == "postgresql":
         return _emit_at_once(session, tenant_id, kind, stream, data, dedupe_key, now)
     seq = _take_number(session, stream)
-    row = OutboxEvent(
-        id=uuid.uuid4(),
-        tenant_id=tenant_id,
-        stream=stream,
-        seq=seq,
-        type=kind.value,
-        # Receivers order by it and see a gap as a missed event: it is in every payload.
-        data={**data, "sequence": seq},
-        dedupe_key=dedupe_key,
-        created_at=now,
-    )
+    row = _event_row(uuid.uuid4(), tenant_id, stream, seq, kind, data, dedupe_key, now)
     # One statement: the insert is skipped when the key is already there.
     unless = "dedupe_key" if dedupe_key is not None else None
     if not insert_row(session, row, unless_exists=unless):
@@ -105,6 +95,30 @@ def emit(
         return None
     _add_deliveries(session, row, [e for e in _endpoints_for(session, tenant_id) if wants(e, kind)])
     return row
+
+
+def _event_row(
+    event_id: uuid.UUID,
+    tenant_id: uuid.UUID | None,
+    stream: str,
+    seq: int,
+    kind: EventType,
+    data: dict[str, Any],
+    dedupe_key: str | None,
+    now: datetime,
+) -> OutboxEvent:
+    return OutboxEvent(
+        id=event_id,
+        tenant_id=tenant_id,
+        stream=stream,
+        seq=seq,
+        type=kind.value,
+        # Receivers order by it and see a gap as a missed event: it is in every payload (on
+        # PostgreSQL the row's own data gets it from the statement that writes it).
+        data={**data, "sequence": seq},
+        dedupe_key=dedupe_key,
+        created_at=now,
+    )
 
 
 def _add_deliveries(
@@ -139,8 +153,9 @@ def _emit_at_once(
 ) -> OutboxEvent | None:
     # `emit` on PostgreSQL in one statement: the number taken, the event written with it (unless
     # its key is there) and the endpoints read.
+    event_id = uuid.uuid4()
     params = {
-        "id": uuid.uuid4(),
+        "id": event_id,
         "tenant_id": tenant_id,
         "stream": stream,
         "type": kind.value,
@@ -153,16 +168,7 @@ def _emit_at_once(
     if not found[0].written:
         session.execute(_GIVE_BACK, {"b_stream": stream, "b_seq": seq - 1})  # as in `emit`
         return None
-    row = OutboxEvent(
-        id=params["id"],
-        tenant_id=tenant_id,
-        stream=stream,
-        seq=seq,
-        type=kind.value,
-        data={**data, "sequence": seq},
-        dedupe_key=dedupe_key,
-        created_at=now,
-    )
+    row = _event_row(event_id, tenant_id, stream, seq, kind, data, dedupe_key, now)
     make_transient_to_detached(row)
     session.add(row)
     rows = [r._mapping for r in found if r.id is not None]
