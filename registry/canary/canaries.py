@@ -229,9 +229,6 @@ def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> 
     # Plain rows through the session's connection, fetched at once: the ORM's result machinery
     # adds a third per row, and iterating a result fetches row by row; the fleet page and the
     # sweep read one row per live canary.
-    # Plain rows through the session's connection, fetched at once: the ORM's result machinery
-    # adds a third per row, and iterating a result fetches row by row; the fleet page and the
-    # sweep read one row per live canary.
     one, params = (False, {}) if tenant_id is None else (True, {"tenant_id": tenant_id})
     canaries = session.connection().execute(canaries_query(one), params).all()
     counts = read_counts(session, tenant_id)
