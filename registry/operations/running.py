@@ -52,6 +52,10 @@ def run_operation(
     operation = lock_operation(session, operation_id)
     if operation.status in FINAL_OPERATION_STATUSES:
         return operation
+    if asked is not None and operation.enqueued_at is None:
+        # A message brought it, so the broker had it: the sender marks that only after its send
+        # returns, which can be after this operation has ended.
+        operation.enqueued_at = clock.now()
     if asked is not None:
         disagreement = _disagreement(session, operation, asked)
         if disagreement is not None:

@@ -284,3 +284,15 @@ def test_item6_a_message_that_agrees_runs(sessions: sessionmaker[Session]) -> No
     asked = operations.Asked("promote", str(tenant_id), "v2", 30)
     assert _run(sessions, queued, asked=asked).status == OperationStatus.SUCCEEDED
     assert _split(sessions, tenant_id) == {1: 70, 2: 30}
+
+
+def test_an_operation_a_message_brought_is_marked_enqueued_before_its_sender_marks_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    # The sender's mark commits after its send returns; a fast worker can end the operation
+    # first. Run from a message, the operation records that the broker had it.
+    tenant_id = _canary(sessions)
+    by_message, by_hand = _queue(sessions), _queue(sessions, traffic_percent=50)
+    asked = operations.Asked("promote", str(tenant_id), 2, 30)
+    assert _run(sessions, by_message, asked=asked).enqueued_at is not None
+    assert _run(sessions, by_hand).enqueued_at is None
