@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry import validation
 from registry.change_feed import ChangeBatch, ChangeFeed
 from registry.errors import RoutingUnavailable, TenantNotFound
-from registry.models import ModelVersion, RoutingGeneration, Tenant, VersionStatus
+from registry.models import ModelVersion, RoutingGeneration, Tenant, in_production
 from registry.routing_outage import Outage
 from registry.snapshots import Memos, Snapshot, VersionRow, build_snapshot, signature_of
 
@@ -320,7 +320,7 @@ class Router:
                 ModelVersion,
                 and_(
                     ModelVersion.tenant_id == Tenant.id,
-                    ModelVersion.status == VersionStatus.PRODUCTION,
+                    in_production(ModelVersion.status),
                 ),
             )
             .where(condition)

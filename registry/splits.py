@@ -26,7 +26,6 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
-    or_,
     select,
     true,
     update,
@@ -49,22 +48,21 @@ from registry.models import (
     TrafficEvent,
     UTCDateTime,
     VersionStatus,
+    in_production,
 )
 from registry.rows import execute, load_rows, update_row
 
 # The hot path's statements, built once: a prebuilt statement's cache key is memoized, while
 # building one per call costs more than running it.
 _versions = ModelVersion.__table__.c
-_SERVING_OR_STRAY = select(_versions.version, _versions.status, _versions.traffic_percent).where(
-    _versions.tenant_id == bindparam("tenant_id"),
-    or_(_versions.status == VersionStatus.PRODUCTION, _versions.traffic_percent != 0),
+# The table's check constraint (traffic_matches_status) keeps traffic on production versions
+# only, and some on each: the production versions are the whole split.
+_PRODUCTION_SPLIT = select(_versions.version, _versions.traffic_percent).where(
+    _versions.tenant_id == bindparam("tenant_id"), in_production(_versions.status)
 )
 _PRODUCTION_VERSIONS = (
     select(ModelVersion.__table__)
-    .where(
-        _versions.tenant_id == bindparam("tenant_id"),
-        _versions.status == VersionStatus.PRODUCTION,
-    )
+    .where(_versions.tenant_id == bindparam("tenant_id"), in_production(_versions.status))
     .order_by(_versions.version)
 )
 _DEPLOYMENTS_OF = select(Deployment.__table__).where(
@@ -238,7 +236,8 @@ def check_and_audit(
     process's routing snapshots of the tenant are dropped.
 
     Raises InvariantViolation (the transaction must then be rolled back) if production traffic
-    does not sum to 100 with every share in 1..100, or if a non-production version has traffic.
+    does not sum to 100 with every share in 1..100 (traffic outside production, the database's
+    check constraint refuses at the write).
     """
     session.flush()
     params = {
@@ -262,9 +261,8 @@ def check_and_audit(
         generation = int(found[0].generation)
         after = _checked_split(tenant, [row for row in found if row.version is not None])
     else:
-        # Read back from the database in one query: the production versions and any other
-        # version that has traffic (which breaks the invariant).
-        rows = session.execute(_SERVING_OR_STRAY, {"tenant_id": tenant.id}).all()
+        # Read back from the database in one query.
+        rows = session.execute(_PRODUCTION_SPLIT, {"tenant_id": tenant.id}).all()
         after = _checked_split(tenant, rows)
         # The audit event, written at once (nothing reads it back in this transaction).
         params.update(split_before=traffic.as_json(before), split_after=traffic.as_json(after))
@@ -278,19 +276,14 @@ def check_and_audit(
 
 
 def _checked_split(tenant: Tenant, rows: Sequence[Any]) -> traffic.Split:
-    after = {
-        row.version: row.traffic_percent
-        for row in rows
-        if row.status == VersionStatus.PRODUCTION and row.traffic_percent > 0
-    }
-    stray = any(row.status != VersionStatus.PRODUCTION for row in rows)
-    if not traffic.is_valid(after) or stray:
+    after = {row.version: row.traffic_percent for row in rows}
+    if not traffic.is_valid(after):
         raise InvariantViolation(tenant.slug, after)
     return after
 
 
 # check_and_audit's three statements as one, on PostgreSQL (data-modifying CTEs): the bump is
-# change_feed's, the audit row the one `_AUDIT_INSERT` writes, the versions `_SERVING_OR_STRAY`'s.
+# change_feed's, the audit row the one `_AUDIT_INSERT` writes, the versions `_PRODUCTION_SPLIT`'s.
 # The main query sees every earlier statement of the transaction.
 def _audited_check() -> Select[Any]:
     bumped = change_feed.bump("postgresql").cte("bumped")
@@ -310,11 +303,7 @@ def _audited_check() -> Select[Any]:
         sa_cast(bindparam("split_before", type_=String()), JSONB),
         func.coalesce(split_after, func.jsonb_build_object()),
         now,
-    ).where(
-        _versions.tenant_id == tenant_id,
-        _versions.status == VersionStatus.PRODUCTION,
-        _versions.traffic_percent > 0,
-    )
+    ).where(_versions.tenant_id == tenant_id, in_production(_versions.status))
     columns = ["tenant_id", "action", "version", "actor", "reason", "split_before", "split_after"]
     audit = (
         insert(events)
@@ -323,14 +312,9 @@ def _audited_check() -> Select[Any]:
         .cte("audit")
     )
     served = cast(Table, ModelVersion.__table__).alias("served")
-    serving_or_stray = and_(
-        served.c.tenant_id == tenant_id,
-        or_(served.c.status == VersionStatus.PRODUCTION, served.c.traffic_percent != 0),
-    )
-    return select(
-        bumped.c.generation, served.c.version, served.c.status, served.c.traffic_percent
-    ).select_from(
-        bumped.join(notified, true()).join(audit, true()).outerjoin(served, serving_or_stray)
+    serving = and_(served.c.tenant_id == tenant_id, in_production(served.c.status))
+    return select(bumped.c.generation, served.c.version, served.c.traffic_percent).select_from(
+        bumped.join(notified, true()).join(audit, true()).outerjoin(served, serving)
     )
 
 

@@ -35,6 +35,7 @@ from registry.models.rollout import (
     ModelVersion,
     Tenant,
     TrafficEvent,
+    in_production,
 )
 from registry.models.serving import (
     ApiKey,
@@ -76,5 +77,6 @@ __all__ = [
     "UTCDateTime",
     "VersionStatus",
     "WebhookDelivery",
+    "in_production",
     "one_of",
 ]

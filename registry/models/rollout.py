@@ -18,8 +18,11 @@ from sqlalchemy import (
     Text,
     Uuid,
     false,
+    literal,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 from registry import clock
 from registry.models.columns import Base, JSONType, UTCDateTime, one_of
@@ -126,6 +129,9 @@ class Evaluation(Base):
     resume_outcome: Mapped[str | None] = mapped_column(String(2000), nullable=True)
 
 
+PRODUCTION_ONLY = "status = 'production'"
+
+
 class ModelVersion(Base):
     __tablename__ = "ai_model_versions"
     __table_args__ = (
@@ -138,6 +144,15 @@ class ModelVersion(Base):
         CheckConstraint("version >= 1", name="version_positive"),
         Index("uq_ai_model_versions_tenant_version", "tenant_id", "version", unique=True),
         Index("ix_ai_model_versions_tenant_status", "tenant_id", "status"),
+        # What every change reads under the tenant's lock (`in_production`): a few rows per
+        # tenant however long its history, in version order.
+        Index(
+            "ix_ai_model_versions_tenant_production",
+            "tenant_id",
+            "version",
+            postgresql_where=text(PRODUCTION_ONLY),
+            sqlite_where=text(PRODUCTION_ONLY),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -163,6 +178,14 @@ class ModelVersion(Base):
     deprecated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Set when the version was rolled back: such a version is never restored by a rollback.
     rolled_back_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+def in_production(status: Any) -> ColumnElement[bool]:
+    """`status = 'production'`, the value written into the SQL rather than bound. A prepared
+    statement's generic plan then knows the value is rare and reads the (tenant_id, status)
+    index; with a parameter it guesses half of a tenant's versions and scans the table, a cost
+    that grows with the tenant's history."""
+    return status == literal(VersionStatus.PRODUCTION.value, literal_execute=True)
 
 
 class Deployment(Base):
