@@ -86,11 +86,17 @@ _INSERT_NEXT = (
 def _serving_and_next() -> Select[typing.Any]:
     table = typing.cast(Table, ModelVersion.__table__)
     tenant_id = bindparam("tenant_id", type_=Uuid())
-    following = (
-        select((func.coalesce(func.max(_versions.version), 0) + 1).label("next_number"))
+    # The latest number by ORDER BY … LIMIT 1, not max(): a generic plan made while the table
+    # was small aggregates every version of the tenant for max(), a cost that grows with its
+    # history; this one reads the (tenant_id, version) index's last entry in any plan.
+    latest = (
+        select(_versions.version)
         .where(_versions.tenant_id == tenant_id)
-        .subquery("following")
+        .order_by(_versions.version.desc())
+        .limit(1)
+        .scalar_subquery()
     )
+    following = select((func.coalesce(latest, 0) + 1).label("next_number")).subquery("following")
     serving = and_(table.c.tenant_id == tenant_id, in_production(table.c.status))
     return (
         select(following.c.next_number, *table.c)
