@@ -22,13 +22,15 @@ from registry.models import (
     Tenant,
 )
 from registry.notify import notices
-from registry.rows import insert_row
+from registry.rows import insert_row, insert_rows
 from registry.tenants import find_tenant, get_policy, initial_canary_percent
 from registry.versions import (
     apply_split,
     check_and_audit,
+    new_version,
     production_versions,
     register_version,
+    serving_and_next_number,
     split_of,
 )
 
@@ -125,7 +127,13 @@ def deploy_run(
             "waiting for an evaluation (the policy requires one)",
         )
 
-    serving = production_versions(session, tenant.id)
+    number: int | None = None
+    if session.get_bind().dialect.name == "postgresql":
+        # The new version's number read with the split, under the lock: the version and its
+        # deployment (whose reason names it) are then written by one statement, below.
+        serving, number = serving_and_next_number(session, tenant.id)
+    else:
+        serving = production_versions(session, tenant.id)
     before = split_of(serving)
     strategy = Strategy(deployment.strategy)
     wanted = 0
@@ -134,7 +142,16 @@ def deploy_run(
     # The new version's share does not depend on its number (a new one, unlike any serving):
     # it is inserted with it, in production already, and apply_split writes the rest.
     share = traffic.after_promote(before, _NEW, wanted)[_NEW] if wanted else 0
-    version = register_version(session, tenant, run, evaluation, traffic_percent=share, now=now)
+    fresh = not inspect(deployment).persistent
+    if number is None:
+        version = register_version(session, tenant, run, evaluation, traffic_percent=share, now=now)
+    else:
+        version = new_version(
+            tenant, run, evaluation, number=number, traffic_percent=share, now=now
+        )
+        if not fresh:
+            # Before the waiting deployment refers to it (its changes are flushed first).
+            insert_row(session, version)
     target: traffic.Split | None = None
     if strategy is Strategy.BLUE_GREEN:
         status = DeploymentStatus.STAGED
@@ -153,8 +170,10 @@ def deploy_run(
     deployment.reason = reason
     deployment.step_started_at = now if share else None
     deployment.updated_at = now
-    if inspect(deployment).persistent:
+    if not fresh:
         pass  # a deployment that waited for its evaluation: the changes above are flushed
+    elif number is not None:
+        insert_rows(session, version, deployment)  # one round trip for both (PostgreSQL)
     else:
         insert_row(session, deployment)
     if target is not None:

@@ -44,20 +44,7 @@ def insert_row(
     the same statement) it RETURNs, and they are set on the instance.
     """
     mapper = sa_inspect(type(instance))
-    values: dict[str, Any] = {}
-    for prop in mapper.column_attrs:
-        column = prop.columns[0]
-        if prop.key not in instance.__dict__:
-            default = column.default
-            if default is not None and getattr(default, "is_scalar", False):
-                setattr(instance, prop.key, default.arg)
-            elif default is not None and getattr(default, "is_callable", False):
-                setattr(instance, prop.key, default.arg(None))
-            elif column.server_default is not None or column.autoincrement is True:
-                raise ValueError(f"{column} is filled by the database: flush instead")
-            else:
-                setattr(instance, prop.key, None)
-        values[column.key] = instance.__dict__[prop.key]
+    values = _values_of(instance)
     if statement is not None:
         computed = execute(session, statement, {**values, **(params or {})}).one()._mapping
         table = mapper.local_table
@@ -72,6 +59,41 @@ def insert_row(
     make_transient_to_detached(instance)
     session.add(instance)
     return True
+
+
+def insert_rows(session: Session, *instances: object) -> None:
+    """`insert_row` for several new instances (of different tables) in one statement, on
+    PostgreSQL only: each row but the last is written by a data-modifying CTE of the last's
+    INSERT. A row may reference one written with it (foreign keys are checked when the statement
+    ends, after all of them)."""
+    tables = tuple(sa_inspect(type(instance)).local_table for instance in instances)
+    params: dict[str, Any] = {}
+    for n, instance in enumerate(instances):
+        params.update({f"r{n}_{key}": value for key, value in _values_of(instance).items()})
+    execute(session, _inserts_of(tables), params)
+    for instance in instances:
+        make_transient_to_detached(instance)
+        session.add(instance)
+
+
+def _values_of(instance: object) -> dict[str, Any]:
+    # The row of a new instance, Python-side column defaults applied to the instance first.
+    mapper = sa_inspect(type(instance))
+    values: dict[str, Any] = {}
+    for prop in mapper.column_attrs:
+        column = prop.columns[0]
+        if prop.key not in instance.__dict__:
+            default = column.default
+            if default is not None and getattr(default, "is_scalar", False):
+                setattr(instance, prop.key, default.arg)
+            elif default is not None and getattr(default, "is_callable", False):
+                setattr(instance, prop.key, default.arg(None))
+            elif column.server_default is not None or column.autoincrement is True:
+                raise ValueError(f"{column} is filled by the database: flush instead")
+            else:
+                setattr(instance, prop.key, None)
+        values[column.key] = instance.__dict__[prop.key]
+    return values
 
 
 def update_row(session: Session, instance: object, **values: Any) -> bool:
@@ -147,6 +169,18 @@ def _insert_of(table: Table, dialect_name: str, unless_exists: str | None) -> In
         .on_conflict_do_nothing(index_elements=[unless_exists])
         .returning(*table.primary_key.columns)
     )
+
+
+@lru_cache(maxsize=16)
+def _inserts_of(tables: tuple[Table, ...]) -> Insert:
+    # Built once per shape, like `_update_of`. Each row's values are bound under its own prefix
+    # (the tables share column names).
+    rows = [
+        sa_insert(table).values({c.key: bindparam(f"r{n}_{c.key}", type_=c.type) for c in table.c})
+        for n, table in enumerate(tables)
+    ]
+    *written_first, last = rows
+    return last.add_cte(*(row.cte(f"row{n}") for n, row in enumerate(written_first)))
 
 
 @lru_cache(maxsize=256)

@@ -28,7 +28,6 @@ from sqlalchemy import (
     insert,
     select,
     true,
-    update,
 )
 from sqlalchemy import cast as sa_cast
 from sqlalchemy import inspect as sa_inspect
@@ -51,6 +50,7 @@ from registry.models import (
     in_production,
 )
 from registry.rows import execute, load_rows, update_row
+from registry.split_statements import DEPRECATE_AND_MOVE, MOVE_DEPLOYMENTS
 
 # The hot path's statements, built once: a prebuilt statement's cache key is memoized, while
 # building one per call costs more than running it.
@@ -69,16 +69,6 @@ _DEPLOYMENTS_OF = select(Deployment.__table__).where(
     Deployment.__table__.c.version_id.in_(bindparam("ids", expanding=True))
 )
 _AUDIT_INSERT = insert(cast(Table, TrafficEvent.__table__))
-_deployments = Deployment.__table__.c
-_MOVE_DEPLOYMENTS = (
-    update(cast(Table, Deployment.__table__))
-    .where(
-        _deployments.version_id.in_(bindparam("ids", expanding=True)),
-        _deployments.status.not_in([bindparam("status"), DeploymentStatus.REJECTED.value]),
-    )
-    .values(status=bindparam("status"), updated_at=bindparam("now", type_=UTCDateTime()))
-    .returning(_deployments.id)
-)
 
 
 @dataclass(frozen=True)
@@ -150,6 +140,10 @@ def apply_split(
         if number not in touched:
             touched[number] = find_version(session, tenant, number)
     moves: dict[DeploymentStatus, list[uuid.UUID]] = {}
+    # PostgreSQL: the versions that leave are written with the first move of deployments below
+    # (one round trip for both; a version that leaves always has its deployments moved).
+    leaving: list[ModelVersion] = []
+    deferred = session.get_bind().dialect.name == "postgresql"
     for number, version in touched.items():
         share = target.get(number, 0)
         was_serving = version.status == VersionStatus.PRODUCTION
@@ -168,13 +162,16 @@ def apply_split(
             elif share == 100:
                 moves.setdefault(DeploymentStatus.PROMOTED, []).append(version.id)
         elif was_serving:
-            update_row(
-                session,
-                version,
-                status=VersionStatus.DEPRECATED,
-                traffic_percent=0,
-                deprecated_at=now,
-            )
+            if deferred:
+                leaving.append(version)
+            else:
+                update_row(
+                    session,
+                    version,
+                    status=VersionStatus.DEPRECATED,
+                    traffic_percent=0,
+                    deprecated_at=now,
+                )
             left_as = (
                 DeploymentStatus.ROLLED_BACK
                 if version is rolled_back
@@ -182,7 +179,8 @@ def apply_split(
             )
             moves.setdefault(left_as, []).append(version.id)
     for status, version_ids in moves.items():
-        _move_deployments(session, version_ids, status, now)
+        _move_deployments(session, version_ids, status, now, deprecating=leaving)
+        leaving = []
 
 
 # Each row is written at once by one cached UPDATE (`update_row`), not by a flush.
@@ -198,17 +196,30 @@ def _start_step(session: Session, deployment: Deployment | None, share: int, now
 
 
 def _move_deployments(
-    session: Session, version_ids: list[uuid.UUID], status: DeploymentStatus, now: datetime
+    session: Session,
+    version_ids: list[uuid.UUID],
+    status: DeploymentStatus,
+    now: datetime,
+    *,
+    deprecating: list[ModelVersion],
 ) -> None:
-    # A deployment that was rejected or is still awaiting its evaluation has no live version;
-    # one already in `status` stays as it is. The rows written are set on the instances the
-    # session holds, as if loaded.
-    params = {"ids": version_ids, "status": status.value, "now": now}
-    for row in execute(session, _MOVE_DEPLOYMENTS, params):
+    # `deprecating`: versions leaving production, written by the same statement (PostgreSQL).
+    # The rows written are set on the instances the session holds, as if loaded, as
+    # `update_row` does (a later flush does not write them again).
+    params: dict[str, Any] = {"ids": version_ids, "status": status.value, "now": now}
+    statement = MOVE_DEPLOYMENTS
+    if deprecating:
+        statement = DEPRECATE_AND_MOVE
+        params["deprecated"] = [version.id for version in deprecating]
+    for row in execute(session, statement, params):
         held = session.identity_map.get(_deployment_key(row.id))
         if held is not None:
             set_committed_value(held, "status", status.value)
             set_committed_value(held, "updated_at", now)
+    for version in deprecating:
+        set_committed_value(version, "status", VersionStatus.DEPRECATED)
+        set_committed_value(version, "traffic_percent", 0)
+        set_committed_value(version, "deprecated_at", now)
 
 
 def _deployment_of(session: Session, version: ModelVersion) -> Deployment | None:

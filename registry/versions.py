@@ -11,14 +11,33 @@ import typing
 import uuid
 from datetime import datetime
 
-from sqlalchemy import String, Table, bindparam, cast, func, insert, literal, select
+from sqlalchemy import (
+    Select,
+    String,
+    Table,
+    Uuid,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from registry import clock, traffic, validation
 from registry.db import lock_tenant
 from registry.errors import NothingToRollBack
-from registry.models import Evaluation, FinetuningRun, ModelVersion, Tenant, VersionStatus
-from registry.rows import insert_row
+from registry.models import (
+    Evaluation,
+    FinetuningRun,
+    ModelVersion,
+    Tenant,
+    VersionStatus,
+    in_production,
+)
+from registry.rows import attach_rows, execute, insert_row
 from registry.splits import (
     Change,
     apply_split,
@@ -37,10 +56,12 @@ __all__ = [
     "current_split",
     "find_version",
     "list_versions",
+    "new_version",
     "production_versions",
     "promote",
     "register_version",
     "rollback",
+    "serving_and_next_number",
     "split_of",
 ]
 
@@ -57,6 +78,34 @@ _INSERT_NEXT = (
     .values(version=_NEXT_NUMBER, name=literal("v") + cast(_NEXT_NUMBER, String))
     .returning(_versions.version, _versions.name)
 )
+
+
+# PostgreSQL's deploy: the production versions and the next number in one read (the number is
+# one row even when nothing serves), so the number is known before the version is written and
+# its deployment, whose reason names it, can go in with it.
+def _serving_and_next() -> Select[typing.Any]:
+    table = typing.cast(Table, ModelVersion.__table__)
+    tenant_id = bindparam("tenant_id", type_=Uuid())
+    # The latest number by ORDER BY … LIMIT 1, not max(): a generic plan made while the table
+    # was small aggregates every version of the tenant for max(), a cost that grows with its
+    # history; this one reads the (tenant_id, version) index's last entry in any plan.
+    latest = (
+        select(_versions.version)
+        .where(_versions.tenant_id == tenant_id)
+        .order_by(_versions.version.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    following = select((func.coalesce(latest, 0) + 1).label("next_number")).subquery("following")
+    serving = and_(table.c.tenant_id == tenant_id, in_production(table.c.status))
+    return (
+        select(following.c.next_number, *table.c)
+        .select_from(following.outerjoin(table, serving))
+        .order_by(table.c.version)
+    )
+
+
+_SERVING_AND_NEXT = _serving_and_next()
 
 
 def list_versions(session: Session, tenant_ref: str | uuid.UUID) -> list[ModelVersion]:
@@ -90,6 +139,23 @@ def register_version(
     run is a database constraint. Does not write an audit event: the caller's change does.
     """
     lock_tenant(session, tenant.id)
+    version = new_version(tenant, run, evaluation, traffic_percent=traffic_percent, now=now)
+    # The number (and the name "vN") is computed by the INSERT itself, under the lock.
+    insert_row(session, version, statement=_INSERT_NEXT, params={"b_tenant_id": tenant.id})
+    return version
+
+
+def new_version(
+    tenant: Tenant,
+    run: FinetuningRun,
+    evaluation: Evaluation | None,
+    *,
+    number: int | None = None,
+    traffic_percent: int = 0,
+    now: datetime | None = None,
+) -> ModelVersion:
+    """`register_version`'s version, not yet written: numbered `number` (vN) when given (read
+    by `serving_and_next_number` under the tenant's lock), else by the INSERT."""
     metrics = {**(run.result_metrics or {}), **(evaluation.metrics if evaluation else {})}
     version = ModelVersion(
         id=uuid.uuid4(),
@@ -102,9 +168,24 @@ def register_version(
         traffic_percent=traffic_percent,
         deployed_at=(now or clock.now()) if traffic_percent > 0 else None,
     )
-    # The number (and the name "vN") is computed by the INSERT itself, under the lock.
-    insert_row(session, version, statement=_INSERT_NEXT, params={"b_tenant_id": tenant.id})
+    if number is not None:
+        version.version = number
+        version.name = f"v{number}"
     return version
+
+
+def serving_and_next_number(
+    session: Session, tenant_id: uuid.UUID
+) -> tuple[list[ModelVersion], int]:
+    """`production_versions`, and the number the tenant's next version takes, in one read.
+    Locks the tenant first (free when this transaction holds the lock already, as a change
+    does): the lock holds the number until the transaction ends, so a concurrent registration
+    waits, then reads past the number this one used (one version per number stays a database
+    constraint)."""
+    lock_tenant(session, tenant_id)
+    rows = execute(session, _SERVING_AND_NEXT, {"tenant_id": tenant_id}).mappings().all()
+    serving = attach_rows(session, ModelVersion, [row for row in rows if row["id"] is not None])
+    return serving, int(rows[0]["next_number"])
 
 
 def promote(

@@ -18,8 +18,8 @@ from worker.demo.fake_openai import FakeOpenAI
 
 # Per event, both units of work (the attempt's, then the deploying one). A fresh event of a tenant
 # that already serves a version; a redelivery of an event already done.
-FRESH_IMMEDIATE = 11
-FRESH_CANARY = 10
+FRESH_IMMEDIATE = 9
+FRESH_CANARY = 9
 REDELIVERED = 6
 
 
