@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -20,6 +21,7 @@ import redis
 from registry.jobs.pipeline import MAX_CRASHES
 from registry.models import Deployment, ModelVersion
 from tests.faults.conftest import SETTINGS, FaultStack
+from tests.harness import WorkerProcess
 from tests.worker.e2e_stack import EventView
 from worker import cli
 
@@ -30,6 +32,24 @@ def _tenant_with_jobs(stack: FaultStack, slug: str, jobs: list[str], **job: obje
     assert cli.main(["tenant", "add", slug, "--no-require-evaluation"]) == 0
     for job_id in jobs:
         stack.fake.add_job(job_id, statuses=("succeeded",), tenant=slug, **job)  # type: ignore[arg-type]
+
+
+def _kill_when(
+    worker: WorkerProcess, condition: Callable[[], bool], timeout: float, what: str
+) -> None:
+    """SIGKILL the worker at a moment `condition` holds: each check runs while the worker is
+    stopped (SIGSTOP), so what it saw is what the kill leaves (a state seen and then killed a few
+    milliseconds later may be gone: an event mid-poll a moment ago has since finished it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        os.killpg(worker.pid, signal.SIGSTOP)
+        if condition():
+            worker.kill()
+            return
+        os.killpg(worker.pid, signal.SIGCONT)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
 
 
 # A pool process that kills itself is noticed by its worker through the process's sentinel, or at
@@ -86,16 +106,17 @@ def test_main_process_killed_holding_prefetched_and_running_events(stack: FaultS
     for job in jobs:
         assert cli.main(["job-finished", job]) == 0
     broker = redis.Redis.from_url(stack.broker_url)
-    stack.wait(
-        lambda: sum(stack.fake.requests(j) for j in jobs) >= 2 and broker.hlen("unacked") >= 3,
-        30,
-        "w1 to hold running and prefetched events",
-    )
-    held = broker.hlen("unacked")
-    first.kill()  # SIGKILL to the main process and its pool, no goodbye
+    seen: dict[str, list[str]] = {}
+
+    def holding() -> bool:
+        seen["in_flight"] = [j for j in jobs if (v := stack.event(j)) is not None and v.in_flight]
+        polled = sum(stack.fake.requests(j) for j in jobs) >= 2
+        return polled and broker.hlen("unacked") >= 3 and bool(seen["in_flight"])
+
+    # SIGKILL to the main process and its pool, no goodbye.
+    _kill_when(first, holding, 30, "w1 to hold running and prefetched events")
     killed_at = time.monotonic()
-    in_flight = [j for j in jobs if (v := stack.event(j)) is not None and v.in_flight]
-    assert in_flight and held >= 3
+    in_flight = seen["in_flight"]
 
     stack.worker("w2")
     ended = stack.wait_ended(jobs, 60)
@@ -191,9 +212,8 @@ def test_worker_killed_mid_poll_and_after_a_commit(stack: FaultStack) -> None:
         seen = _events(stack, jobs).values()
         return stack.count(ModelVersion, tenant) >= 1 and any(e and e.in_flight for e in seen)
 
-    stack.wait(mid_flight, 30, "a version committed while other events are mid-poll")
-    first.kill()
-    at_kill = _events(stack, jobs)  # frozen: nothing runs now
+    _kill_when(first, mid_flight, 30, "a version committed while other events are mid-poll")
+    at_kill = _events(stack, jobs)  # as `mid_flight` saw it: nothing ran in between
     interrupted = [job for job, e in at_kill.items() if e is not None and e.in_flight]
     assert interrupted, at_kill
     assert any(e is None or e.state != "done" for e in at_kill.values())
