@@ -37,7 +37,9 @@ from registry import versions
 from registry.db import unit_of_work
 url, changes = sys.argv[1], int(sys.argv[2])
 for i in range(changes):
-    time.sleep(random.uniform(0.3, 0.9))
+    # Further apart than the staleness bound plus one read: each split is served before the next
+    # replaces it (the bound promises the answer's age, not that a split left sooner is seen).
+    time.sleep(random.uniform(0.8, 1.2))
     target = 2 if i % 2 == 0 else 1
     with unit_of_work(url) as session:
         versions.promote(session, "acme", target, 100, actor="fault-test")
@@ -119,8 +121,8 @@ def test_listener_terminated_while_splits_change(pg_url: str) -> None:
         model = models[commit["model_version"]]
         seen = next((t for t, m in watcher.changes
                      if m == model and t >= commit["committed_at"] - 0.05), None)  # fmt: skip
-        assert seen is not None, f"change {commit} never served"
-        delays.append(seen - commit["committed_at"])
+        # Never served counts as a delay past the bound: the assertion below reports them all.
+        delays.append(float("inf") if seen is None else seen - commit["committed_at"])
     # Within the bound plus one read, even when the feed was down at the time.
     assert max(delays) <= STALENESS + 0.15, delays
     check_all(pg_url)
