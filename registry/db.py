@@ -12,12 +12,13 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Executable, bindparam, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, Executable, bindparam, create_engine, event, select, text
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
@@ -30,6 +31,8 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 LOCKED_TENANTS_KEY = "ftdeploy.locked_tenants"
 LOCKED_POLICIES_KEY = "ftdeploy.locked_policies"
 AFTER_COMMIT_KEY = "ftdeploy.after_commit"
+
+T = TypeVar("T")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -267,3 +270,30 @@ def _lock_statement(by: str) -> Executable:
 
 def ping(session: Session) -> None:
     session.execute(text("SELECT 1"))
+
+
+# The threads of `read_beside`: a few reads at a time per process, each holding a connection of
+# its engine's pool while it runs.
+_BESIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftdeploy-read-beside")
+
+
+def read_beside(session: Session, read: Callable[[Connection], T]) -> Callable[[], T]:
+    """Start `read` on a second connection of the session's engine and return a function that
+    waits for its result (or raises its error): for a page's independent reads, so that their
+    time in PostgreSQL overlaps the caller's own statements. The second connection reads in its
+    own READ ONLY transaction, ended by a commit (which, unlike a rollback, keeps the statements
+    psycopg prepared on it). Elsewhere (SQLite, a session bound to one connection) `read` runs at
+    once on the session's connection."""
+    bind = session.get_bind()
+    if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
+        result = read(session.connection())
+        return lambda: result
+    return _BESIDE.submit(_read_on_own_connection, bind, read).result
+
+
+def _read_on_own_connection(engine: Engine, read: Callable[[Connection], T]) -> T:
+    with engine.connect() as connection:
+        connection.execution_options(postgresql_readonly=True)
+        result = read(connection)
+        connection.commit()
+        return result

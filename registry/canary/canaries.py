@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Connection,
     Select,
     String,
     and_,
@@ -231,15 +232,15 @@ def read_live_canaries(session: Session, tenant_id: uuid.UUID | None = None) -> 
     # sweep read one row per live canary.
     one, params = (False, {}) if tenant_id is None else (True, {"tenant_id": tenant_id})
     canaries = session.connection().execute(canaries_query(one), params).all()
-    counts = read_counts(session, tenant_id)
+    counts = read_counts(session.connection(), tenant_id)
     return [live_canary(row, counts.get(row[0].int)) for row in canaries]
 
 
-def read_counts(session: Session, tenant_id: uuid.UUID | None = None) -> dict[int, Any]:
+def read_counts(connection: Connection, tenant_id: uuid.UUID | None = None) -> dict[int, Any]:
     """The rows of `counts_query` (of one tenant, or all) by their deployment id's integer (a
     UUID's hash and equality are Python code), for `live_canary`: one statement."""
     one, params = (False, {}) if tenant_id is None else (True, {"tenant_id": tenant_id})
-    found = session.connection().execute(counts_query(one), params).all()
+    found = connection.execute(counts_query(one), params).all()
     return {row[0].int: row for row in found}
 
 
