@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import event, insert, select
+from sqlalchemy import insert, select
 
 from bench.bench_sweep import _populate
 from bench.common import BenchEnv, Row, fresh_database, run_alone
@@ -33,6 +33,7 @@ from registry import keys
 from registry.db import session_factory
 from registry.models import Tenant, TrafficEvent
 from registry.settings import get_settings
+from tests.statements import recorded_statements
 
 GOAL_MS = 100.0
 
@@ -105,11 +106,6 @@ def _measure(url: str, rounds: int, data_dir: str) -> dict[str, tuple[float, int
     with sessions() as session, session.begin():
         _, clear = keys.create_key(session, f"bench-{uuid.uuid4().hex[:8]}", "read")
     engine = sessions.kw["bind"]
-    statements: list[str] = []
-
-    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
-        statements.append(statement)
-
     results = {}
     with _pointed_at(url, data_dir), TestClient(create_app()) as client:
         client.headers["Authorization"] = f"Bearer {clear}"
@@ -117,8 +113,7 @@ def _measure(url: str, rounds: int, data_dir: str) -> dict[str, tuple[float, int
             assert client.get(path).status_code == 200  # warm-up (and the key cache)
             timings: list[float] = []
             counts: set[int] = set()  # statements per request
-            event.listen(engine, "before_cursor_execute", count)
-            try:
+            with recorded_statements(engine) as statements:
                 for _ in range(rounds):
                     statements.clear()
                     started = time.perf_counter()
@@ -126,8 +121,6 @@ def _measure(url: str, rounds: int, data_dir: str) -> dict[str, tuple[float, int
                     timings.append((time.perf_counter() - started) * 1000)
                     assert response.status_code == 200, response.text[:500]
                     counts.add(len(statements))
-            finally:
-                event.remove(engine, "before_cursor_execute", count)
             # Every request of a page the same: a statement only some requests make (a lazy
             # load, a cache coming due) would make the figure depend on which request was last.
             assert len(counts) == 1, (

@@ -26,7 +26,7 @@ import uuid
 from datetime import UTC, datetime
 
 import psycopg
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from bench.common import BenchEnv, Row, fresh_database, run_alone
 from registry.canary.counters import bucket_start
@@ -36,6 +36,7 @@ from registry.models import OutcomeCounter
 from registry.versions import list_versions
 from tests.factories import deploy_new, make_tenant
 from tests.services import libpq_url
+from tests.statements import recorded_statements
 
 TENANTS = 10
 BUCKET_SECONDS = 10
@@ -108,19 +109,12 @@ def _recorder(
     """Outcomes per second through the recorder, statements, and the p50 of one record() in µs."""
     sessions = session_factory(url)
     engine = sessions.kw["bind"]
-    statements = 0
-
-    def count(*_: object) -> None:
-        nonlocal statements
-        statements += 1
-
     recorder = OutcomeRecorder(sessions, bucket_seconds=BUCKET_SECONDS, flush_seconds=1.0)
     for target in {r[0] for r in requests}:  # resolve once, as a running server already has
         recorder.record(target[0], target[1], True)
     recorder.flush()
-    event.listen(engine, "before_cursor_execute", count)
     calls: list[int] = []
-    try:
+    with recorded_statements(engine) as statements:
         started = time.perf_counter()
         for index, ((slug, model, _, _), ok, score, latency) in enumerate(requests):
             if index % 16 == 0:  # time a sample of calls one by one
@@ -131,9 +125,7 @@ def _recorder(
                 recorder.record(slug, model, ok, score=score, latency_ms=latency)
         recorder.close()
         rate = len(requests) / (time.perf_counter() - started)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-    return rate, statements, statistics.median(calls) / 1000
+    return rate, len(statements), statistics.median(calls) / 1000
 
 
 def run(env: BenchEnv) -> list[Row]:

@@ -24,7 +24,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import event, insert
+from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.common import BenchEnv, Row, fresh_database, run_alone
@@ -38,6 +38,7 @@ from registry.models import (
     OutcomeCounter,
     Tenant,
 )
+from tests.statements import recorded_statements
 from worker.sweep import run_sweep
 
 BATCH = 2_000  # tenants per bulk insert
@@ -152,23 +153,15 @@ def _measure(url: str, now: datetime, sweeps: int) -> tuple[float, int, SweepRep
     """Median seconds per sweep, statements per sweep (the same in every sweep), a report."""
     sessions: sessionmaker[Session] = session_factory(url)
     engine = sessions.kw["bind"]
-    counted: list[int] = []
-
-    def count(*_: object) -> None:
-        counted[-1] += 1
-
     run_sweep(now, database=sessions)  # warm-up: connections, caches
-    event.listen(engine, "before_cursor_execute", count)
     times, statements = [], set()
-    try:
+    with recorded_statements(engine) as seen:
         for _ in range(sweeps):
-            counted.append(0)
+            seen.clear()
             started = time.perf_counter()
             report = run_sweep(now, database=sessions)
             times.append(time.perf_counter() - started)
-            statements.add(counted[-1])
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+            statements.add(len(seen))
     if len(statements) != 1:
         raise RuntimeError(f"statements per sweep varied between sweeps: {sorted(statements)}")
     return statistics.median(times), statements.pop(), report

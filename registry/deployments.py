@@ -143,14 +143,16 @@ def deploy_run(
     # it is inserted with it, in production already, and apply_split writes the rest.
     share = traffic.after_promote(before, _NEW, wanted)[_NEW] if wanted else 0
     fresh = not inspect(deployment).persistent
+    # On PostgreSQL a fresh deployment's version goes in with it, by one statement (below); a
+    # waiting deployment's is written first, before the deployment's changes refer to it.
+    together = fresh and number is not None
     if number is None:
         version = register_version(session, tenant, run, evaluation, traffic_percent=share, now=now)
     else:
         version = new_version(
             tenant, run, evaluation, number=number, traffic_percent=share, now=now
         )
-        if not fresh:
-            # Before the waiting deployment refers to it (its changes are flushed first).
+        if not together:
             insert_row(session, version)
     target: traffic.Split | None = None
     if strategy is Strategy.BLUE_GREEN:
@@ -170,11 +172,10 @@ def deploy_run(
     deployment.reason = reason
     deployment.step_started_at = now if share else None
     deployment.updated_at = now
-    if not fresh:
-        pass  # a deployment that waited for its evaluation: the changes above are flushed
-    elif number is not None:
-        insert_rows(session, version, deployment)  # one round trip for both (PostgreSQL)
-    else:
+    # (A deployment that waited for its evaluation is in the session: its changes are flushed.)
+    if together:
+        insert_rows(session, version, deployment)
+    elif fresh:
         insert_row(session, deployment)
     if target is not None:
         apply_split(

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from registry.db import session_factory, unit_of_work
 from registry.jobs import pipeline
 from registry.router import Router
 from tests.factories import job_snapshot, make_tenant
+from tests.statements import recorded_statements
 
 INDEX = "ix_ai_model_versions_tenant_production"
 HISTORY = 300  # versions registered and replaced first: more pages than a scan of them is worth
@@ -49,18 +50,9 @@ def test_every_production_read_uses_the_production_index_in_a_generic_plan(pg_ur
 
 
 def _production_reads(engine: Engine, run: Callable[[], object]) -> list[tuple[str, Any]]:
-    seen: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "ai_model_versions" in statement and ".status = " in statement:
-            seen.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with recorded_statements(engine) as seen:
         run()
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    return seen
+    return [(s, p) for s, p in seen if "ai_model_versions" in s and ".status = " in s]
 
 
 def _generic_plan(engine: Engine, statement: str, parameters: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import versions
@@ -35,6 +35,7 @@ from tests.registry.canary_support import (
     statuses,
     trail,
 )
+from tests.statements import recorded_statements
 from worker.sweep import apply_one
 
 
@@ -308,19 +309,9 @@ def test_one_tenants_retention_failure_leaves_the_others_and_the_report_whole(
 
 
 def _statements(sessions: sessionmaker[Session], run: Any) -> int:
-    engine = sessions.kw["bind"]
-    count = 0
-
-    def count_one(*_: object) -> None:
-        nonlocal count
-        count += 1
-
-    event.listen(engine, "before_cursor_execute", count_one)
-    try:
+    with recorded_statements(sessions.kw["bind"]) as seen:
         run()
-    finally:
-        event.remove(engine, "before_cursor_execute", count_one)
-    return count
+    return len(seen)
 
 
 def test_the_read_does_not_grow_with_the_number_of_canaries(

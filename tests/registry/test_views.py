@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry import operations, records, versions
@@ -21,22 +21,16 @@ from registry.views import fleet, preview, tenant
 from registry.views.splits import shares, text
 from tests.factories import deploy_new, make_tenant
 from tests.registry.canary_support import T0, Clock, canary_tenant, record, simulated_clock
+from tests.statements import recorded_statements
 
 
 @contextmanager
 def counted(session: Session) -> Iterator[list[str]]:
+    """The statements sent while the block runs, but SQLite's BEGIN (filled in at its end)."""
     statements: list[str] = []
-    engine = session.get_bind()
-
-    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
-        if not statement.lstrip().upper().startswith("BEGIN"):  # SQLite's own
-            statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with recorded_statements(session.get_bind()) as seen:
         yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+    statements += [s for s, _ in seen if not s.lstrip().upper().startswith("BEGIN")]
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from registry.db import session_factory, unit_of_work
 from tests.factories import make_tenant
 from tests.harness import reset_settings, use_env, worker_env
+from tests.statements import recorded_statements
 from worker.demo.fake_openai import FakeOpenAI
 
 # Per event, both units of work (the attempt's, then the deploying one). A fresh event of a tenant
@@ -44,18 +44,9 @@ def job_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
 def _statements(job_id: str) -> tuple[dict[str, Any], list[str]]:
     from worker import tasks
 
-    engine = session_factory().kw["bind"]
-    seen: list[str] = []
-
-    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
+    with recorded_statements(session_factory().kw["bind"]) as seen:
         result = tasks.job_finished.apply(args=(job_id,)).get()
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
-    return result, seen
+    return result, [statement for statement, _ in seen]
 
 
 @pytest.mark.parametrize(
