@@ -18,7 +18,7 @@ from sqlalchemy import (
     Text,
     Uuid,
     false,
-    literal,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -184,8 +184,9 @@ def in_production(status: Any) -> ColumnElement[bool]:
     """`status = 'production'`, the value written into the SQL rather than bound. A prepared
     statement's generic plan then knows the value is rare and reads the (tenant_id, status)
     index; with a parameter it guesses half of a tenant's versions and scans the table, a cost
-    that grows with the tenant's history."""
-    return status == literal(VersionStatus.PRODUCTION.value, literal_execute=True)
+    that grows with the tenant's history. Written when the statement is compiled (and cached),
+    not at each execution as a `literal_execute` parameter would be."""
+    return status == literal_column(f"'{VersionStatus.PRODUCTION.value}'")
 
 
 class Deployment(Base):
