@@ -62,7 +62,7 @@ from registry.models import (
     ModelVersion,
     OutcomeCounter,
     Tenant,
-    VersionStatus,
+    in_production,
 )
 from registry.tenants import DEFAULT_THRESHOLD
 
@@ -118,7 +118,7 @@ def _live(one_tenant: bool) -> list[ColumnElement[bool]]:
         Deployment.auto_promote.is_(True),
         Deployment.step_started_at.is_not(None),
         ModelVersion.id == Deployment.version_id,
-        ModelVersion.status == VersionStatus.PRODUCTION,
+        in_production(ModelVersion.status),
         ModelVersion.traffic_percent < 100,
     ]
     if one_tenant:
@@ -207,7 +207,7 @@ def counts_query(one_tenant: bool = False) -> Select[*tuple[Any, ...]]:
         # Only production versions' buckets count, on either side.
         .join(
             served,
-            and_(served.id == counter.version_id, served.status == VersionStatus.PRODUCTION),
+            and_(served.id == counter.version_id, in_production(served.status)),
         )
         .where(*_live(one_tenant))
         .group_by(Deployment.id)

@@ -51,7 +51,7 @@ from registry.models import (
     OperationStatus,
     Strategy,
     Tenant,
-    VersionStatus,
+    in_production,
 )
 from registry.views.canary import FleetCanary, fleet_canary
 from registry.views.splits import Share, shares_of
@@ -197,7 +197,7 @@ def _statements(scoped: bool) -> _Statements:
     pair = cast(version.version, String) + ":" + cast(version.traffic_percent, String)
     splits = (
         select(version.tenant_id, func.aggregate_strings(pair, ",").label("split"))
-        .where(version.status == VersionStatus.PRODUCTION, *within(version.tenant_id))
+        .where(in_production(version.status), *within(version.tenant_id))
         .group_by(version.tenant_id)
         .subquery()
     )

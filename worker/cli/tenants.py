@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from registry import records
 from registry.db import unit_of_work
-from registry.models import DeploymentPolicy, Metric, ModelVersion, Strategy, VersionStatus
+from registry.models import DeploymentPolicy, Metric, ModelVersion, Strategy, in_production
 from registry.tenants import (
     PolicyChanges,
     create_tenant,
@@ -122,7 +122,7 @@ def cmd_tenant_list(args: argparse.Namespace) -> int:
         splits: dict[Any, dict[str, int]] = {}
         for tenant_id, number, percent in session.execute(
             select(ModelVersion.tenant_id, ModelVersion.version, ModelVersion.traffic_percent)
-            .where(ModelVersion.status == VersionStatus.PRODUCTION)
+            .where(in_production(ModelVersion.status))
             .order_by(ModelVersion.version)
         ):
             splits.setdefault(tenant_id, {})[str(number)] = percent
