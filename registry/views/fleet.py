@@ -10,7 +10,7 @@ statement."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
-    Result,
+    Connection,
     Select,
     String,
     and_,
@@ -129,16 +129,28 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
     scope = None if tenant_ids is None else list(tenant_ids)
     statements = _statements(scope is not None)
     within = {} if scope is None else {"scope": scope}
+    since = {"since": now - ATTENTION_WINDOW}
+
+    def completions(connection: Connection) -> _Completions:
+        """What completes the tenants' rows: the canaries' counts, the deployments waiting for
+        a switch or an evaluation, the failed job events and the operations."""
+        read = connection.execute
+        return (
+            read_counts(connection),
+            list(read(statements.pending, within)),
+            list(read(statements.failed_events, since)),
+            list(read(statements.operations, within | since)),
+        )
+
+    # Read beside the tenants, on a second connection: the tenants and the canaries' counts are
+    # most of the page's time in the database, and neither needs the other.
+    completed = read_beside(session, completions)
     # Plain rows through the session's connection (Core): the ORM's result machinery costs a
     # third more per row, and a fleet has thousands of rows.
-    read = session.connection().execute
-    # The canaries' counts are read beside the tenants (the two statements are most of the
-    # page's time in the database, and neither needs the other).
-    counts_when_read = read_beside(session, read_counts)
+    found_tenants = session.connection().execute(statements.tenants, within).all()
+    counts, pending, failed_events, operations = completed()
     rows: dict[uuid.UUID, FleetRow] = {}
     row = None
-    found_tenants = read(statements.tenants, within).all()
-    counts = counts_when_read()
     # A tenant's row comes with its live canary's columns (NULL without one), by slug and then
     # version: a tenant with two live canaries has two rows in a row, and shows the newest.
     for found in found_tenants:
@@ -155,10 +167,8 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
         if deployment_id is not None:
             live = live_canary(found[6:], counts.get(deployment_id.int))
             row.canary = fleet_canary(live, now)
-    if not rows:
-        return Fleet([], now)
 
-    for tenant_id, status, number in read(statements.pending, within).all():
+    for tenant_id, status, number in pending:
         row = rows.get(tenant_id)
         if row is None:
             continue
@@ -166,13 +176,15 @@ def fleet(session: Session, tenant_ids: Collection[uuid.UUID] | None, now: datet
             row.staged.append(number)
         elif status == DeploymentStatus.AWAITING_EVALUATION:
             row.awaiting_evaluation += 1
-
-    since = {"since": now - ATTENTION_WINDOW}
-    _failed_events(read(statements.failed_events, since), rows)
-    _operations(read(statements.operations, within | since), rows)
+    _failed_events(failed_events, rows)
+    _operations(operations, rows)
     for row in rows.values():
         row.attention = _attention(row)
     return Fleet(list(rows.values()), now)
+
+
+# The canaries' counts by deployment, then the rows of `pending`, `failed_events`, `operations`.
+_Completions = tuple[dict[int, Any], list[Any], list[Any], list[Any]]
 
 
 class _Statements(NamedTuple):
@@ -257,7 +269,7 @@ def _split(text: str | None) -> tuple[Share, ...]:
     return shares_of(tuple(sorted((int(number), int(percent)) for number, percent in pairs)))
 
 
-def _failed_events(found: Result[*tuple[Any, ...]], rows: dict[uuid.UUID, FleetRow]) -> None:
+def _failed_events(found: Iterable[Any], rows: dict[uuid.UUID, FleetRow]) -> None:
     """Failed job events per tenant: the tenant of the event's run, else the tenant it named."""
     names: dict[str, uuid.UUID] | None = None
     for hint, run_tenant, count in found:
@@ -271,7 +283,7 @@ def _failed_events(found: Result[*tuple[Any, ...]], rows: dict[uuid.UUID, FleetR
             rows[tenant_id].failed_events += int(count)
 
 
-def _operations(found: Result[*tuple[Any, ...]], rows: dict[uuid.UUID, FleetRow]) -> None:
+def _operations(found: Iterable[Any], rows: dict[uuid.UUID, FleetRow]) -> None:
     for tenant_id, status, count in found:
         row = rows.get(tenant_id)
         if row is None:
