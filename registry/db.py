@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, Executable, bindparam, create_engine, event, select, text
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from registry.models import Tenant
 from registry.rows import load_rows
@@ -272,8 +273,7 @@ def ping(session: Session) -> None:
     session.execute(text("SELECT 1"))
 
 
-# The threads of `read_beside`: a few reads at a time per process, each holding a connection of
-# its engine's pool while it runs.
+# The threads of `read_beside`: a few reads at a time per process.
 _BESIDE = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ftdeploy-read-beside")
 
 
@@ -282,17 +282,32 @@ def read_beside(session: Session, read: Callable[[Connection], T]) -> Callable[[
     waits for its result (or raises its error): for a page's independent reads, so that their
     time in PostgreSQL overlaps the caller's own statements. The second connection reads in its
     own READ ONLY transaction, ended by a commit (which, unlike a rollback, keeps the statements
-    psycopg prepared on it). Elsewhere (SQLite, a session bound to one connection) `read` runs at
-    once on the session's connection."""
+    psycopg prepared on it). Elsewhere (SQLite, a session bound to one connection), or when the
+    pool has no idle connection to lend, `read` runs at once on the session's connection."""
     bind = session.get_bind()
-    if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
-        result = read(session.connection())
-        return lambda: result
-    return _BESIDE.submit(_read_on_own_connection, bind, read).result
+    if isinstance(bind, Engine) and bind.dialect.name == "postgresql" and _can_lend(bind):
+        # Checked out here, not in the thread beside: that thread then never waits for the pool
+        # while its caller holds a connection of it (enough such callers would hold them all).
+        connection = bind.connect()
+        return _BESIDE.submit(_read_on, connection, read).result
+    result = read(session.connection())
+    return lambda: result
 
 
-def _read_on_own_connection(engine: Engine, read: Callable[[Connection], T]) -> T:
-    with engine.connect() as connection:
+def _can_lend(engine: Engine) -> bool:
+    """Whether the engine's pool has a connection to lend now, idle or still to open, without
+    waiting for one to come back."""
+    pool = engine.pool
+    if not isinstance(pool, QueuePool):
+        return False
+    # QueuePool counts its overflow up from -pool_size and opens connections while it is below
+    # max_overflow (-1: no limit), which only the pool's own attribute keeps.
+    limit = pool._max_overflow
+    return pool.checkedin() > 0 or limit < 0 or pool.overflow() < limit
+
+
+def _read_on(connection: Connection, read: Callable[[Connection], T]) -> T:
+    with connection:
         connection.execution_options(postgresql_readonly=True)
         result = read(connection)
         connection.commit()

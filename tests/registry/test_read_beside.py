@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError, InternalError
+from sqlalchemy.orm import sessionmaker
 
-from registry.db import read_beside, session_factory
+from registry.db import make_engine, read_beside, session_factory
 
 LOCK = 424242  # an advisory lock's key, held by the caller while the read beside waits for it
 
@@ -63,6 +64,21 @@ def test_on_postgresql_the_read_beside_is_read_only_and_its_error_is_raised(pg_u
         # Neither touched the caller's transaction.
         assert session.scalar(text("SELECT 1")) == 1
     assert sessions.kw["bind"].pool.checkedout() == 0
+
+
+def test_with_no_connection_to_lend_it_runs_at_once_on_the_callers_connection(
+    pg_url: str,
+) -> None:
+    # A read beside that waited for the pool while its caller holds a connection could wait for
+    # ever: enough such callers would hold every connection. With none to lend, it runs here.
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    try:
+        with sessionmaker(bind=engine)() as session:
+            own_pid = session.scalar(text("SELECT pg_backend_pid()"))  # the pool's only one
+            result = read_beside(session, lambda c: c.scalar(text("SELECT pg_backend_pid()")))
+            assert result() == own_pid
+    finally:
+        engine.dispose()
 
 
 def test_on_sqlite_it_runs_at_once_on_the_callers_connection(tmp_path: Path) -> None:
