@@ -282,8 +282,9 @@ def read_beside(session: Session, read: Callable[[Connection], T]) -> Callable[[
     waits for its result (or raises its error): for a page's independent reads, so that their
     time in PostgreSQL overlaps the caller's own statements. The second connection reads in its
     own READ ONLY transaction, ended by a commit (which, unlike a rollback, keeps the statements
-    psycopg prepared on it). Elsewhere (SQLite, a session bound to one connection), or when the
-    pool has no idle connection to lend, `read` runs at once on the session's connection."""
+    psycopg prepared on it), so it does not see what the caller's transaction has written and
+    not committed. Elsewhere (SQLite, a session bound to one connection), or when the pool
+    cannot lend a connection without waiting, `read` runs at once on the session's connection."""
     bind = session.get_bind()
     if isinstance(bind, Engine) and bind.dialect.name == "postgresql" and _can_lend(bind):
         # Checked out here, not in the thread beside: that thread then never waits for the pool
