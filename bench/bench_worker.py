@@ -10,6 +10,11 @@ production path. Events are spread over 20 tenants.
 Baseline: a worker with the same configuration and concurrency running `bench.noop` tasks
 (bench/noop_app.py) on the same Redis server: what Celery itself costs per task.
 
+Ceiling: the same worker and events with OpenAI's two polls answered in the process
+(bench/nopoll_app.py): what the rest of the path allows, so that the gap between the two rows is
+what the polls cost (the SDK's client work and the two round trips), and the gap between the
+ceiling and the goal is what the database and Celery's own work leave. It informs.
+
 Both queues are filled before their worker starts; the rate is counted from the moment the
 worker reports ready to the moment the last message is done (ours: the event rows are `done`;
 no-op: the queue and its unacked set are empty). Memory: the resident set (VmRSS) of each pool
@@ -51,11 +56,14 @@ def run(env: BenchEnv) -> list[Row]:
         work = Path(tmp)
         noop_rate = _noop_rate(env, noops, work)
         ours = _event_rate(env, events, work)
+        ceiling = _event_rate(env, events, work, app="bench.nopoll_app")
     half, full = ours["rss_half"], ours["rss_full"]
     growth = {pid: full[pid] / half[pid] for pid in full if half.get(pid)}
     rss_half = max(half.values()) if half else 0.0
     rss_full = max(full.values()) if full else 0.0
     flat = bool(growth) and max(growth.values()) <= FLAT
+    # The polls' part of the real worker's time per event (1 / rate).
+    polls_share = round(1 - ours["rate"] / ceiling["rate"], 3) if ceiling["rate"] else None
     notes: dict[str, Any] = {
         "events": events,
         "noop_tasks": noops,
@@ -75,6 +83,18 @@ def run(env: BenchEnv) -> list[Row]:
             goal=">= 0.25x",
             met=ours["rate"] >= 0.25 * noop_rate and ours["done"] == events,
             notes=notes,
+        ),
+        Row(
+            "job-finished events, OpenAI's two polls answered in-process",
+            ceiling["rate"],
+            noop_rate,
+            "events/s",
+            f"Celery no-op tasks on the same Redis, same config, {CONCURRENCY} processes",
+            notes={
+                "events_done": ceiling["done"],
+                "seconds": round(ceiling["seconds"], 2),
+                "polls_share": polls_share,
+            },
         ),
         Row(
             f"job-finished rate, second half of {events:,} events",
@@ -135,9 +155,14 @@ def _noop_rate(env: BenchEnv, count: int, work: Path) -> float:
 # -- ours --------------------------------------------------------------------------------------
 
 
-def _event_rate(env: BenchEnv, count: int, work: Path) -> dict[str, Any]:
+def tenant_of(job_id: str) -> str:
+    """The tenant of one of the benchmark's jobs, by the number that ends its id."""
+    return f"bench-{int(job_id.rsplit('-', 1)[1]) % TENANTS:02d}"
+
+
+def _event_rate(env: BenchEnv, count: int, work: Path, app: str = "worker.app") -> dict[str, Any]:
     url = fresh_database(env, "bench_worker")
-    slugs = [f"bench-{n:02d}" for n in range(TENANTS)]
+    slugs = [tenant_of(f"ftjob-{n}") for n in range(TENANTS)]
     with unit_of_work(url) as session:
         for slug in slugs:
             tenant = create_tenant(session, slug)
@@ -145,7 +170,8 @@ def _event_rate(env: BenchEnv, count: int, work: Path) -> dict[str, Any]:
     broker = fresh_broker_url(env.redis_url)
     engine = make_engine(url, pool_size=1)
     stamp = datetime.now(UTC).strftime("%H%M%S")
-    jobs = [(f"ftjob-bench{stamp}-{n:06d}", slugs[n % TENANTS]) for n in range(count)]
+    ids = [f"ftjob-bench{stamp}-{n:06d}" for n in range(count)]
+    jobs = [(job_id, tenant_of(job_id)) for job_id in ids]
 
     def done() -> int:
         with engine.connect() as conn:
@@ -165,10 +191,10 @@ def _event_rate(env: BenchEnv, count: int, work: Path) -> dict[str, Any]:
         _publish(sender, [("ftdeploy.job_finished", (job_id,), {}) for job_id, _ in jobs])
         worker_environment = worker_env(
             database_url=url, broker_url=broker, openai_base_url=fake.base_url,
-            data_dir=work / "data",
+            data_dir=work / app,
         )  # fmt: skip
         with WorkerProcess(
-            worker_environment, work / "worker.log", concurrency=CONCURRENCY, name="bench"
+            worker_environment, work / f"{app}.log", concurrency=CONCURRENCY, name="bench", app=app
         ) as worker:
             started, first = time.monotonic(), done()
             stuck = lambda: f"worker stuck at {done()} of {count}:\n{worker.log()}"  # noqa: E731
